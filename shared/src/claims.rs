@@ -1,0 +1,426 @@
+//! Dedup claims: one document per (stage fingerprint, content hash), created atomically.
+//!
+//! Creating the document is the claim: the store refuses a second create with the same `_id`
+//! (CouchDB answers 409), so exactly one upload of a content runs each stage. The document then
+//! records the outcome, the sources seen, and the uploads waiting for a result in flight.
+//!
+//! The protocol lives here, over the small [`ClaimIndex`] port, so dedup and the stage workers share
+//! it and it can be tested without a server.
+
+pub mod couch;
+pub mod memory;
+
+use crate::contract::{
+    ErrorReport, Job, OutputObject, SCHEMA_VERSION, SourceObject, StageName, StageResult, Timings,
+};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::time::Duration;
+
+/// Sources listed on a claim; past this only the count grows, so a popular image can't bloat it.
+pub const MAX_LISTED_SOURCES: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClaimStatus {
+    Processing,
+    Done,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeenSource {
+    pub source: SourceObject,
+    pub received_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claim {
+    #[serde(rename = "_id")]
+    pub id: String,
+    #[serde(rename = "_rev", default, skip_serializing_if = "String::is_empty")]
+    pub rev: String,
+    pub stage: StageName,
+    pub fingerprint: String,
+    pub content_hash: String,
+    pub status: ClaimStatus,
+    /// While processing: after this, the claim may be taken over.
+    pub lease_expires_at: DateTime<Utc>,
+    /// How many times work on this content was started.
+    pub attempts: u32,
+    pub first_source: SeenSource,
+    /// Uploads of this content (the first [`MAX_LISTED_SOURCES`]).
+    pub sources: Vec<SeenSource>,
+    pub sources_seen: u64,
+    /// Uploads that arrived while processing; the worker publishes their results when it finishes.
+    pub waiters: Vec<SeenSource>,
+    pub outputs: Vec<OutputObject>,
+    pub payload: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorReport>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// `<stage>:<fingerprint>:<blake3>`: the same content under other parameters is other work.
+pub fn claim_id(stage: StageName, fingerprint: &str, content_hash: &str) -> String {
+    format!("{stage}:{fingerprint}:{content_hash}")
+}
+
+impl Claim {
+    fn note_source(&mut self, seen: &SeenSource) {
+        self.sources_seen += 1;
+        if self.sources.len() < MAX_LISTED_SOURCES && !self.sources.iter().any(|s| s.source == seen.source) {
+            self.sources.push(seen.clone());
+        }
+    }
+
+    fn job(&self) -> Job {
+        Job {
+            schema_version: SCHEMA_VERSION,
+            stage: self.stage,
+            fingerprint: self.fingerprint.clone(),
+            claim_id: self.id.clone(),
+            content_hash: self.content_hash.clone(),
+            source: self.first_source.source.clone(),
+            received_at: self.first_source.received_at,
+        }
+    }
+
+    /// The result for `seen`, from this claim's finished outputs.
+    pub fn result_for(&self, seen: &SeenSource, deduplicated: bool, processing: Duration) -> StageResult {
+        StageResult {
+            schema_version: SCHEMA_VERSION,
+            source: seen.source.clone(),
+            content_hash: self.content_hash.clone(),
+            stage: self.stage,
+            fingerprint: self.fingerprint.clone(),
+            deduplicated,
+            outputs: self.outputs.clone(),
+            payload: self.payload.clone(),
+            timings: Timings {
+                received_at: seen.received_at,
+                finished_at: Utc::now(),
+                processing_ms: processing.as_millis() as u64,
+            },
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("dedup index (CouchDB) unavailable: {0}")]
+    Unavailable(String),
+    #[error("claim {0:?} disappeared while it was being updated")]
+    Vanished(String),
+}
+
+/// The storage a claim lives in: CouchDB, or memory for the embedded mode.
+#[async_trait]
+pub trait ClaimIndex: Send + Sync {
+    /// Stores a new claim; `Ok(false)` when a claim with its id exists. Sets `rev` on success.
+    async fn create(&self, claim: &mut Claim) -> Result<bool, IndexError>;
+    async fn get(&self, id: &str) -> Result<Option<Claim>, IndexError>;
+    /// Replaces the claim if its `rev` is still current; `Ok(false)` if someone else changed it.
+    async fn replace(&self, claim: &mut Claim) -> Result<bool, IndexError>;
+    /// Claims in a status, for reconciliation and tests.
+    async fn with_status(&self, status: ClaimStatus) -> Result<Vec<Claim>, IndexError>;
+}
+
+/// What dedup does with an upload for one stage.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Admission {
+    /// New content (or a claim taken over): publish this job.
+    Run(Job),
+    /// Processed before: publish this result, marked deduplicated.
+    Done(Box<StageResult>),
+    /// Failed before: dead-letter the upload with this error.
+    Failed(ErrorReport),
+    /// A twin is in flight; its worker will publish this upload's result.
+    Waiting,
+}
+
+/// The identity of one piece of work: a stage, its parameters, a content.
+#[derive(Debug, Clone, Copy)]
+pub struct Work<'a> {
+    pub stage: StageName,
+    pub fingerprint: &'a str,
+    pub content_hash: &'a str,
+}
+
+/// Claims `work` for an upload, or finds out what became of the earlier claim.
+pub async fn admit(
+    index: &dyn ClaimIndex,
+    work: Work<'_>,
+    seen: SeenSource,
+    lease: Duration,
+) -> Result<Admission, IndexError> {
+    let id = claim_id(work.stage, work.fingerprint, work.content_hash);
+    let started = std::time::Instant::now();
+    loop {
+        let now = Utc::now();
+        let mut claim = Claim {
+            id: id.clone(),
+            rev: String::new(),
+            stage: work.stage,
+            fingerprint: work.fingerprint.to_string(),
+            content_hash: work.content_hash.to_string(),
+            status: ClaimStatus::Processing,
+            lease_expires_at: now + lease,
+            attempts: 1,
+            first_source: seen.clone(),
+            sources: vec![seen.clone()],
+            sources_seen: 1,
+            waiters: Vec::new(),
+            outputs: Vec::new(),
+            payload: Map::new(),
+            error: None,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+        };
+        if index.create(&mut claim).await? {
+            return Ok(Admission::Run(claim.job()));
+        }
+        let Some(mut existing) = index.get(&id).await? else {
+            continue; // deleted between our create and get: try to create again
+        };
+        let admission = match existing.status {
+            ClaimStatus::Done => {
+                existing.note_source(&seen);
+                Admission::Done(Box::new(existing.result_for(&seen, true, started.elapsed())))
+            }
+            ClaimStatus::Failed => {
+                existing.note_source(&seen);
+                let earlier = existing.error.clone().unwrap_or_else(|| ErrorReport {
+                    kind: crate::contract::ErrorKind::Permanent,
+                    code: "failed_earlier".into(),
+                    reason: String::new(),
+                });
+                Admission::Failed(ErrorReport {
+                    reason: format!(
+                        "the same content failed earlier in stage {}: {}",
+                        work.stage, earlier.reason
+                    ),
+                    ..earlier
+                })
+            }
+            ClaimStatus::Processing => {
+                let redelivered = existing.first_source.source == seen.source;
+                let expired = existing.lease_expires_at <= now;
+                if !redelivered && !existing.waiters.iter().any(|w| w.source == seen.source) {
+                    existing.note_source(&seen);
+                    existing.waiters.push(seen.clone());
+                }
+                if redelivered || expired {
+                    // Whoever held the work may have died before publishing it: run it again.
+                    existing.lease_expires_at = now + lease;
+                    existing.attempts += 1;
+                    Admission::Run(existing.job())
+                } else {
+                    Admission::Waiting
+                }
+            }
+        };
+        existing.updated_at = now;
+        if index.replace(&mut existing).await? {
+            return Ok(admission);
+        }
+        // Someone changed the claim meanwhile (a worker finished, another twin arrived): look again.
+    }
+}
+
+/// Who gets a result when a claim finishes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    pub claim: Claim,
+    /// The upload the job was for (`deduplicated: false`) and then every waiter (`true`).
+    pub recipients: Vec<(SeenSource, bool)>,
+}
+
+/// Records a job's outcome on its claim and says whom to tell.
+pub async fn finish(
+    index: &dyn ClaimIndex,
+    job: &Job,
+    outcome: Result<(Vec<OutputObject>, Map<String, Value>), ErrorReport>,
+) -> Result<Finished, IndexError> {
+    loop {
+        let mut claim = index
+            .get(&job.claim_id)
+            .await?
+            .ok_or_else(|| IndexError::Vanished(job.claim_id.clone()))?;
+        let now = Utc::now();
+        match &outcome {
+            Ok((outputs, payload)) => {
+                claim.status = ClaimStatus::Done;
+                claim.outputs = outputs.clone();
+                claim.payload = payload.clone();
+                claim.error = None;
+            }
+            Err(error) => {
+                claim.status = ClaimStatus::Failed;
+                claim.error = Some(error.clone());
+            }
+        }
+        claim.updated_at = now;
+        claim.finished_at = Some(now);
+        if index.replace(&mut claim).await? {
+            let first = SeenSource {
+                source: job.source.clone(),
+                received_at: job.received_at,
+            };
+            let recipients = std::iter::once((first, false))
+                .chain(claim.waiters.iter().cloned().map(|w| (w, true)))
+                .collect();
+            return Ok(Finished { claim, recipients });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::claims::memory::MemoryIndex;
+    use crate::contract::ErrorKind;
+
+    const LEASE: Duration = Duration::from_secs(60);
+
+    fn seen(key: &str) -> SeenSource {
+        SeenSource {
+            source: SourceObject {
+                bucket: "in".into(),
+                key: key.into(),
+                etag: "e".into(),
+                size: 3,
+            },
+            received_at: Utc::now(),
+        }
+    }
+
+    fn work() -> Work<'static> {
+        Work {
+            stage: StageName::Thumbnail,
+            fingerprint: "fp",
+            content_hash: "hash",
+        }
+    }
+
+    fn output() -> OutputObject {
+        OutputObject {
+            bucket: "out".into(),
+            key: "thumbnails/hash/fp/128.jpg".into(),
+            content_type: "image/jpeg".into(),
+            width: Some(128),
+            height: Some(96),
+            bytes: 999,
+        }
+    }
+
+    #[tokio::test]
+    async fn first_upload_runs_twins_wait_and_all_get_the_result() {
+        let index = MemoryIndex::default();
+        let Admission::Run(job) = admit(&index, work(), seen("a.jpg"), LEASE).await.unwrap() else {
+            panic!("first upload must run");
+        };
+        assert_eq!(job.claim_id, "thumbnail:fp:hash");
+        assert_eq!(
+            admit(&index, work(), seen("b.jpg"), LEASE).await.unwrap(),
+            Admission::Waiting
+        );
+        // The same twin redelivered is not listed twice.
+        assert_eq!(
+            admit(&index, work(), seen("b.jpg"), LEASE).await.unwrap(),
+            Admission::Waiting
+        );
+
+        let finished = finish(&index, &job, Ok((vec![output()], Map::new())))
+            .await
+            .unwrap();
+        let recipients: Vec<(&str, bool)> = finished
+            .recipients
+            .iter()
+            .map(|(s, dedup)| (s.source.key.as_str(), *dedup))
+            .collect();
+        assert_eq!(recipients, [("a.jpg", false), ("b.jpg", true)]);
+
+        let Admission::Done(result) = admit(&index, work(), seen("c.jpg"), LEASE).await.unwrap() else {
+            panic!("later copies get the earlier result");
+        };
+        assert!(result.deduplicated);
+        assert_eq!(result.outputs, vec![output()]);
+        assert_eq!(result.source.key, "c.jpg");
+        let claim = index.get("thumbnail:fp:hash").await.unwrap().unwrap();
+        assert_eq!(claim.sources_seen, 3);
+        assert_eq!(claim.sources.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn redelivered_and_expired_claims_run_again() {
+        let index = MemoryIndex::default();
+        // A lease of zero has always expired by the time anyone looks.
+        let expired = Duration::ZERO;
+        let Admission::Run(first) = admit(&index, work(), seen("a.jpg"), expired).await.unwrap() else {
+            panic!()
+        };
+        // The same upload again (dedup crashed before publishing the job): run it again.
+        let Admission::Run(again) = admit(&index, work(), seen("a.jpg"), expired).await.unwrap() else {
+            panic!("a redelivered upload must re-publish its job")
+        };
+        assert_eq!(again.source, first.source);
+
+        // A twin finds the lease expired and takes the work over, for the first source.
+        let Admission::Run(taken) = admit(&index, work(), seen("b.jpg"), LEASE).await.unwrap() else {
+            panic!("an expired claim must be taken over")
+        };
+        assert_eq!(taken.source.key, "a.jpg");
+        // Now the lease is fresh: the next twin waits.
+        assert_eq!(
+            admit(&index, work(), seen("c.jpg"), LEASE).await.unwrap(),
+            Admission::Waiting
+        );
+        let claim = index.get(&first.claim_id).await.unwrap().unwrap();
+        assert_eq!(claim.attempts, 3);
+        assert_eq!(claim.waiters.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn failures_are_remembered_for_later_copies() {
+        let index = MemoryIndex::default();
+        let Admission::Run(job) = admit(&index, work(), seen("bad.jpg"), LEASE).await.unwrap() else {
+            panic!()
+        };
+        let error = ErrorReport {
+            kind: ErrorKind::Permanent,
+            code: "corrupt_image".into(),
+            reason: "JPEG ends early".into(),
+        };
+        finish(&index, &job, Err(error)).await.unwrap();
+        let Admission::Failed(report) = admit(&index, work(), seen("copy.jpg"), LEASE).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(report.code, "corrupt_image");
+        assert!(report.reason.contains("JPEG ends early"), "{}", report.reason);
+        assert_eq!(
+            index.with_status(ClaimStatus::Failed).await.unwrap().len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_twins_produce_one_run() {
+        let index = std::sync::Arc::new(MemoryIndex::default());
+        let admissions = futures::future::join_all((0..16).map(|n| {
+            let index = index.clone();
+            async move { admit(&*index, work(), seen(&format!("{n}.jpg")), LEASE).await.unwrap() }
+        }))
+        .await;
+        let runs = admissions.iter().filter(|a| matches!(a, Admission::Run(_))).count();
+        assert_eq!(runs, 1);
+        let claim = index.get("thumbnail:fp:hash").await.unwrap().unwrap();
+        assert_eq!(claim.waiters.len(), 15);
+    }
+}

@@ -1,0 +1,88 @@
+//! Claims in CouchDB through couch_rs: `POST /db` with an `_id` is the atomic claim (409 if taken),
+//! `PUT` with the current `_rev` the compare-and-swap update.
+
+use super::{Claim, ClaimIndex, ClaimStatus, IndexError};
+use crate::config::{CouchSettings, resolve_secret};
+use async_trait::async_trait;
+use couch_rs::{Client, database::Database, document::TypedCouchDocument, error::CouchError};
+use http::StatusCode;
+use std::borrow::Cow;
+
+impl TypedCouchDocument for Claim {
+    fn get_id(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.id)
+    }
+    fn get_rev(&self) -> Cow<'_, str> {
+        Cow::Borrowed(&self.rev)
+    }
+    fn set_rev(&mut self, rev: &str) {
+        self.rev = rev.to_string();
+    }
+    fn set_id(&mut self, id: &str) {
+        self.id = id.to_string();
+    }
+    fn merge_ids(&mut self, other: &Self) {
+        self.id = other.id.clone();
+        self.rev = other.rev.clone();
+    }
+}
+
+/// Upper bound on one status listing; reconciliation works in passes, so this only sizes a pass.
+const MAX_CLAIMS_LISTED: u64 = 100_000;
+
+pub struct CouchIndex {
+    db: Database,
+}
+
+fn unavailable(error: CouchError) -> IndexError {
+    IndexError::Unavailable(error.to_string())
+}
+
+impl CouchIndex {
+    /// Connects and creates the database if it is missing.
+    pub async fn connect(settings: &CouchSettings) -> Result<Self, IndexError> {
+        let password = resolve_secret(&settings.password, settings.password_file.as_deref())
+            .map_err(|error| IndexError::Unavailable(format!("cannot read the CouchDB password file: {error}")))?;
+        let client = Client::new(&settings.url, &settings.username, password.expose()).map_err(unavailable)?;
+        let db = client.db(&settings.database).await.map_err(unavailable)?;
+        Ok(CouchIndex { db })
+    }
+}
+
+fn is_conflict(error: &CouchError) -> bool {
+    error.status() == Some(StatusCode::CONFLICT)
+}
+
+#[async_trait]
+impl ClaimIndex for CouchIndex {
+    async fn create(&self, claim: &mut Claim) -> Result<bool, IndexError> {
+        match self.db.create(claim).await {
+            Ok(_) => Ok(true),
+            Err(error) if is_conflict(&error) => Ok(false),
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Claim>, IndexError> {
+        match self.db.get::<Claim>(id).await {
+            Ok(claim) => Ok(Some(claim)),
+            Err(error) if error.is_not_found() => Ok(None),
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+
+    async fn replace(&self, claim: &mut Claim) -> Result<bool, IndexError> {
+        match self.db.save(claim).await {
+            Ok(_) => Ok(true),
+            Err(error) if is_conflict(&error) => Ok(false),
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+
+    async fn with_status(&self, status: ClaimStatus) -> Result<Vec<Claim>, IndexError> {
+        let query = couch_rs::types::find::FindQuery::new(serde_json::json!({ "status": status }))
+            .limit(MAX_CLAIMS_LISTED);
+        let found = self.db.find::<Claim>(&query).await.map_err(unavailable)?;
+        Ok(found.rows)
+    }
+}

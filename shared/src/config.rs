@@ -1,0 +1,321 @@
+//! Configuration: built-in defaults, then an optional TOML file named by `PRISM_CONFIG`, then
+//! environment variables `PRISM_…` with `__` between levels (`PRISM_KAFKA__BROKERS`).
+//!
+//! Secrets (the CouchDB password; S3 keys come from the standard `AWS_*` variables) can also be read
+//! from a file (`PRISM_COUCHDB__PASSWORD_FILE`, for Docker and Kubernetes secrets) and never appear in
+//! `Debug` output or logs.
+
+use crate::contract::StageName;
+use crate::stages::StageParams;
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use std::{fmt, path::PathBuf, time::Duration};
+
+/// Loads a service's configuration; `T` names its sections and gives their defaults.
+pub fn load<T: Serialize + DeserializeOwned + Default>() -> Result<T, Box<figment::Error>> {
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Ok(path) = std::env::var("PRISM_CONFIG") {
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment
+        .merge(Env::prefixed("PRISM_").split("__"))
+        .extract()
+        .map_err(Box::new)
+}
+
+/// A value that is never printed.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSettings {
+    /// Comma-separated bootstrap servers.
+    pub brokers: String,
+    /// Consumer group; empty means `prism-<service>`, so replicas of one service share the work.
+    pub group_id: String,
+    /// Partitions for topics Prism creates at start-up; bounds how many replicas of a stage can work.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// Extra librdkafka properties (e.g. `security.protocol`, `sasl.mechanisms`), applied last.
+    pub properties: std::collections::BTreeMap<String, String>,
+    /// SASL password, kept out of `properties` so it is never printed.
+    pub sasl_password: Secret,
+    pub sasl_password_file: Option<PathBuf>,
+}
+
+/// Enough partitions that a dozen replicas of a stage can each own some.
+pub const DEFAULT_PARTITIONS: i32 = 12;
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: String::new(),
+            partitions: DEFAULT_PARTITIONS,
+            replication_factor: 1,
+            properties: Default::default(),
+            sasl_password: Secret::default(),
+            sasl_password_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Settings {
+    /// Empty means AWS itself; MinIO or another S3 server otherwise.
+    pub endpoint: String,
+    pub region: String,
+    /// MinIO and most self-hosted servers want path-style URLs.
+    pub path_style: bool,
+}
+
+impl Default for S3Settings {
+    fn default() -> Self {
+        S3Settings {
+            endpoint: "http://127.0.0.1:9000".into(),
+            region: "us-east-1".into(),
+            path_style: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CouchSettings {
+    pub url: String,
+    pub database: String,
+    pub username: String,
+    pub password: Secret,
+    pub password_file: Option<PathBuf>,
+}
+
+impl Default for CouchSettings {
+    fn default() -> Self {
+        CouchSettings {
+            url: "http://127.0.0.1:5984".into(),
+            database: "prism".into(),
+            username: "admin".into(),
+            password: Secret::default(),
+            password_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Topics {
+    pub uploads: String,
+    pub thumbnail_jobs: String,
+    pub detect_jobs: String,
+    pub thumbnail_results: String,
+    pub detect_results: String,
+    pub deadletter: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics {
+            uploads: "prism.uploads".into(),
+            thumbnail_jobs: "prism.jobs.thumbnail".into(),
+            detect_jobs: "prism.jobs.detect".into(),
+            thumbnail_results: "prism.results.thumbnail".into(),
+            detect_results: "prism.results.detect".into(),
+            deadletter: "prism.deadletter".into(),
+        }
+    }
+}
+
+impl Topics {
+    pub fn jobs(&self, stage: StageName) -> &str {
+        match stage {
+            StageName::Thumbnail => &self.thumbnail_jobs,
+            StageName::Detect => &self.detect_jobs,
+        }
+    }
+
+    pub fn results(&self, stage: StageName) -> &str {
+        match stage {
+            StageName::Thumbnail => &self.thumbnail_results,
+            StageName::Detect => &self.detect_results,
+        }
+    }
+
+    pub fn all(&self) -> [&str; 6] {
+        [
+            &self.uploads,
+            &self.thumbnail_jobs,
+            &self.detect_jobs,
+            &self.thumbnail_results,
+            &self.detect_results,
+            &self.deadletter,
+        ]
+    }
+}
+
+/// How the shared consumer loop takes work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsumerSettings {
+    /// Most messages handed to the stage at once (detect batches them into one forward pass).
+    pub max_batch: usize,
+    /// Longest wait for a batch to fill once its first message is in.
+    #[serde(with = "millis")]
+    pub max_delay: Duration,
+    /// First and longest pause between retries of a transient failure.
+    #[serde(with = "millis")]
+    pub retry_initial: Duration,
+    #[serde(with = "millis")]
+    pub retry_max: Duration,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        ConsumerSettings {
+            max_batch: 1,
+            max_delay: Duration::from_millis(10),
+            retry_initial: Duration::from_millis(200),
+            retry_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Durations are written as whole milliseconds (`max_delay = 10`), which reads the same in TOML and env.
+mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(value.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(deserializer)?))
+    }
+}
+
+/// What every service needs to reach the outside world. Unknown top-level keys are allowed (other
+/// tools share the `PRISM_` prefix, e.g. `PRISM_HOME`); unknown keys inside a section are errors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub kafka: KafkaSettings,
+    pub s3: S3Settings,
+    pub couchdb: CouchSettings,
+    pub topics: Topics,
+    pub consumer: ConsumerSettings,
+    /// Where users upload (the bucket watcher lists it; events may name others).
+    pub input_bucket: String,
+    /// Where stages write; events for it are ignored so Prism never processes its own output.
+    pub output_bucket: String,
+    /// Claims not finished within this time are taken over (the worker holding them is presumed dead).
+    #[serde(with = "millis")]
+    pub claim_lease: Duration,
+    /// The stages dedup sends new content to.
+    pub enabled_stages: Vec<StageName>,
+    /// What each stage makes; part of its fingerprint.
+    pub stages: StageParams,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            kafka: KafkaSettings::default(),
+            s3: S3Settings::default(),
+            couchdb: CouchSettings::default(),
+            topics: Topics::default(),
+            consumer: ConsumerSettings::default(),
+            input_bucket: "prism-input".into(),
+            output_bucket: "prism-output".into(),
+            claim_lease: Duration::from_secs(300),
+            enabled_stages: StageName::ALL.to_vec(),
+            stages: StageParams::default(),
+        }
+    }
+}
+
+/// Reads a secret given inline or as a file (the file wins, trailing newline dropped).
+pub fn resolve_secret(
+    inline: &Secret,
+    file: Option<&std::path::Path>,
+) -> std::io::Result<Secret> {
+    match file {
+        Some(path) => Ok(Secret::new(
+            std::fs::read_to_string(path)?.trim_end_matches(['\r', '\n']),
+        )),
+        None => Ok(inline.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn env_overrides_defaults_and_secrets_stay_hidden() {
+        Jail::expect_with(|jail| {
+            jail.set_env("PRISM_KAFKA__BROKERS", "k1:9092,k2:9092");
+            jail.set_env("PRISM_COUCHDB__PASSWORD", "hunter2");
+            jail.set_env("PRISM_CONSUMER__MAX_BATCH", "8");
+            jail.set_env("PRISM_TOPICS__UPLOADS", "custom.uploads");
+            let settings: Settings = load().map_err(|e| e.to_string())?;
+            assert_eq!(settings.kafka.brokers, "k1:9092,k2:9092");
+            assert_eq!(settings.consumer.max_batch, 8);
+            assert_eq!(settings.topics.uploads, "custom.uploads");
+            assert_eq!(settings.topics.detect_results, "prism.results.detect");
+            assert_eq!(settings.couchdb.password.expose(), "hunter2");
+            assert!(!format!("{settings:?}").contains("hunter2"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        Jail::expect_with(|jail| {
+            jail.create_file("prism.toml", "[kafka]\nbrokerz = \"typo\"\n")?;
+            jail.set_env("PRISM_CONFIG", "prism.toml");
+            let error = load::<Settings>().unwrap_err();
+            assert!(error.to_string().contains("brokerz"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_can_come_from_files() {
+        let dir = std::env::temp_dir().join(format!("prism-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("password");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let secret = resolve_secret(&Secret::new("inline"), Some(&path)).unwrap();
+        assert_eq!(secret.expose(), "s3cret");
+        assert_eq!(
+            resolve_secret(&Secret::new("inline"), None).unwrap().expose(),
+            "inline"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

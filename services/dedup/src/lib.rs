@@ -1,1 +1,147 @@
-//! prism-dedup
+//! Dedup: turns upload events into work, once per distinct content and stage.
+//!
+//! For each created object in a MinIO event it streams the object through BLAKE3, then claims
+//! (stage fingerprint, hash) in the dedup index for every enabled stage: a new claim becomes a job,
+//! a finished one an immediate `deduplicated: true` result, a failed one a dead letter, and one in
+//! flight makes the upload wait for its twin's result.
+
+use async_trait::async_trait;
+use chrono::Utc;
+use prism_shared::bus::{Delivery, Publication};
+use prism_shared::claims::{self, Admission, ClaimIndex, SeenSource, Work};
+use prism_shared::config::Settings;
+use prism_shared::consumer::{Outcome, ProcessError, Processor, dead_letter};
+use prism_shared::contract::{SourceObject, StageName};
+use prism_shared::ingest::UploadEvent;
+use prism_shared::store::Buckets;
+use std::sync::Arc;
+
+pub struct Dedup {
+    buckets: Buckets,
+    index: Arc<dyn ClaimIndex>,
+    settings: Settings,
+    /// Each enabled stage with its fingerprint, computed once from configuration.
+    stages: Vec<(StageName, String)>,
+}
+
+impl Dedup {
+    pub fn new(settings: Settings, buckets: Buckets, index: Arc<dyn ClaimIndex>) -> Self {
+        let stages = settings
+            .enabled_stages
+            .iter()
+            .map(|&stage| (stage, settings.stages.fingerprint(stage)))
+            .collect();
+        Dedup {
+            buckets,
+            index,
+            settings,
+            stages,
+        }
+    }
+
+    /// What one upload turns into: jobs, deduplicated results, dead letters of earlier failures.
+    async fn admit(
+        &self,
+        delivery: &Delivery,
+        source: &SourceObject,
+    ) -> Result<Vec<Publication>, ProcessError> {
+        let received_at = Utc::now();
+        let max_bytes = self.settings.stages.limits.max_bytes;
+        let (hash, _) = self
+            .buckets
+            .hash(&source.bucket, &source.key, max_bytes)
+            .await
+            .map_err(|error| {
+                let error_for = if error.is_transient() {
+                    ProcessError::transient
+                } else {
+                    ProcessError::permanent
+                };
+                error_for(error.code(), error.to_string()).about(source)
+            })?;
+        let topics = &self.settings.topics;
+        let mut publications = Vec::with_capacity(self.stages.len());
+        for (stage, fingerprint) in &self.stages {
+            let work = Work {
+                stage: *stage,
+                fingerprint,
+                content_hash: &hash.0,
+            };
+            let seen = SeenSource {
+                source: source.clone(),
+                received_at,
+            };
+            let admission = claims::admit(&*self.index, work, seen, self.settings.claim_lease)
+                .await
+                .map_err(|error| {
+                    ProcessError::transient("dedup_index_unavailable", error.to_string())
+                })?;
+            tracing::debug!(key = %source.key, %stage, hash = %hash, ?admission, "admitted");
+            match admission {
+                Admission::Run(job) => {
+                    publications.push(Publication::json(topics.jobs(*stage), &hash.0, &job))
+                }
+                Admission::Done(result) => {
+                    publications.push(Publication::json(topics.results(*stage), &hash.0, &result))
+                }
+                Admission::Failed(report) => {
+                    let mut error = ProcessError {
+                        report,
+                        source: Some(source.clone()),
+                        content_hash: Some(hash.0.clone()),
+                    };
+                    error.report.kind = prism_shared::contract::ErrorKind::Permanent;
+                    publications.push(dead_letter(
+                        &topics.deadletter,
+                        stage.as_str(),
+                        delivery,
+                        &error,
+                        1,
+                    ));
+                }
+                Admission::Waiting => {}
+            }
+        }
+        Ok(publications)
+    }
+
+    async fn process_one(&self, delivery: &Delivery) -> Outcome {
+        let event = UploadEvent::parse(&delivery.payload)
+            .map_err(|error| ProcessError::permanent(error.code(), error.to_string()))?;
+        let sources = event
+            .created_objects(&[self.settings.output_bucket.as_str()])
+            .map_err(|error| ProcessError::permanent(error.code(), error.to_string()))?;
+        let mut publications = Vec::new();
+        for source in &sources {
+            match self.admit(delivery, source).await {
+                Ok(mut made) => publications.append(&mut made),
+                // Retry the whole event: admitting again is idempotent for the uploads already done.
+                Err(error) if error.is_transient() => return Err(error),
+                // One bad object must not hold back the others in the same event.
+                Err(error) => publications.push(dead_letter(
+                    &self.settings.topics.deadletter,
+                    self.name(),
+                    delivery,
+                    &error,
+                    1,
+                )),
+            }
+        }
+        Ok(publications)
+    }
+}
+
+#[async_trait]
+impl Processor for Dedup {
+    fn name(&self) -> &str {
+        "dedup"
+    }
+
+    async fn process(&self, batch: &[Delivery]) -> Vec<Outcome> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            outcomes.push(self.process_one(delivery).await);
+        }
+        outcomes
+    }
+}

@@ -1,0 +1,83 @@
+//! Wiring shared by every service binary: connect the real backends, subscribe, run the consumer
+//! loop until SIGTERM or Ctrl-C.
+
+use crate::bus::Publisher;
+use crate::bus::kafka::{KafkaPublisher, KafkaSubscriber, ensure_topics};
+use crate::claims::ClaimIndex;
+use crate::claims::couch::CouchIndex;
+use crate::config::Settings;
+use crate::consumer::{ConsumerLoop, Processor, Stats};
+use crate::store::Buckets;
+use anyhow::Context;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// The ports, connected to real servers (or in-process ones for the embedded mode).
+#[derive(Clone)]
+pub struct Backends {
+    pub publisher: Arc<dyn Publisher>,
+    pub buckets: Buckets,
+    pub index: Arc<dyn ClaimIndex>,
+}
+
+impl Backends {
+    /// Kafka, S3 and CouchDB as configured; creates the topics and the database if missing.
+    pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
+        ensure_topics(&settings.kafka, &settings.topics.all())
+            .await
+            .with_context(|| format!("cannot reach Kafka at {}", settings.kafka.brokers))?;
+        let index = CouchIndex::connect(&settings.couchdb)
+            .await
+            .with_context(|| format!("cannot reach CouchDB at {}", settings.couchdb.url))?;
+        Ok(Backends {
+            publisher: Arc::new(KafkaPublisher::new(&settings.kafka)?),
+            buckets: Buckets::s3(&settings.s3),
+            index: Arc::new(index),
+        })
+    }
+}
+
+/// Cancelled on SIGTERM (Docker, Kubernetes) or SIGINT (Ctrl-C).
+pub fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down: finishing the current batch");
+        cancel.cancel();
+    });
+    token
+}
+
+/// Runs `processor` on `topic` in consumer group `prism-<service>` until shutdown.
+pub async fn serve(
+    settings: &Settings,
+    backends: &Backends,
+    topic: &str,
+    processor: Arc<dyn Processor>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let group = if settings.kafka.group_id.is_empty() {
+        format!("prism-{}", processor.name())
+    } else {
+        settings.kafka.group_id.clone()
+    };
+    let subscriber = KafkaSubscriber::new(&settings.kafka, &group, &[topic])?;
+    tracing::info!(service = processor.name(), %topic, %group, "consuming");
+    ConsumerLoop {
+        subscriber: Box::new(subscriber),
+        publisher: backends.publisher.clone(),
+        processor,
+        settings: settings.consumer.clone(),
+        deadletter_topic: settings.topics.deadletter.clone(),
+        stats: Arc::new(Stats::default()),
+    }
+    .run(shutdown)
+    .await?;
+    Ok(())
+}

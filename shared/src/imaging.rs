@@ -146,7 +146,7 @@ pub enum ImageError {
     #[error("unsupported format: {detected}; Prism accepts JPEG, PNG, WebP and GIF")]
     UnsupportedFormat { detected: String },
     #[error(
-        "this {format} uses a feature Prism cannot decode ({reason}); re-save it as a baseline {format}"
+        "this {format} uses a feature Prism cannot decode ({reason}); re-save it with standard settings"
     )]
     UnsupportedFeature {
         format: SourceFormat,
@@ -196,6 +196,14 @@ impl ImageError {
                 format,
                 reason: e.to_string(),
             },
+            CodecError::Decoding(e) => Self::Corrupt {
+                format,
+                // The codec's own words, without image's "Format error decoding Png:" preamble.
+                reason: std::error::Error::source(&e)
+                    .map_or_else(|| e.to_string(), ToString::to_string)
+                    .trim()
+                    .to_owned(),
+            },
             other => Self::Corrupt {
                 format,
                 reason: other.to_string(),
@@ -205,6 +213,7 @@ impl ImageError {
 }
 
 /// 8-bit pixels: RGB, or RGBA when the source has real transparency.
+#[derive(Clone)]
 pub enum Pixels {
     Rgb(RgbImage),
     Rgba(RgbaImage),

@@ -1,1 +1,2 @@
 //! prism-thumbnail
+pub mod stage;

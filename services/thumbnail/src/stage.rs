@@ -1,0 +1,344 @@
+//! The thumbnail stage proper: a decoded image in, encoded thumbnails out.
+//!
+//! Pure: nothing here knows about Kafka or S3, so it is tested and benchmarked on its own.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use fast_image_resize::{
+    FilterType, IntoImageView, IntoImageViewMut, ResizeAlg, ResizeOptions, Resizer,
+};
+use image::{ImageBuffer, Pixel};
+use prism_shared::imaging::{DecodedImage, Pixels, flatten_onto_white};
+use serde::{Deserialize, Serialize};
+
+/// Longest edges rendered by default: list grid, detail view, and a large preview.
+pub const DEFAULT_SIZES: [u32; 3] = [128, 256, 512];
+
+/// JPEG quality by default: 85 is visually lossless for photos at thumbnail sizes while about
+/// half the bytes of 95.
+pub const DEFAULT_JPEG_QUALITY: u8 = 85;
+
+/// WebP quality by default: libwebp's 80 matches JPEG 85 perceptually at fewer bytes.
+pub const DEFAULT_WEBP_QUALITY: u8 = 80;
+
+/// The longest edge a thumbnail may ask for: WebP cannot encode more than 16383 pixels a side.
+pub const MAX_SIZE: u32 = 16_383;
+
+/// An output encoding.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ThumbnailFormat {
+    Jpeg,
+    Webp,
+}
+
+impl ThumbnailFormat {
+    /// File extension, without the dot.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Jpeg => "jpg",
+            Self::Webp => "webp",
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Jpeg => "image/jpeg",
+            Self::Webp => "image/webp",
+        }
+    }
+}
+
+impl fmt::Display for ThumbnailFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Jpeg => "JPEG",
+            Self::Webp => "WebP",
+        })
+    }
+}
+
+/// Which thumbnails to render: every size in every format.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ThumbnailSpec {
+    /// Longest edge of each thumbnail, in pixels. A smaller source is never upscaled.
+    pub sizes: Vec<u32>,
+    pub formats: Vec<ThumbnailFormat>,
+    /// 1 (smallest) to 100 (best).
+    pub jpeg_quality: u8,
+    /// 1 (smallest) to 100 (best); always lossy.
+    pub webp_quality: u8,
+}
+
+impl Default for ThumbnailSpec {
+    fn default() -> Self {
+        Self {
+            sizes: DEFAULT_SIZES.to_vec(),
+            formats: vec![ThumbnailFormat::Jpeg, ThumbnailFormat::Webp],
+            jpeg_quality: DEFAULT_JPEG_QUALITY,
+            webp_quality: DEFAULT_WEBP_QUALITY,
+        }
+    }
+}
+
+impl ThumbnailSpec {
+    /// Checks the spec once, so that a bad configuration fails at start-up with a clear reason.
+    pub fn validate(&self) -> Result<(), ThumbnailError> {
+        let invalid = |reason: String| Err(ThumbnailError::InvalidSpec { reason });
+        if self.sizes.is_empty() {
+            return invalid("sizes is empty; list at least one longest-edge size".into());
+        }
+        if let Some(size) = self.sizes.iter().find(|&&s| s == 0 || s > MAX_SIZE) {
+            return invalid(format!("size {size} is outside 1..={MAX_SIZE}"));
+        }
+        if has_duplicates(&self.sizes) {
+            return invalid(format!("sizes {:?} lists a size twice", self.sizes));
+        }
+        if self.formats.is_empty() {
+            return invalid("formats is empty; list jpeg, webp or both".into());
+        }
+        if has_duplicates(&self.formats) {
+            return invalid(format!("formats {:?} lists a format twice", self.formats));
+        }
+        for (name, quality) in [("jpeg", self.jpeg_quality), ("webp", self.webp_quality)] {
+            if !(1..=100).contains(&quality) {
+                return invalid(format!("{name}_quality is {quality}; it must be 1..=100"));
+            }
+        }
+        Ok(())
+    }
+
+    fn quality(&self, format: ThumbnailFormat) -> u8 {
+        match format {
+            ThumbnailFormat::Jpeg => self.jpeg_quality,
+            ThumbnailFormat::Webp => self.webp_quality,
+        }
+    }
+}
+
+/// One encoded thumbnail.
+#[derive(Clone, PartialEq)]
+pub struct Thumbnail {
+    /// The spec's size this answers; `width`/`height` are smaller for a smaller source.
+    pub size: u32,
+    pub format: ThumbnailFormat,
+    pub width: u32,
+    pub height: u32,
+    pub bytes: Vec<u8>,
+}
+
+impl fmt::Debug for Thumbnail {
+    // The encoded bytes are summarised: printing them helps nobody.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Thumbnail")
+            .field("size", &self.size)
+            .field("format", &self.format)
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .field("bytes", &format_args!("{} bytes", self.bytes.len()))
+            .finish()
+    }
+}
+
+#[derive(thiserror::Error, Debug)]
+pub enum ThumbnailError {
+    #[error("invalid thumbnail spec: {reason}")]
+    InvalidSpec { reason: String },
+    #[error("resizing to {width}x{height} failed: {reason}")]
+    Resize {
+        width: u32,
+        height: u32,
+        reason: String,
+    },
+    #[error("encoding a {width}x{height} {format} thumbnail failed: {reason}")]
+    Encode {
+        format: ThumbnailFormat,
+        width: u32,
+        height: u32,
+        reason: String,
+    },
+}
+
+impl ThumbnailError {
+    /// A stable snake_case code for dead letters and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidSpec { .. } => "invalid_thumbnail_spec",
+            Self::Resize { .. } => "resize_failed",
+            Self::Encode { .. } => "encode_failed",
+        }
+    }
+}
+
+/// Renders every size of `spec` in every format, ordered as the spec lists sizes, then formats.
+///
+/// Sizes are rendered largest first, each from the one before: every step is then a modest
+/// Lanczos3 reduction, and only the largest reads the full-size image. EXIF orientation is
+/// applied to that first, small result rather than to the full-size image.
+pub fn render(
+    image: &DecodedImage,
+    spec: &ThumbnailSpec,
+) -> Result<Vec<Thumbnail>, ThumbnailError> {
+    spec.validate()?;
+    let mut sizes = spec.sizes.clone();
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+
+    let mut resizer = Resizer::new();
+    let mut thumbnails = Vec::with_capacity(sizes.len() * spec.formats.len());
+    let mut larger: Option<Cow<'_, Pixels>> = None;
+    for size in sizes {
+        let (width, height) = fit_within(image.width(), image.height(), size);
+        let pixels = match larger.take() {
+            Some(previous) if (previous.width(), previous.height()) == (width, height) => previous,
+            Some(previous) => Cow::Owned(resize(&mut resizer, &previous, width, height)?),
+            None => largest_thumbnail(&mut resizer, image, size)?,
+        };
+        for &format in &spec.formats {
+            thumbnails.push(Thumbnail {
+                size,
+                format,
+                width,
+                height,
+                bytes: encode(&pixels, format, spec.quality(format))?,
+            });
+        }
+        larger = Some(pixels);
+    }
+
+    let rank = |list: &[u32], size: u32| list.iter().position(|&s| s == size);
+    thumbnails.sort_by_key(|t| {
+        let format_rank = spec.formats.iter().position(|&f| f == t.format);
+        (rank(&spec.sizes, t.size), format_rank)
+    });
+    Ok(thumbnails)
+}
+
+/// The first thumbnail, resized from the stored pixels and then oriented for display.
+/// Borrows the stored pixels when they need neither.
+fn largest_thumbnail<'a>(
+    resizer: &mut Resizer,
+    image: &'a DecodedImage,
+    size: u32,
+) -> Result<Cow<'a, Pixels>, ThumbnailError> {
+    let stored = image.stored_pixels();
+    // fit_within treats both edges alike, so fitting the stored (unrotated) image gives the
+    // displayed size with its edges swapped exactly when the orientation swaps them.
+    let (width, height) = fit_within(stored.width(), stored.height(), size);
+    let resized = if (width, height) == (stored.width(), stored.height()) {
+        Cow::Borrowed(stored)
+    } else {
+        Cow::Owned(resize(resizer, stored, width, height)?)
+    };
+    Ok(match image.orientation() {
+        image::metadata::Orientation::NoTransforms => resized,
+        orientation => Cow::Owned(resized.into_owned().oriented(orientation)),
+    })
+}
+
+/// Scales (width, height) so the longest edge is `size`, keeping the aspect ratio, never
+/// upscaling, and never shrinking an edge below one pixel.
+pub fn fit_within(width: u32, height: u32, size: u32) -> (u32, u32) {
+    let longest = width.max(height);
+    if longest <= size {
+        return (width, height);
+    }
+    let scale = |edge: u32| {
+        let scaled =
+            (u64::from(edge) * u64::from(size) + u64::from(longest) / 2) / u64::from(longest);
+        // At most `size`, which is a u32.
+        scaled.max(1) as u32
+    };
+    (scale(width), scale(height))
+}
+
+fn resize(
+    resizer: &mut Resizer,
+    source: &Pixels,
+    width: u32,
+    height: u32,
+) -> Result<Pixels, ThumbnailError> {
+    let resized = match source {
+        Pixels::Rgb(rgb) => resize_buffer(resizer, rgb, width, height).map(Pixels::Rgb),
+        Pixels::Rgba(rgba) => resize_buffer(resizer, rgba, width, height).map(Pixels::Rgba),
+    };
+    resized.map_err(|e| ThumbnailError::Resize {
+        width,
+        height,
+        reason: e.to_string(),
+    })
+}
+
+fn resize_buffer<P>(
+    resizer: &mut Resizer,
+    source: &ImageBuffer<P, Vec<u8>>,
+    width: u32,
+    height: u32,
+) -> Result<ImageBuffer<P, Vec<u8>>, fast_image_resize::ResizeError>
+where
+    P: Pixel<Subpixel = u8>,
+    ImageBuffer<P, Vec<u8>>: IntoImageView + IntoImageViewMut,
+{
+    let mut target = ImageBuffer::new(width, height);
+    // Lanczos3 is the default, named here because the choice matters; alpha is premultiplied
+    // during the resize so transparent pixels do not bleed their colour into their neighbours.
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
+    resizer.resize(source, &mut target, &options)?;
+    Ok(target)
+}
+
+fn encode(
+    pixels: &Pixels,
+    format: ThumbnailFormat,
+    quality: u8,
+) -> Result<Vec<u8>, ThumbnailError> {
+    let (width, height) = (pixels.width(), pixels.height());
+    let failed = |reason: String| ThumbnailError::Encode {
+        format,
+        width,
+        height,
+        reason,
+    };
+    match (format, pixels) {
+        (ThumbnailFormat::Jpeg, Pixels::Rgb(rgb)) => encode_jpeg(rgb, quality).map_err(failed),
+        // JPEG has no alpha: composite onto white, as a browser shows a transparent image.
+        (ThumbnailFormat::Jpeg, Pixels::Rgba(rgba)) => {
+            encode_jpeg(&flatten_onto_white(rgba), quality).map_err(failed)
+        }
+        (ThumbnailFormat::Webp, Pixels::Rgb(rgb)) => {
+            encode_webp(webp::Encoder::from_rgb(rgb, width, height), quality).map_err(failed)
+        }
+        (ThumbnailFormat::Webp, Pixels::Rgba(rgba)) => {
+            encode_webp(webp::Encoder::from_rgba(rgba, width, height), quality).map_err(failed)
+        }
+    }
+}
+
+fn encode_jpeg(rgb: &image::RgbImage, quality: u8) -> Result<Vec<u8>, String> {
+    let too_big = |edge: u32| format!("{edge} pixels is over JPEG's limit of 65535");
+    let width = u16::try_from(rgb.width()).map_err(|_| too_big(rgb.width()))?;
+    let height = u16::try_from(rgb.height()).map_err(|_| too_big(rgb.height()))?;
+    let mut bytes = Vec::new();
+    // Standard Huffman tables, not optimised ones: zune-jpeg 0.5 (the image crate's decoder)
+    // mis-decodes the one-symbol tables jpeg-encoder optimises flat images into.
+    jpeg_encoder::Encoder::new(&mut bytes, quality)
+        .encode(rgb, width, height, jpeg_encoder::ColorType::Rgb)
+        .map_err(|e| e.to_string())?;
+    Ok(bytes)
+}
+
+fn encode_webp(encoder: webp::Encoder<'_>, quality: u8) -> Result<Vec<u8>, String> {
+    let lossless = false;
+    let encoded = encoder
+        .encode_simple(lossless, f32::from(quality))
+        .map_err(|e| format!("libwebp: {e:?}"))?;
+    Ok(encoded.to_vec())
+}
+
+fn has_duplicates<T: PartialEq>(items: &[T]) -> bool {
+    items
+        .iter()
+        .enumerate()
+        .any(|(i, item)| items[i + 1..].contains(item))
+}

@@ -1,1 +1,2 @@
 //! prism-detect
+pub mod model;

@@ -207,10 +207,10 @@ pub fn render(
         larger = Some(pixels);
     }
 
-    let rank = |list: &[u32], size: u32| list.iter().position(|&s| s == size);
     thumbnails.sort_by_key(|t| {
+        let size_rank = spec.sizes.iter().position(|&s| s == t.size);
         let format_rank = spec.formats.iter().position(|&f| f == t.format);
-        (rank(&spec.sizes, t.size), format_rank)
+        (size_rank, format_rank)
     });
     Ok(thumbnails)
 }

@@ -13,4 +13,5 @@ pub mod service;
 pub mod stages;
 pub mod store;
 pub mod telemetry;
+pub mod watch;
 pub mod worker;

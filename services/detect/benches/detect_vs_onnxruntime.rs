@@ -1,0 +1,218 @@
+//! Prism's detector against onnxruntime, on the same ONNX file and the same decoded pixels:
+//! latency at batch 1 and throughput at batch 8, side by side, and how far the detections differ.
+//!
+//! Needs `deploy/local/fetch-assets.sh --onnxruntime` (weights, images, and a Python venv with
+//! onnxruntime under $PRISM_HOME). Run with
+//! `cargo bench -p prism-detect --bench detect_vs_onnxruntime`; BENCH_ITERATIONS sets the rounds.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail, ensure};
+use image::RgbImage;
+use prism_detect::model::{Detection, Detector, DetectorConfig, prism_home};
+use serde::Deserialize;
+
+const BATCH: usize = 8;
+const DEFAULT_ITERATIONS: usize = 10;
+/// bike.jpg is optional in the cache.
+const IMAGES: [(&str, bool); 3] = [("bus.jpg", true), ("zidane.jpg", true), ("bike.jpg", false)];
+
+/// What onnxruntime_detect.py prints.
+#[derive(Deserialize)]
+struct OnnxRuntimeRun {
+    runtime: String,
+    batch1_median_ms: f64,
+    batch_median_ms: f64,
+    detections: Vec<Vec<Detection>>,
+}
+
+struct Timings {
+    batch1_ms: f64,
+    batch_ms: f64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let iterations = match std::env::var("BENCH_ITERATIONS") {
+        Ok(value) => value.parse().context("BENCH_ITERATIONS must be a number")?,
+        Err(_) => DEFAULT_ITERATIONS,
+    };
+    let home = prism_home();
+    let python = home.join("venv-onnxruntime/bin/python");
+    ensure!(
+        python.is_file(),
+        "{} is missing: run deploy/local/fetch-assets.sh --onnxruntime",
+        python.display()
+    );
+    let config = DetectorConfig::default();
+    let detector = Detector::load(&config)?;
+
+    let mut names = Vec::new();
+    let mut images = Vec::new();
+    for (name, required) in IMAGES {
+        let path = home.join("images").join(name);
+        if !path.is_file() {
+            ensure!(
+                !required,
+                "{} is missing: run deploy/local/fetch-assets.sh",
+                path.display()
+            );
+            continue;
+        }
+        images.push(
+            image::open(&path)
+                .with_context(|| path.display().to_string())?
+                .to_rgb8(),
+        );
+        names.push(name);
+    }
+
+    let prism = time_prism(&detector, &images, iterations)?;
+    let prism_detections = detector.detect(&images)?;
+    let onnxruntime = run_onnxruntime(&python, &config, &images, iterations)?;
+
+    println!(
+        "YOLOv8n, {}x{} input, images {}, median of {iterations} rounds, {} CPU threads\n",
+        config.input_size,
+        config.input_size,
+        names.join(", "),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
+        "{:<34} {:>16} {:>18} {:>8}",
+        "", "Prism (candle)", onnxruntime.runtime, "ratio"
+    );
+    let row = |label: &str, prism: f64, other: f64| {
+        println!(
+            "{label:<34} {prism:>16.1} {other:>18.1} {:>7.2}x",
+            prism / other
+        );
+    };
+    row(
+        "batch 1 latency (ms/image)",
+        prism.batch1_ms,
+        onnxruntime.batch1_median_ms,
+    );
+    let throughput = |batch_ms: f64| BATCH as f64 * 1000.0 / batch_ms;
+    row(
+        &format!("batch {BATCH} throughput (images/s)"),
+        throughput(prism.batch_ms),
+        throughput(onnxruntime.batch_median_ms),
+    );
+    println!(
+        "(onnxruntime runs the batch as {BATCH} single-image runs: the export's batch is fixed at 1)\n"
+    );
+
+    for ((name, ours), theirs) in names
+        .iter()
+        .zip(&prism_detections)
+        .zip(&onnxruntime.detections)
+    {
+        println!("{name}: {}", agreement(ours, theirs));
+    }
+    Ok(())
+}
+
+fn time_prism(
+    detector: &Detector,
+    images: &[RgbImage],
+    iterations: usize,
+) -> anyhow::Result<Timings> {
+    detector.detect(&images[..1])?; // warm-up: first-touch allocations
+    let mut latencies = Vec::new();
+    for _ in 0..iterations {
+        for image in images {
+            let start = Instant::now();
+            detector.detect(std::slice::from_ref(image))?;
+            latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    let batch: Vec<RgbImage> = images.iter().cycle().take(BATCH).cloned().collect();
+    let mut batch_times = Vec::new();
+    for _ in 0..iterations {
+        let start = Instant::now();
+        detector.detect(&batch)?;
+        batch_times.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(Timings {
+        batch1_ms: median(&mut latencies),
+        batch_ms: median(&mut batch_times),
+    })
+}
+
+fn run_onnxruntime(
+    python: &Path,
+    config: &DetectorConfig,
+    images: &[RgbImage],
+    iterations: usize,
+) -> anyhow::Result<OnnxRuntimeRun> {
+    // Raw pixels, so onnxruntime sees exactly what Prism decoded.
+    let directory = std::env::temp_dir().join(format!("prism-detect-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&directory)?;
+    let mut arguments: Vec<String> = Vec::new();
+    for (index, image) in images.iter().enumerate() {
+        let path: PathBuf = directory.join(format!("{index}.rgb"));
+        std::fs::write(&path, image.as_raw())?;
+        arguments.push(format!(
+            "{}:{}:{}",
+            path.display(),
+            image.width(),
+            image.height()
+        ));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/onnxruntime_detect.py");
+    let output = Command::new(python)
+        .arg(&script)
+        .arg("--model")
+        .arg(&config.weights)
+        .args(["--size", &config.input_size.to_string()])
+        .args(["--confidence", &config.confidence_threshold.to_string()])
+        .args(["--iou", &config.iou_threshold.to_string()])
+        .args(["--iterations", &iterations.to_string()])
+        .args(["--batch", &BATCH.to_string()])
+        .args(&arguments)
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    std::fs::remove_dir_all(&directory).ok();
+    if !output.status.success() {
+        bail!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+/// Largest differences between matched detections, or why they cannot be matched.
+fn agreement(ours: &[Detection], theirs: &[Detection]) -> String {
+    if ours.len() != theirs.len() {
+        return format!(
+            "{} detections vs {} from onnxruntime",
+            ours.len(),
+            theirs.len()
+        );
+    }
+    let mut box_px = 0.0f32;
+    let mut confidence = 0.0f32;
+    for (a, b) in ours.iter().zip(theirs) {
+        if a.class_id != b.class_id {
+            return format!("classes differ: {} vs {}", a.class, b.class);
+        }
+        let (p, q) = (&a.bbox, &b.bbox);
+        for difference in [p.x1 - q.x1, p.y1 - q.y1, p.x2 - q.x2, p.y2 - q.y2] {
+            box_px = box_px.max(difference.abs());
+        }
+        confidence = confidence.max((a.confidence - b.confidence).abs());
+    }
+    format!(
+        "{} detections, same classes; max box difference {box_px:.4} px, max confidence difference {confidence:.6}",
+        ours.len()
+    )
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}

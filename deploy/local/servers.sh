@@ -6,7 +6,8 @@
 #
 # Usage: servers.sh start|stop|restart|status [NAME...]   (no NAME: all three)
 #        servers.sh kill [-SIGNAL] NAME...                 (fault tests: kill -9 s3, kill -STOP kafka)
-#        servers.sh env                                    (export lines for clients: eval "$(servers.sh env)")
+#        servers.sh env                                    (export lines for clients: eval "$(servers.sh env)";
+#                                                           AWS_ENDPOINT_URL lets aws/boto3 find S3 unaided)
 #        servers.sh log NAME                               (last lines of its log)
 #
 # Kafka storage: PRISM_KAFKA_STORAGE=memory (default; a restart loses every
@@ -21,12 +22,14 @@
 #   one). CreateBucket on an existing bucket answers BucketAlreadyOwnedByYou
 #   (409), like MinIO. PutObject ignores If-None-Match: * (it overwrites).
 #   HEAD without a stored Content-Type returns none (S3 says
-#   binary/octet-stream).
+#   binary/octet-stream). A wrong secret gets AccessDenied, not
+#   SignatureDoesNotMatch (both 403).
 # - pouchdb-server: new databases are open to anyone until their _security
 #   names members (CouchDB 3 makes them admin-only); _find ignores _security;
 #   an anonymous PUT /newdb crashes the process (a bug in 4.2.0), and so would
 #   an anonymous DELETE /db without --unhandled-rejections=warn, used below.
-#   require_valid_user is not supported.
+#   require_valid_user is not supported. A document PUT without
+#   Content-Type: application/json is stored with an empty body.
 set -euo pipefail
 # shellcheck source=deploy/local/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -283,6 +286,7 @@ env_cmd() {
     for name in \
         "PRISM_KAFKA__BROKERS=127.0.0.1:$KAFKA_PORT" \
         "PRISM_S3__ENDPOINT=http://127.0.0.1:$S3_PORT" \
+        "AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT" \
         "AWS_REGION=us-east-1" \
         "AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID" \
         "AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY" \

@@ -74,7 +74,9 @@ pub fn claim_id(stage: StageName, fingerprint: &str, content_hash: &str) -> Stri
 impl Claim {
     fn note_source(&mut self, seen: &SeenSource) {
         self.sources_seen += 1;
-        if self.sources.len() < MAX_LISTED_SOURCES && !self.sources.iter().any(|s| s.source == seen.source) {
+        if self.sources.len() < MAX_LISTED_SOURCES
+            && !self.sources.iter().any(|s| s.source == seen.source)
+        {
             self.sources.push(seen.clone());
         }
     }
@@ -92,7 +94,12 @@ impl Claim {
     }
 
     /// The result for `seen`, from this claim's finished outputs.
-    pub fn result_for(&self, seen: &SeenSource, deduplicated: bool, processing: Duration) -> StageResult {
+    pub fn result_for(
+        &self,
+        seen: &SeenSource,
+        deduplicated: bool,
+        processing: Duration,
+    ) -> StageResult {
         StageResult {
             schema_version: SCHEMA_VERSION,
             source: seen.source.clone(),
@@ -192,7 +199,11 @@ pub async fn admit(
         let admission = match existing.status {
             ClaimStatus::Done => {
                 existing.note_source(&seen);
-                Admission::Done(Box::new(existing.result_for(&seen, true, started.elapsed())))
+                Admission::Done(Box::new(existing.result_for(
+                    &seen,
+                    true,
+                    started.elapsed(),
+                )))
             }
             ClaimStatus::Failed => {
                 existing.note_source(&seen);
@@ -347,7 +358,8 @@ mod tests {
             .collect();
         assert_eq!(recipients, [("a.jpg", false), ("b.jpg", true)]);
 
-        let Admission::Done(result) = admit(&index, work(), seen("c.jpg"), LEASE).await.unwrap() else {
+        let Admission::Done(result) = admit(&index, work(), seen("c.jpg"), LEASE).await.unwrap()
+        else {
             panic!("later copies get the earlier result");
         };
         assert!(result.deduplicated);
@@ -363,17 +375,20 @@ mod tests {
         let index = MemoryIndex::default();
         // A lease of zero has always expired by the time anyone looks.
         let expired = Duration::ZERO;
-        let Admission::Run(first) = admit(&index, work(), seen("a.jpg"), expired).await.unwrap() else {
+        let Admission::Run(first) = admit(&index, work(), seen("a.jpg"), expired).await.unwrap()
+        else {
             panic!()
         };
         // The same upload again (dedup crashed before publishing the job): run it again.
-        let Admission::Run(again) = admit(&index, work(), seen("a.jpg"), expired).await.unwrap() else {
+        let Admission::Run(again) = admit(&index, work(), seen("a.jpg"), expired).await.unwrap()
+        else {
             panic!("a redelivered upload must re-publish its job")
         };
         assert_eq!(again.source, first.source);
 
         // A twin finds the lease expired and takes the work over, for the first source.
-        let Admission::Run(taken) = admit(&index, work(), seen("b.jpg"), LEASE).await.unwrap() else {
+        let Admission::Run(taken) = admit(&index, work(), seen("b.jpg"), LEASE).await.unwrap()
+        else {
             panic!("an expired claim must be taken over")
         };
         assert_eq!(taken.source.key, "a.jpg");
@@ -390,7 +405,8 @@ mod tests {
     #[tokio::test]
     async fn failures_are_remembered_for_later_copies() {
         let index = MemoryIndex::default();
-        let Admission::Run(job) = admit(&index, work(), seen("bad.jpg"), LEASE).await.unwrap() else {
+        let Admission::Run(job) = admit(&index, work(), seen("bad.jpg"), LEASE).await.unwrap()
+        else {
             panic!()
         };
         let error = ErrorReport {
@@ -399,11 +415,18 @@ mod tests {
             reason: "JPEG ends early".into(),
         };
         finish(&index, &job, Err(error)).await.unwrap();
-        let Admission::Failed(report) = admit(&index, work(), seen("copy.jpg"), LEASE).await.unwrap() else {
+        let Admission::Failed(report) = admit(&index, work(), seen("copy.jpg"), LEASE)
+            .await
+            .unwrap()
+        else {
             panic!()
         };
         assert_eq!(report.code, "corrupt_image");
-        assert!(report.reason.contains("JPEG ends early"), "{}", report.reason);
+        assert!(
+            report.reason.contains("JPEG ends early"),
+            "{}",
+            report.reason
+        );
         assert_eq!(
             index.with_status(ClaimStatus::Failed).await.unwrap().len(),
             1
@@ -415,10 +438,17 @@ mod tests {
         let index = std::sync::Arc::new(MemoryIndex::default());
         let admissions = futures::future::join_all((0..16).map(|n| {
             let index = index.clone();
-            async move { admit(&*index, work(), seen(&format!("{n}.jpg")), LEASE).await.unwrap() }
+            async move {
+                admit(&*index, work(), seen(&format!("{n}.jpg")), LEASE)
+                    .await
+                    .unwrap()
+            }
         }))
         .await;
-        let runs = admissions.iter().filter(|a| matches!(a, Admission::Run(_))).count();
+        let runs = admissions
+            .iter()
+            .filter(|a| matches!(a, Admission::Run(_)))
+            .count();
         assert_eq!(runs, 1);
         let claim = index.get("thumbnail:fp:hash").await.unwrap().unwrap();
         assert_eq!(claim.waiters.len(), 15);

@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProcessError {
     pub report: ErrorReport,
-    pub source: Option<SourceObject>,
+    /// Boxed to keep `Result<_, ProcessError>` small on the hot path.
+    pub source: Option<Box<SourceObject>>,
     pub content_hash: Option<String>,
 }
 
@@ -49,7 +50,7 @@ impl ProcessError {
     }
 
     pub fn about(mut self, source: &SourceObject) -> Self {
-        self.source = Some(source.clone());
+        self.source = Some(Box::new(source.clone()));
         self
     }
 
@@ -81,7 +82,7 @@ pub fn dead_letter(
         stage: stage.to_string(),
         error: error.report.clone(),
         attempts,
-        source: error.source.clone(),
+        source: error.source.as_deref().cloned(),
         content_hash: error.content_hash.clone(),
         origin: Origin {
             topic: delivery.topic.clone(),
@@ -94,7 +95,12 @@ pub fn dead_letter(
     let key = error
         .content_hash
         .clone()
-        .or_else(|| delivery.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()))
+        .or_else(|| {
+            delivery
+                .key
+                .as_ref()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+        })
         .unwrap_or_default();
     Publication::json(topic, &key, &letter)
 }
@@ -308,7 +314,11 @@ mod tests {
         }
     }
 
-    async fn run_over(inputs: &[&[u8]], transient_failures: u32, max_batch: usize) -> (MemoryBus, Arc<Stats>, Arc<Echo>) {
+    async fn run_over(
+        inputs: &[&[u8]],
+        transient_failures: u32,
+        max_batch: usize,
+    ) -> (MemoryBus, Arc<Stats>, Arc<Echo>) {
         let bus = MemoryBus::default();
         for input in inputs {
             bus.publish(&Publication {

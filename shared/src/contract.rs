@@ -187,6 +187,9 @@ mod tests {
     #[test]
     fn original_payload_keeps_json_and_text() {
         assert_eq!(original_payload(br#"{"a":1}"#)["a"], 1);
-        assert_eq!(original_payload(b"not json"), Value::String("not json".into()));
+        assert_eq!(
+            original_payload(b"not json"),
+            Value::String("not json".into())
+        );
     }
 }

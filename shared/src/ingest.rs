@@ -108,7 +108,10 @@ impl UploadEvent {
 
     /// The created objects this event announces, skipping other event kinds and the buckets in
     /// `ignored_buckets` (Prism's own output bucket: processing it would loop forever).
-    pub fn created_objects(&self, ignored_buckets: &[&str]) -> Result<Vec<SourceObject>, EventError> {
+    pub fn created_objects(
+        &self,
+        ignored_buckets: &[&str],
+    ) -> Result<Vec<SourceObject>, EventError> {
         let mut objects = Vec::with_capacity(self.records.len());
         for record in &self.records {
             if !is_object_created(&record.event_name) {
@@ -194,9 +197,18 @@ mod tests {
 
     #[test]
     fn keys_round_trip_through_minio_encoding() {
-        for key in ["a/b c.jpg", "ünï cödé/北京.png", "x+y=z&w?.jpg", "../up/./x.jpg", "%41.jpg"] {
+        for key in [
+            "a/b c.jpg",
+            "ünï cödé/北京.png",
+            "x+y=z&w?.jpg",
+            "../up/./x.jpg",
+            "%41.jpg",
+        ] {
             let encoded = encode_key(key);
-            assert!(!encoded.contains(' ') && !encoded.contains('/'), "{encoded}");
+            assert!(
+                !encoded.contains(' ') && !encoded.contains('/'),
+                "{encoded}"
+            );
             assert_eq!(decode_key(&encoded).unwrap(), key);
         }
         assert_eq!(encode_key("a/b c.jpg"), "a%2Fb+c.jpg");

@@ -6,11 +6,26 @@ use serde_json::Value;
 
 /// `(file name, contents)` of every schema, shared definitions first.
 pub const FILES: [(&str, &str); 5] = [
-    ("defs.schema.json", include_str!("../schemas/defs.schema.json")),
-    ("upload.schema.json", include_str!("../schemas/upload.schema.json")),
-    ("job.schema.json", include_str!("../schemas/job.schema.json")),
-    ("result.schema.json", include_str!("../schemas/result.schema.json")),
-    ("deadletter.schema.json", include_str!("../schemas/deadletter.schema.json")),
+    (
+        "defs.schema.json",
+        include_str!("../schemas/defs.schema.json"),
+    ),
+    (
+        "upload.schema.json",
+        include_str!("../schemas/upload.schema.json"),
+    ),
+    (
+        "job.schema.json",
+        include_str!("../schemas/job.schema.json"),
+    ),
+    (
+        "result.schema.json",
+        include_str!("../schemas/result.schema.json"),
+    ),
+    (
+        "deadletter.schema.json",
+        include_str!("../schemas/deadletter.schema.json"),
+    ),
 ];
 
 /// Where the schemas' `$id`s live; `$ref`s between them resolve here, never over the network.
@@ -100,7 +115,10 @@ impl Schemas {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(format!("{kind:?} breaks its schema: {}\n{message}", errors.join("; ")))
+            Err(format!(
+                "{kind:?} breaks its schema: {}\n{message}",
+                errors.join("; ")
+            ))
         }
     }
 
@@ -143,10 +161,14 @@ mod tests {
             received_at: chrono::Utc::now(),
         };
         let index = MemoryIndex::default();
-        let Admission::Run(job) = admit(&index, work, seen.clone(), std::time::Duration::from_secs(9))
-            .await
-            .unwrap()
-        else {
+        let Admission::Run(job) = admit(
+            &index,
+            work,
+            seen.clone(),
+            std::time::Duration::from_secs(9),
+        )
+        .await
+        .unwrap() else {
             panic!()
         };
         schemas.check(MessageKind::Job, &json!(job)).unwrap();
@@ -164,8 +186,12 @@ mod tests {
             "detections".into(),
             json!([{"class": "bus", "class_id": 5, "confidence": 0.8, "box": {"x1": 1.0, "y1": 2.0, "x2": 3.0, "y2": 4.0}}]),
         );
-        let finished = finish(&index, &job, Ok((vec![output], payload))).await.unwrap();
-        let result = finished.claim.result_for(&seen, false, std::time::Duration::from_millis(3));
+        let finished = finish(&index, &job, Ok((vec![output], payload)))
+            .await
+            .unwrap();
+        let result = finished
+            .claim
+            .result_for(&seen, false, std::time::Duration::from_millis(3));
         schemas.check(MessageKind::Result, &json!(result)).unwrap();
 
         // A detect result without detections, or with an unknown field, is refused.
@@ -194,9 +220,15 @@ mod tests {
         };
         let error = ProcessError::permanent("corrupt_image", "JPEG ends early").about(&source());
         let letter = dead_letter("prism.deadletter", "thumbnail", &delivery, &error, 2);
-        schemas.check_bytes(MessageKind::DeadLetter, &letter.payload).unwrap();
+        schemas
+            .check_bytes(MessageKind::DeadLetter, &letter.payload)
+            .unwrap();
         let error = ProcessError::permanent("Bad Code", "x");
         let letter = dead_letter("prism.deadletter", "dedup", &delivery, &error, 1);
-        assert!(schemas.check_bytes(MessageKind::DeadLetter, &letter.payload).is_err());
+        assert!(
+            schemas
+                .check_bytes(MessageKind::DeadLetter, &letter.payload)
+                .is_err()
+        );
     }
 }

@@ -177,11 +177,9 @@ pub struct StageParams {
 impl StageParams {
     pub fn fingerprint(&self, stage: StageName) -> String {
         match stage {
-            StageName::Thumbnail => fingerprint(
-                stage,
-                THUMBNAIL_VERSION,
-                &(&self.thumbnail, &self.limits),
-            ),
+            StageName::Thumbnail => {
+                fingerprint(stage, THUMBNAIL_VERSION, &(&self.thumbnail, &self.limits))
+            }
             StageName::Detect => fingerprint(stage, DETECT_VERSION, &(&self.detect, &self.limits)),
         }
     }
@@ -196,7 +194,10 @@ mod tests {
         let base = StageParams::default();
         let thumb = base.fingerprint(StageName::Thumbnail);
         assert_eq!(thumb.len(), 16);
-        assert_eq!(thumb, StageParams::default().fingerprint(StageName::Thumbnail));
+        assert_eq!(
+            thumb,
+            StageParams::default().fingerprint(StageName::Thumbnail)
+        );
         assert_ne!(thumb, base.fingerprint(StageName::Detect));
 
         let mut other = base.clone();

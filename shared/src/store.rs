@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("object {key:?} no longer exists in bucket {bucket:?} (deleted before it was processed)")]
+    #[error(
+        "object {key:?} no longer exists in bucket {bucket:?} (deleted before it was processed)"
+    )]
     NotFound { bucket: String, key: String },
     #[error(
         "object key {key:?} cannot be stored safely (empty, `.`/`..` segments, control characters or surrounding slashes)"
@@ -59,13 +61,19 @@ type Factory = dyn Fn(&str) -> Result<Arc<dyn ObjectStore>, StoreError> + Send +
 #[derive(Clone)]
 pub struct Buckets {
     open: Arc<Factory>,
+    /// Whether objects carry a content type (S3 does; a local folder has nowhere to keep it).
+    content_types: bool,
     opened: Arc<Mutex<HashMap<String, Arc<dyn ObjectStore>>>>,
 }
 
 impl Buckets {
-    fn new(open: impl Fn(&str) -> Result<Arc<dyn ObjectStore>, StoreError> + Send + Sync + 'static) -> Self {
+    fn new(
+        content_types: bool,
+        open: impl Fn(&str) -> Result<Arc<dyn ObjectStore>, StoreError> + Send + Sync + 'static,
+    ) -> Self {
         Buckets {
             open: Arc::new(open),
+            content_types,
             opened: Default::default(),
         }
     }
@@ -73,7 +81,7 @@ impl Buckets {
     /// S3 or MinIO. Credentials come from the standard `AWS_*` variables (or the instance role).
     pub fn s3(settings: &S3Settings) -> Self {
         let settings = settings.clone();
-        Buckets::new(move |bucket| {
+        Buckets::new(true, move |bucket| {
             let mut builder = AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
                 .with_region(&settings.region)
@@ -87,16 +95,20 @@ impl Buckets {
         })
     }
 
-    /// Each bucket is a folder under `root` (created on demand): the embedded mode's store.
-    pub fn local(root: impl Into<std::path::PathBuf>) -> Self {
-        let root = root.into();
-        Buckets::new(move |bucket| {
-            let dir = root.join(bucket);
-            std::fs::create_dir_all(&dir).map_err(|error| {
-                StoreError::Unavailable(object_store::Error::Generic {
-                    store: "local",
-                    source: Box::new(error),
-                })
+    /// Each bucket is a folder on disk (the embedded mode's store); other bucket names are refused.
+    pub fn folders(folders: HashMap<String, std::path::PathBuf>) -> Self {
+        Buckets::new(false, move |bucket| {
+            let not_configured = || object_store::Error::NotImplemented {
+                operation: format!(
+                    "open bucket {bucket:?}: only {:?} are folders here",
+                    folders.keys()
+                ),
+                implementer: "embedded folders".into(),
+            };
+            let dir = folders.get(bucket).ok_or_else(not_configured)?;
+            std::fs::create_dir_all(dir).map_err(|error| object_store::Error::Generic {
+                store: "local",
+                source: Box::new(error),
             })?;
             Ok(Arc::new(LocalFileSystem::new_with_prefix(dir)?))
         })
@@ -104,7 +116,7 @@ impl Buckets {
 
     /// Buckets in memory, for tests.
     pub fn memory() -> Self {
-        Buckets::new(|_| Ok(Arc::new(InMemory::new())))
+        Buckets::new(true, |_| Ok(Arc::new(InMemory::new())))
     }
 
     pub fn bucket(&self, name: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
@@ -198,7 +210,9 @@ impl Buckets {
     ) -> Result<(), StoreError> {
         let store = self.bucket(bucket)?;
         let mut attributes = Attributes::new();
-        attributes.insert(Attribute::ContentType, content_type.to_string().into());
+        if self.content_types {
+            attributes.insert(Attribute::ContentType, content_type.to_string().into());
+        }
         let options = PutOptions {
             attributes,
             ..Default::default()
@@ -238,10 +252,24 @@ mod tests {
 
     #[test]
     fn keys_that_would_not_round_trip_are_refused() {
-        for good in ["a.jpg", "a/b c.jpg", "ünï/北京.png", "x+y%20z.jpg", "..a/b.."] {
+        for good in [
+            "a.jpg",
+            "a/b c.jpg",
+            "ünï/北京.png",
+            "x+y%20z.jpg",
+            "..a/b..",
+        ] {
             assert_eq!(object_path(good).unwrap().as_ref(), good);
         }
-        for bad in ["", "../x.jpg", "a/./b.jpg", "a//b.jpg", "/abs.jpg", "dir/", "tab\there"] {
+        for bad in [
+            "",
+            "../x.jpg",
+            "a/./b.jpg",
+            "a//b.jpg",
+            "/abs.jpg",
+            "dir/",
+            "tab\there",
+        ] {
             assert!(object_path(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -251,7 +279,12 @@ mod tests {
         let buckets = Buckets::memory();
         let content = Bytes::from(vec![7u8; 10_000]);
         buckets
-            .write("in", "dir/x y.bin", content.clone(), "application/octet-stream")
+            .write(
+                "in",
+                "dir/x y.bin",
+                content.clone(),
+                "application/octet-stream",
+            )
             .await
             .unwrap();
         let expected = ContentHash::of(&content);

@@ -41,11 +41,7 @@ impl Watcher {
         let mut changed = Vec::new();
         for meta in listing {
             let key = meta.location.to_string();
-            let etag = meta
-                .e_tag
-                .unwrap_or_default()
-                .trim_matches('"')
-                .to_string();
+            let etag = meta.e_tag.unwrap_or_default().trim_matches('"').to_string();
             if self.announced.get(&key) != Some(&etag) {
                 self.announced.insert(key.clone(), etag.clone());
                 changed.push(SourceObject {
@@ -79,6 +75,26 @@ impl Watcher {
         }
         Ok(changed)
     }
+
+    /// Polls every `interval` until `shutdown`; a failed listing is logged and tried again.
+    pub async fn run(
+        mut self,
+        interval: std::time::Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        tracing::info!(bucket = %self.bucket, topic = %self.topic, "watching");
+        while !shutdown.is_cancelled() {
+            match self.poll().await {
+                Ok(new) if !new.is_empty() => tracing::info!(announced = new.len(), "new objects"),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "listing failed, retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -106,7 +122,13 @@ mod tests {
 
         put("a b/c.jpg", b"one").await;
         put("d.jpg", b"two").await;
-        let keys: Vec<String> = watcher.poll().await.unwrap().into_iter().map(|o| o.key).collect();
+        let keys: Vec<String> = watcher
+            .poll()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
         assert_eq!(keys, ["a b/c.jpg", "d.jpg"]);
         assert!(watcher.poll().await.unwrap().is_empty());
 

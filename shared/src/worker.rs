@@ -80,7 +80,10 @@ impl<S: Stage> StageWorker<S> {
     /// Parses a job and reads its source, or says why not.
     async fn fetch(&self, delivery: &Delivery) -> Result<(Job, Bytes), ProcessError> {
         let job: Job = serde_json::from_slice(&delivery.payload).map_err(|error| {
-            ProcessError::permanent("malformed_job", format!("job is not valid JSON for the contract: {error}"))
+            ProcessError::permanent(
+                "malformed_job",
+                format!("job is not valid JSON for the contract: {error}"),
+            )
         })?;
         let about = |error: ProcessError| {
             let mut error = error.about(&job.source);
@@ -171,7 +174,13 @@ impl<S: Stage> StageWorker<S> {
                     }
                     .about(&seen.source);
                     error.report.kind = ErrorKind::Permanent;
-                    dead_letter(&self.topics.deadletter, job.stage.as_str(), delivery, &error, 1)
+                    dead_letter(
+                        &self.topics.deadletter,
+                        job.stage.as_str(),
+                        delivery,
+                        &error,
+                        1,
+                    )
                 }
             })
             .collect();
@@ -181,7 +190,10 @@ impl<S: Stage> StageWorker<S> {
 
 /// Runs the stage on a blocking thread. A panic (a decoder bug on a hostile file) must not take the
 /// service down: the batch is re-run one input at a time so only the culprit fails.
-async fn run_guarded<S: Stage>(stage: Arc<S>, inputs: Vec<Bytes>) -> Vec<Result<StageOutput, StageFailure>> {
+async fn run_guarded<S: Stage>(
+    stage: Arc<S>,
+    inputs: Vec<Bytes>,
+) -> Vec<Result<StageOutput, StageFailure>> {
     if inputs.is_empty() {
         return Vec::new();
     }
@@ -195,7 +207,8 @@ async fn run_guarded<S: Stage>(stage: Arc<S>, inputs: Vec<Bytes>) -> Vec<Result<
     let mut outcomes = Vec::with_capacity(inputs.len());
     for input in inputs {
         let stage = stage.clone();
-        let single = tokio::task::spawn_blocking(move || stage.run(std::slice::from_ref(&input))).await;
+        let single =
+            tokio::task::spawn_blocking(move || stage.run(std::slice::from_ref(&input))).await;
         outcomes.push(match single {
             Ok(mut outcome) => outcome.pop().expect("one outcome per input"),
             Err(_) => Err(StageFailure {

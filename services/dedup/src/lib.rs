@@ -89,7 +89,7 @@ impl Dedup {
                 Admission::Failed(report) => {
                     let mut error = ProcessError {
                         report,
-                        source: Some(source.clone()),
+                        source: Some(Box::new(source.clone())),
                         content_hash: Some(hash.0.clone()),
                     };
                     error.report.kind = prism_shared::contract::ErrorKind::Permanent;
@@ -151,6 +151,17 @@ impl Processor for Dedup {
 /// Runs the dedup service against Kafka, S3 and CouchDB until `shutdown`.
 pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let backends = Backends::connect(&settings).await?;
-    let dedup = Dedup::new(settings.clone(), backends.buckets.clone(), backends.index.clone());
-    service::serve(&settings, &backends, &settings.topics.uploads, Arc::new(dedup), shutdown).await
+    let dedup = Dedup::new(
+        settings.clone(),
+        backends.buckets.clone(),
+        backends.index.clone(),
+    );
+    service::serve(
+        &settings,
+        &backends,
+        &settings.topics.uploads,
+        Arc::new(dedup),
+        shutdown,
+    )
+    .await
 }

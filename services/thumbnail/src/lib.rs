@@ -82,7 +82,10 @@ impl Stage for ThumbnailStage {
 }
 
 /// The thumbnail worker over `backends`, as the embedded mode and the service both run it.
-pub fn worker(settings: &Settings, backends: &Backends) -> anyhow::Result<StageWorker<ThumbnailStage>> {
+pub fn worker(
+    settings: &Settings,
+    backends: &Backends,
+) -> anyhow::Result<StageWorker<ThumbnailStage>> {
     Ok(StageWorker::new(
         Arc::new(ThumbnailStage::new(settings)?),
         backends.buckets.clone(),
@@ -96,5 +99,12 @@ pub fn worker(settings: &Settings, backends: &Backends) -> anyhow::Result<StageW
 pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let backends = Backends::connect(&settings).await?;
     let worker = Arc::new(worker(&settings, &backends)?);
-    service::serve(&settings, &backends, &settings.topics.thumbnail_jobs, worker, shutdown).await
+    service::serve(
+        &settings,
+        &backends,
+        &settings.topics.thumbnail_jobs,
+        worker,
+        shutdown,
+    )
+    .await
 }

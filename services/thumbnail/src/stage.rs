@@ -234,4 +234,3 @@ fn encode_webp(encoder: webp::Encoder<'_>, quality: u8) -> Result<Vec<u8>, Strin
         .map_err(|e| format!("libwebp: {e:?}"))?;
     Ok(encoded.to_vec())
 }
-

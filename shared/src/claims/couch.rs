@@ -42,8 +42,11 @@ impl CouchIndex {
     /// Connects and creates the database if it is missing.
     pub async fn connect(settings: &CouchSettings) -> Result<Self, IndexError> {
         let password = resolve_secret(&settings.password, settings.password_file.as_deref())
-            .map_err(|error| IndexError::Unavailable(format!("cannot read the CouchDB password file: {error}")))?;
-        let client = Client::new(&settings.url, &settings.username, password.expose()).map_err(unavailable)?;
+            .map_err(|error| {
+                IndexError::Unavailable(format!("cannot read the CouchDB password file: {error}"))
+            })?;
+        let client = Client::new(&settings.url, &settings.username, password.expose())
+            .map_err(unavailable)?;
         let db = client.db(&settings.database).await.map_err(unavailable)?;
         Ok(CouchIndex { db })
     }

@@ -11,7 +11,11 @@ pub struct MemoryIndex {
 }
 
 fn next_rev(rev: &str) -> String {
-    let generation: u64 = rev.split('-').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let generation: u64 = rev
+        .split('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     format!("{}-memory", generation + 1)
 }
 
@@ -46,6 +50,42 @@ impl ClaimIndex for MemoryIndex {
 
     async fn with_status(&self, status: ClaimStatus) -> Result<Vec<Claim>, IndexError> {
         let claims = self.claims.lock().expect("index lock");
-        Ok(claims.values().filter(|c| c.status == status).cloned().collect())
+        Ok(claims
+            .values()
+            .filter(|c| c.status == status)
+            .cloned()
+            .collect())
+    }
+}
+
+impl MemoryIndex {
+    /// Claims saved by an earlier run, or none if `path` does not exist yet.
+    pub fn load(path: &std::path::Path) -> std::io::Result<Self> {
+        let claims: Vec<Claim> = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(error) => return Err(error),
+        };
+        let claims = claims.into_iter().map(|c| (c.id.clone(), c)).collect();
+        Ok(MemoryIndex {
+            claims: Mutex::new(claims),
+        })
+    }
+
+    /// Writes every claim to `path` (through a temporary file, so a crash never leaves half a file).
+    pub fn save(&self, path: &std::path::Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let claims: Vec<Claim> = self
+            .claims
+            .lock()
+            .expect("index lock")
+            .values()
+            .cloned()
+            .collect();
+        let temporary = path.with_extension("tmp");
+        std::fs::write(&temporary, serde_json::to_vec(&claims)?)?;
+        std::fs::rename(temporary, path)
     }
 }

@@ -1,0 +1,235 @@
+//! The embedded mode: the whole pipeline in one process, over a folder, with no servers.
+//!
+//! The same processors and consumer loop as the services, over in-process adapters: a memory bus,
+//! folders as buckets, an in-memory claim index saved beside the outputs (so a second run over the
+//! same images finds them already processed).
+
+use prism_shared::bus::Subscriber;
+use prism_shared::bus::memory::MemoryBus;
+use prism_shared::claims::memory::MemoryIndex;
+use prism_shared::config::Settings;
+use prism_shared::consumer::{ConsumerLoop, Processor, Stats};
+use prism_shared::contract::{DeadLetter, SourceObject, StageName, StageResult};
+use prism_shared::service::Backends;
+use prism_shared::store::Buckets;
+use prism_shared::watch::Watcher;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// The claim index is kept here, under the output folder.
+const INDEX_FILE: &str = ".prism/claims.json";
+
+pub async fn run(
+    mut settings: Settings,
+    input: &Path,
+    output: &Path,
+    stages: &[StageName],
+    shutdown: CancellationToken,
+) -> anyhow::Result<Summary> {
+    anyhow::ensure!(
+        input.is_dir(),
+        "{} is not a folder of images",
+        input.display()
+    );
+    std::fs::create_dir_all(output)?;
+    let started = Instant::now();
+    settings.enabled_stages = stages.to_vec();
+    let buckets = Buckets::folders(HashMap::from([
+        (settings.input_bucket.clone(), input.to_path_buf()),
+        (settings.output_bucket.clone(), output.to_path_buf()),
+    ]));
+    let index_path = output.join(INDEX_FILE);
+    let index = Arc::new(MemoryIndex::load(&index_path)?);
+    let bus = MemoryBus::default();
+    let backends = Backends {
+        publisher: Arc::new(bus.clone()),
+        buckets: buckets.clone(),
+        index: index.clone(),
+    };
+
+    let mut processors: Vec<(String, Arc<dyn Processor>)> = vec![(
+        settings.topics.uploads.clone(),
+        Arc::new(prism_dedup::Dedup::new(
+            settings.clone(),
+            buckets.clone(),
+            backends.index.clone(),
+        )),
+    )];
+    for &stage in stages {
+        let worker: Arc<dyn Processor> = match stage {
+            StageName::Thumbnail => Arc::new(prism_thumbnail::worker(&settings, &backends)?),
+            StageName::Detect => {
+                anyhow::bail!("the detect stage is not available in this build yet")
+            }
+        };
+        processors.push((settings.topics.jobs(stage).to_string(), worker));
+    }
+    let stop = shutdown.child_token();
+    let loops: Vec<_> = processors
+        .into_iter()
+        .map(|(topic, processor)| {
+            let consumer = ConsumerLoop {
+                subscriber: Box::new(bus.subscribe(&[&topic])),
+                publisher: backends.publisher.clone(),
+                processor,
+                settings: settings.consumer.clone(),
+                deadletter_topic: settings.topics.deadletter.clone(),
+                stats: Arc::new(Stats::default()),
+            };
+            tokio::spawn(consumer.run(stop.clone()))
+        })
+        .collect();
+
+    let mut watcher = Watcher::new(
+        buckets,
+        &settings.input_bucket,
+        backends.publisher.clone(),
+        &settings.topics.uploads,
+    );
+    let uploads = watcher.poll().await?;
+    let mut outcome_topics: Vec<&str> =
+        stages.iter().map(|&s| settings.topics.results(s)).collect();
+    outcome_topics.push(&settings.topics.deadletter);
+    let mut outcomes = bus.subscribe(&outcome_topics);
+    let mut summary = Summary::new(&uploads, stages, output);
+    let mut log = std::fs::File::create(output.join("results.jsonl"))?;
+    while !summary.complete() {
+        let delivery = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            delivery = outcomes.next() => delivery?,
+        };
+        log.write_all(&delivery.payload)?;
+        log.write_all(b"\n")?;
+        if delivery.topic == settings.topics.deadletter {
+            summary.record_dead_letter(serde_json::from_slice(&delivery.payload)?);
+        } else {
+            summary.record_result(serde_json::from_slice(&delivery.payload)?);
+        }
+    }
+    stop.cancel();
+    for handle in loops {
+        handle.await??;
+    }
+    index.save(&index_path)?;
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// What a run did, printed at its end.
+pub struct Summary {
+    output: std::path::PathBuf,
+    stages: Vec<StageName>,
+    /// Stages still owed a result or dead letter, per upload key.
+    pending: HashMap<String, HashSet<StageName>>,
+    uploads: usize,
+    contents: HashSet<String>,
+    produced: BTreeMap<StageName, (usize, usize)>,
+    outputs: usize,
+    detections: usize,
+    dead_letters: Vec<(String, String, String)>,
+    elapsed: Duration,
+}
+
+impl Summary {
+    fn new(uploads: &[SourceObject], stages: &[StageName], output: &Path) -> Self {
+        Summary {
+            output: output.to_path_buf(),
+            stages: stages.to_vec(),
+            pending: uploads
+                .iter()
+                .map(|u| (u.key.clone(), stages.iter().copied().collect()))
+                .collect(),
+            uploads: uploads.len(),
+            contents: HashSet::new(),
+            produced: BTreeMap::new(),
+            outputs: 0,
+            detections: 0,
+            dead_letters: Vec::new(),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.pending.values().all(HashSet::is_empty)
+    }
+
+    fn record_result(&mut self, result: StageResult) {
+        if let Some(owed) = self.pending.get_mut(&result.source.key) {
+            owed.remove(&result.stage);
+        }
+        self.contents.insert(result.content_hash.clone());
+        let (fresh, reused) = self.produced.entry(result.stage).or_default();
+        if result.deduplicated {
+            *reused += 1;
+        } else {
+            *fresh += 1;
+            self.outputs += result.outputs.len();
+        }
+        if let Some(detections) = result.payload.get("detections").and_then(|d| d.as_array()) {
+            self.detections += detections.len();
+        }
+    }
+
+    fn record_dead_letter(&mut self, letter: DeadLetter) {
+        let key = letter
+            .source
+            .as_ref()
+            .map(|s| s.key.clone())
+            .unwrap_or_default();
+        if let Some(owed) = self.pending.get_mut(&key) {
+            match letter.stage.parse::<StageName>() {
+                Ok(stage) => {
+                    owed.remove(&stage);
+                }
+                Err(_) => owed.clear(), // dedup refused the upload: no stage will see it
+            }
+        }
+        self.dead_letters
+            .push((key, letter.error.code, letter.error.reason));
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} files, {} distinct contents, in {:.2} s",
+            self.uploads,
+            self.contents.len(),
+            self.elapsed.as_secs_f64()
+        )?;
+        for stage in &self.stages {
+            let (fresh, reused) = self.produced.get(stage).copied().unwrap_or_default();
+            writeln!(
+                f,
+                "  {stage:<10} {fresh} processed, {reused} reused from identical content"
+            )?;
+        }
+        if self.stages.contains(&StageName::Detect) {
+            writeln!(f, "  {} objects detected", self.detections)?;
+        }
+        writeln!(
+            f,
+            "  {} output files under {}",
+            self.outputs,
+            self.output.display()
+        )?;
+        writeln!(
+            f,
+            "  results: {}",
+            self.output.join("results.jsonl").display()
+        )?;
+        if !self.dead_letters.is_empty() {
+            writeln!(f, "{} dead letters:", self.dead_letters.len())?;
+            for (key, code, reason) in &self.dead_letters {
+                writeln!(f, "  {key}: {code}: {reason}")?;
+            }
+        }
+        Ok(())
+    }
+}

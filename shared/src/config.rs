@@ -59,12 +59,17 @@ pub struct KafkaSettings {
     /// Partitions for topics Prism creates at start-up; bounds how many replicas of a stage can work.
     pub partitions: i32,
     pub replication_factor: i32,
+    /// How long a silent consumer keeps its partitions; lower means faster takeover after a crash.
+    pub session_timeout_ms: u32,
     /// Extra librdkafka properties (e.g. `security.protocol`, `sasl.mechanisms`), applied last.
     pub properties: std::collections::BTreeMap<String, String>,
     /// SASL password, kept out of `properties` so it is never printed.
     pub sasl_password: Secret,
     pub sasl_password_file: Option<PathBuf>,
 }
+
+/// librdkafka's 45 s default leaves a dead replica's partitions idle too long for an image pipeline.
+pub const DEFAULT_SESSION_TIMEOUT_MS: u32 = 10_000;
 
 /// Enough partitions that a dozen replicas of a stage can each own some.
 pub const DEFAULT_PARTITIONS: i32 = 12;
@@ -76,6 +81,7 @@ impl Default for KafkaSettings {
             group_id: String::new(),
             partitions: DEFAULT_PARTITIONS,
             replication_factor: 1,
+            session_timeout_ms: DEFAULT_SESSION_TIMEOUT_MS,
             properties: Default::default(),
             sasl_password: Secret::default(),
             sasl_password_file: None,

@@ -21,12 +21,10 @@ use std::time::Duration;
 /// How long a publish may wait in librdkafka (broker down included) before it fails and the loop retries.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Brokers and credentials; Prism's own choices are set by each client, then [`with_overrides`].
 fn client_config(settings: &KafkaSettings) -> Result<ClientConfig, BusError> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &settings.brokers);
-    for (key, value) in &settings.properties {
-        config.set(key, value);
-    }
     let password = resolve_secret(
         &settings.sasl_password,
         settings.sasl_password_file.as_deref(),
@@ -38,13 +36,22 @@ fn client_config(settings: &KafkaSettings) -> Result<ClientConfig, BusError> {
     Ok(config)
 }
 
+/// The operator's `properties` win over Prism's defaults.
+fn with_overrides<'a>(config: &'a mut ClientConfig, settings: &KafkaSettings) -> &'a mut ClientConfig {
+    for (key, value) in &settings.properties {
+        config.set(key, value);
+    }
+    config
+}
+
 pub struct KafkaPublisher {
     producer: FutureProducer,
 }
 
 impl KafkaPublisher {
     pub fn new(settings: &KafkaSettings) -> Result<Self, BusError> {
-        let producer = client_config(settings)?
+        let mut config = client_config(settings)?;
+        config
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("compression.type", "lz4")
@@ -52,8 +59,8 @@ impl KafkaPublisher {
             .set(
                 "message.timeout.ms",
                 PUBLISH_TIMEOUT.as_millis().to_string(),
-            )
-            .create()?;
+            );
+        let producer = with_overrides(&mut config, settings).create()?;
         Ok(KafkaPublisher { producer })
     }
 }
@@ -79,13 +86,15 @@ pub struct KafkaSubscriber {
 impl KafkaSubscriber {
     /// Joins `group` on `topics`. Replicas with the same group split the partitions between them.
     pub fn new(settings: &KafkaSettings, group: &str, topics: &[&str]) -> Result<Self, BusError> {
-        let consumer: StreamConsumer = client_config(settings)?
+        let mut config = client_config(settings)?;
+        config
             .set("group.id", group)
+            .set("session.timeout.ms", settings.session_timeout_ms.to_string())
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .create()?;
+            .set("partition.assignment.strategy", "cooperative-sticky");
+        let consumer: StreamConsumer = with_overrides(&mut config, settings).create()?;
         consumer.subscribe(topics)?;
         Ok(KafkaSubscriber { consumer })
     }
@@ -133,7 +142,8 @@ impl Subscriber for KafkaSubscriber {
 
 /// Creates any of `topics` that do not exist yet, so consumers never wait on auto-creation.
 pub async fn ensure_topics(settings: &KafkaSettings, topics: &[&str]) -> Result<(), BusError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(settings)?.create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        with_overrides(&mut client_config(settings)?, settings).create()?;
     let new_topics: Vec<NewTopic> = topics
         .iter()
         .map(|topic| {

@@ -54,8 +54,9 @@ impl fmt::Debug for Secret {
 pub struct KafkaSettings {
     /// Comma-separated bootstrap servers.
     pub brokers: String,
-    /// Consumer group; empty means `prism-<service>`, so replicas of one service share the work.
-    pub group_id: String,
+    /// Consumer groups are `<group_prefix>-<service>`: replicas of one service share the work, and
+    /// two Prism deployments on one cluster stay apart with different prefixes.
+    pub group_prefix: String,
     /// Partitions for topics Prism creates at start-up; bounds how many replicas of a stage can work.
     pub partitions: i32,
     pub replication_factor: i32,
@@ -78,7 +79,7 @@ impl Default for KafkaSettings {
     fn default() -> Self {
         KafkaSettings {
             brokers: "127.0.0.1:9092".into(),
-            group_id: String::new(),
+            group_prefix: "prism".into(),
             partitions: DEFAULT_PARTITIONS,
             replication_factor: 1,
             session_timeout_ms: DEFAULT_SESSION_TIMEOUT_MS,

@@ -63,11 +63,7 @@ pub async fn serve(
     processor: Arc<dyn Processor>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let group = if settings.kafka.group_id.is_empty() {
-        format!("prism-{}", processor.name())
-    } else {
-        settings.kafka.group_id.clone()
-    };
+    let group = format!("{}-{}", settings.kafka.group_prefix, processor.name());
     let subscriber = KafkaSubscriber::new(&settings.kafka, &group, &[topic])?;
     tracing::info!(service = processor.name(), %topic, %group, "consuming");
     ConsumerLoop {

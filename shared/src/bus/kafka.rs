@@ -37,7 +37,10 @@ fn client_config(settings: &KafkaSettings) -> Result<ClientConfig, BusError> {
 }
 
 /// The operator's `properties` win over Prism's defaults.
-fn with_overrides<'a>(config: &'a mut ClientConfig, settings: &KafkaSettings) -> &'a mut ClientConfig {
+fn with_overrides<'a>(
+    config: &'a mut ClientConfig,
+    settings: &KafkaSettings,
+) -> &'a mut ClientConfig {
     for (key, value) in &settings.properties {
         config.set(key, value);
     }
@@ -89,7 +92,10 @@ impl KafkaSubscriber {
         let mut config = client_config(settings)?;
         config
             .set("group.id", group)
-            .set("session.timeout.ms", settings.session_timeout_ms.to_string())
+            .set(
+                "session.timeout.ms",
+                settings.session_timeout_ms.to_string(),
+            )
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")

@@ -47,7 +47,14 @@ impl CouchIndex {
             })?;
         let client = Client::new(&settings.url, &settings.username, password.expose())
             .map_err(unavailable)?;
-        let db = client.db(&settings.database).await.map_err(unavailable)?;
+        let db = match client.db(&settings.database).await {
+            // Another replica created it between our look and our create: it exists, use it.
+            Err(error) if error.status() == Some(StatusCode::PRECONDITION_FAILED) => {
+                client.db(&settings.database).await
+            }
+            other => other,
+        }
+        .map_err(unavailable)?;
         Ok(CouchIndex { db })
     }
 }

@@ -1,0 +1,562 @@
+//! End to end over real servers: Kafka (Tansu), S3 (Garage) and CouchDB's API (pouchdb-server),
+//! started by `deploy/local/servers.sh`. The services run as real processes of the `prism` binary.
+//!
+//! Each run uses its own topics, buckets and database, so runs never see each other's data.
+
+use bytes::Bytes;
+use futures::StreamExt;
+use image::{DynamicImage, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
+use prism_shared::claims::{ClaimIndex, ClaimStatus, couch::CouchIndex};
+use prism_shared::config::{self, Settings};
+use prism_shared::contract::{DeadLetter, StageName, StageResult};
+use prism_shared::schemas::{MessageKind, Schemas};
+use prism_shared::store::Buckets;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Generous: the first consumer-group joins alone take seconds on a loaded 2-core machine.
+const DEADLINE: Duration = Duration::from_secs(180);
+/// After every upload has its outcome, keep listening this long to catch duplicates.
+const QUIET_PERIOD: Duration = Duration::from_secs(4);
+
+/// This run's topics, buckets and database, as environment variables for the services.
+fn run_environment(run: &str) -> Vec<(String, String)> {
+    let topic = |name: &str| format!("e2e-{run}.{name}");
+    [
+        ("PRISM_TOPICS__UPLOADS", topic("uploads")),
+        ("PRISM_TOPICS__THUMBNAIL_JOBS", topic("jobs.thumbnail")),
+        ("PRISM_TOPICS__DETECT_JOBS", topic("jobs.detect")),
+        (
+            "PRISM_TOPICS__THUMBNAIL_RESULTS",
+            topic("results.thumbnail"),
+        ),
+        ("PRISM_TOPICS__DETECT_RESULTS", topic("results.detect")),
+        ("PRISM_TOPICS__DEADLETTER", topic("deadletter")),
+        ("PRISM_INPUT_BUCKET", format!("e2e-{run}-in")),
+        ("PRISM_OUTPUT_BUCKET", format!("e2e-{run}-out")),
+        ("PRISM_COUCHDB__DATABASE", format!("e2e-{run}")),
+        ("PRISM_KAFKA__GROUP_PREFIX", format!("e2e-{run}")),
+        // Tansu makes a new group's first join wait half the session timeout.
+        ("PRISM_KAFKA__SESSION_TIMEOUT_MS", "6000".into()),
+        ("PRISM_ENABLED_STAGES", "[\"thumbnail\"]".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Settings from the real servers' environment plus this run's names; fails loudly without servers.
+fn settings_for(environment: &[(String, String)]) -> Settings {
+    for required in [
+        "PRISM_KAFKA__BROKERS",
+        "PRISM_S3__ENDPOINT",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "PRISM_COUCHDB__URL",
+        "PRISM_COUCHDB__PASSWORD",
+    ] {
+        assert!(
+            std::env::var(required).is_ok(),
+            "{required} is not set: this test needs the real servers. Run `deploy/local/test.sh`, or \
+             `deploy/local/servers.sh start && eval \"$(deploy/local/servers.sh env)\"` first."
+        );
+    }
+    // SAFETY: set before any thread of this test reads the environment.
+    for (key, value) in environment {
+        unsafe { std::env::set_var(key, value) };
+    }
+    config::load().expect("configuration")
+}
+
+/// The service processes, killed (and their logs shown) when the test ends.
+struct Services {
+    children: Vec<(String, Child, PathBuf)>,
+}
+
+impl Services {
+    fn start(environment: &[(String, String)], commands: &[&[&str]]) -> Self {
+        let logs = std::env::temp_dir().join(format!("prism-e2e-{}", std::process::id()));
+        std::fs::create_dir_all(&logs).unwrap();
+        let children = commands
+            .iter()
+            .map(|args| {
+                let name = args.join("-");
+                let log = logs.join(format!("{name}.log"));
+                let file = std::fs::File::create(&log).unwrap();
+                let child = Command::new(env!("CARGO_BIN_EXE_prism"))
+                    .args(*args)
+                    .envs(environment.iter().map(|(k, v)| (k, v)))
+                    .env("RUST_LOG", "info")
+                    .stdout(Stdio::from(file.try_clone().unwrap()))
+                    .stderr(Stdio::from(file))
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("cannot start prism {args:?}: {e}"));
+                (name, child, log)
+            })
+            .collect();
+        Services { children }
+    }
+
+    fn assert_running(&mut self) {
+        for (name, child, log) in &mut self.children {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "service {name} exited with {status}:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        for (name, child, log) in &mut self.children {
+            stop_gracefully(child);
+            if std::thread::panicking() {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!("--- last lines of {name} ---");
+                for line in tail.into_iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+/// SIGTERM, so consumers leave their groups at once, then SIGKILL if that takes too long.
+fn stop_gracefully(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn encode(image: DynamicImage, format: ImageFormat) -> Bytes {
+    let mut bytes = Vec::new();
+    image
+        .write_to(&mut Cursor::new(&mut bytes), format)
+        .unwrap();
+    Bytes::from(bytes)
+}
+
+/// A picture no other call makes: gradients and stripes seeded by `seed`.
+fn picture(seed: u32, width: u32, height: u32) -> RgbImage {
+    RgbImage::from_fn(width, height, |x, y| {
+        let stripe = ((x / (4 + seed % 7)) + (y / (5 + seed % 5))) % 2;
+        Rgb([
+            ((x * 255 / width.max(1)) as u8).wrapping_add((seed * 37) as u8),
+            ((y * 255 / height.max(1)) as u8).wrapping_add(stripe as u8 * 90),
+            (seed * 53 % 256) as u8,
+        ])
+    })
+}
+
+struct Upload {
+    key: String,
+    bytes: Bytes,
+    /// Displayed size of the source, `None` for the corrupt file.
+    size: Option<(u32, u32)>,
+}
+
+fn uploads() -> (Vec<Upload>, Vec<Upload>) {
+    let mut distinct = Vec::new();
+    let shapes = [
+        (640, 480),
+        (1024, 768),
+        (480, 640),
+        (1000, 10),
+        (10, 1000),
+        (300, 300),
+        (100, 80),
+        (2000, 1500),
+        (513, 257),
+        (129, 1300),
+    ];
+    for (n, &(width, height)) in shapes.iter().enumerate() {
+        let image = DynamicImage::ImageRgb8(picture(n as u32, width, height));
+        let (format, extension) = match n % 3 {
+            0 => (ImageFormat::Jpeg, "jpg"),
+            1 => (ImageFormat::Png, "png"),
+            _ => (ImageFormat::WebP, "webp"),
+        };
+        distinct.push(Upload {
+            key: format!("photos/img-{n:02}.{extension}"),
+            bytes: encode(image, format),
+            size: Some((width, height)),
+        });
+    }
+    let transparent =
+        RgbaImage::from_fn(256, 200, |x, y| Rgba([x as u8, y as u8, 90, (x ^ y) as u8]));
+    distinct.push(Upload {
+        key: "photos/transparent.png".into(),
+        bytes: encode(DynamicImage::ImageRgba8(transparent), ImageFormat::Png),
+        size: Some((256, 200)),
+    });
+    distinct.push(Upload {
+        key: "photos/animation.gif".into(),
+        bytes: encode(
+            DynamicImage::ImageRgb8(picture(40, 320, 240)),
+            ImageFormat::Gif,
+        ),
+        size: Some((320, 240)),
+    });
+    for n in 0..3 {
+        distinct.push(Upload {
+            key: format!("more/{n}/shot.jpg"),
+            bytes: encode(
+                DynamicImage::ImageRgb8(picture(50 + n, 800, 600)),
+                ImageFormat::Jpeg,
+            ),
+            size: Some((800, 600)),
+        });
+    }
+    distinct.push(Upload {
+        key: "holiday photos/day 1/beach + sun (1).jpg".into(),
+        bytes: encode(
+            DynamicImage::ImageRgb8(picture(60, 700, 500)),
+            ImageFormat::Jpeg,
+        ),
+        size: Some((700, 500)),
+    });
+    let mut corrupt = b"\xFF\xD8\xFF\xE0 this is not really a JPEG".to_vec();
+    corrupt.extend(std::iter::repeat_n(0x5A, 4000));
+    distinct.push(Upload {
+        key: "broken.jpg".into(),
+        bytes: Bytes::from(corrupt),
+        size: None,
+    });
+    let copies = [
+        (0, "copies/img-00 again.jpg"),
+        (1, "copies/deep/x/img-01.png"),
+        (2, "img-02-copy.webp"),
+    ]
+    .into_iter()
+    .map(|(n, key)| Upload {
+        key: key.into(),
+        bytes: distinct[n].bytes.clone(),
+        size: distinct[n].size,
+    })
+    .collect();
+    (distinct, copies)
+}
+
+#[derive(Default)]
+struct Seen {
+    results: BTreeMap<String, Vec<StageResult>>,
+    dead_letters: BTreeMap<String, Vec<DeadLetter>>,
+    counts: HashMap<String, usize>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_get_exactly_one_result_each_and_identical_content_is_processed_once() {
+    let run = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
+    let environment = run_environment(&run);
+    let settings = settings_for(&environment);
+    let schemas = Schemas::default();
+
+    prism_loadgen::create_bucket(&settings.s3, &settings.input_bucket)
+        .await
+        .unwrap();
+    prism_loadgen::create_bucket(&settings.s3, &settings.output_bucket)
+        .await
+        .unwrap();
+    prism_shared::bus::kafka::ensure_topics(&settings.kafka, &settings.topics.all())
+        .await
+        .expect("Kafka must be reachable");
+
+    let mut services = Services::start(
+        &environment,
+        &[
+            &["serve", "dedup"],
+            &["serve", "thumbnail"],
+            &["watch", "--interval-ms", "200"],
+        ],
+    );
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .set("group.id", format!("e2e-{run}-observer"))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&settings.topics.all()).unwrap();
+
+    // Upload: distinct contents, copies under other keys, and twins at the same moment.
+    let buckets = Buckets::s3(&settings.s3);
+    let (distinct, copies) = uploads();
+    let twin_bytes = encode(
+        DynamicImage::ImageRgb8(picture(99, 900, 600)),
+        ImageFormat::Jpeg,
+    );
+    let twins: Vec<Upload> = ["twins/left.jpg", "twins/right.jpg"]
+        .into_iter()
+        .map(|key| Upload {
+            key: key.into(),
+            bytes: twin_bytes.clone(),
+            size: Some((900, 600)),
+        })
+        .collect();
+    let to_pairs = |list: &[Upload]| {
+        list.iter()
+            .map(|u| (u.key.clone(), u.bytes.clone()))
+            .collect::<Vec<_>>()
+    };
+    prism_loadgen::upload(&buckets, &settings.input_bucket, to_pairs(&distinct), 4)
+        .await
+        .unwrap();
+    let uploaded_at = chrono::Utc::now();
+    prism_loadgen::upload(&buckets, &settings.input_bucket, to_pairs(&twins), 2)
+        .await
+        .unwrap();
+    // Copies go up once the originals could have finished, so both dedup paths are exercised.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    prism_loadgen::upload(&buckets, &settings.input_bucket, to_pairs(&copies), 3)
+        .await
+        .unwrap();
+
+    let all: Vec<&Upload> = distinct.iter().chain(&copies).chain(&twins).collect();
+    assert!(all.len() >= 20, "at least 20 uploads");
+
+    // Listen until every upload has its outcome, validating every message against its schema.
+    let topics = settings.topics.clone();
+    let mut seen = Seen::default();
+    let mut stream = consumer.stream();
+    let started = Instant::now();
+    let mut settled_at: Option<Instant> = None;
+    loop {
+        services.assert_running();
+        let outcome_count = |seen: &Seen| {
+            all.iter()
+                .filter(|u| {
+                    seen.results.contains_key(&u.key) || seen.dead_letters.contains_key(&u.key)
+                })
+                .count()
+        };
+        if settled_at.is_none() && outcome_count(&seen) == all.len() {
+            settled_at = Some(Instant::now());
+        }
+        if settled_at.is_some_and(|at| at.elapsed() > QUIET_PERIOD) {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "only {} of {} uploads got an outcome within {DEADLINE:?}",
+            outcome_count(&seen),
+            all.len()
+        );
+        let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_millis(500), stream.next()).await
+        else {
+            continue;
+        };
+        let message = message.expect("observer consumer");
+        let payload = message.payload().unwrap_or_default();
+        let topic = message.topic();
+        *seen.counts.entry(topic.to_string()).or_default() += 1;
+        let kind = if topic == topics.uploads {
+            MessageKind::Upload
+        } else if topic == topics.thumbnail_jobs || topic == topics.detect_jobs {
+            MessageKind::Job
+        } else if topic == topics.deadletter {
+            MessageKind::DeadLetter
+        } else {
+            MessageKind::Result
+        };
+        schemas.check_bytes(kind, payload).unwrap();
+        match kind {
+            MessageKind::Result => {
+                let result: StageResult = serde_json::from_slice(payload).unwrap();
+                assert_eq!(
+                    message.key(),
+                    Some(result.content_hash.as_bytes()),
+                    "results are keyed by content hash"
+                );
+                seen.results
+                    .entry(result.source.key.clone())
+                    .or_default()
+                    .push(result);
+            }
+            MessageKind::DeadLetter => {
+                let letter: DeadLetter = serde_json::from_slice(payload).unwrap();
+                let key = letter
+                    .source
+                    .as_ref()
+                    .map(|s| s.key.clone())
+                    .unwrap_or_default();
+                seen.dead_letters.entry(key).or_default().push(letter);
+            }
+            _ => {}
+        }
+    }
+    println!("messages per topic: {:?}", seen.counts);
+
+    // Exactly one thumbnail result per good upload; the corrupt file dead-lettered with a reason.
+    for upload in &all {
+        let results = seen
+            .results
+            .get(&upload.key)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if upload.size.is_none() {
+            assert!(
+                results.is_empty(),
+                "{} is corrupt but got a result",
+                upload.key
+            );
+            let letters = &seen.dead_letters[&upload.key];
+            assert_eq!(letters.len(), 1, "one dead letter for {}", upload.key);
+            assert_eq!(letters[0].stage, "thumbnail");
+            assert!(
+                ["corrupt_image", "unsupported_format"].contains(&letters[0].error.code.as_str()),
+                "{:?}",
+                letters[0].error
+            );
+            assert!(letters[0].error.reason.len() > 20, "{:?}", letters[0].error);
+            continue;
+        }
+        assert_eq!(
+            results.len(),
+            1,
+            "{} got {} thumbnail results",
+            upload.key,
+            results.len()
+        );
+        assert!(
+            !seen.dead_letters.contains_key(&upload.key),
+            "{} was dead-lettered",
+            upload.key
+        );
+        assert_eq!(results[0].stage, StageName::Thumbnail);
+        assert_eq!(
+            results[0].content_hash,
+            blake3::hash(&upload.bytes).to_hex().to_string()
+        );
+    }
+
+    // Per content: processed once, every other upload reuses the very same outputs. (Which copy
+    // is processed depends on partition order, so only the count is asserted.)
+    let mut by_content: BTreeMap<&str, Vec<&StageResult>> = BTreeMap::new();
+    for result in seen.results.values().flatten() {
+        by_content
+            .entry(&result.content_hash)
+            .or_default()
+            .push(result);
+    }
+    assert_eq!(by_content.len(), 17, "distinct good contents");
+    for (hash, results) in &by_content {
+        let fresh = results.iter().filter(|r| !r.deduplicated).count();
+        assert_eq!(fresh, 1, "content {hash} was processed {fresh} times");
+        assert!(results.iter().all(|r| r.outputs == results[0].outputs));
+    }
+    for copy in copies.iter().chain(&twins[..]) {
+        let result = &seen.results[&copy.key][0];
+        let original = by_content[result.content_hash.as_str()].len();
+        assert!(original >= 2, "{} shares its content", copy.key);
+    }
+    let twin_flags: Vec<bool> = twins
+        .iter()
+        .map(|t| seen.results[&t.key][0].deduplicated)
+        .collect();
+    assert_eq!(
+        twin_flags.iter().filter(|d| **d).count(),
+        1,
+        "one twin processed, one reused: {twin_flags:?}"
+    );
+
+    // Every output exists and decodes at the size the result claims and the spec asks for.
+    let sizes = &settings.stages.thumbnail.sizes;
+    for upload in all.iter().filter(|u| u.size.is_some()) {
+        let result = &seen.results[&upload.key][0];
+        if result.deduplicated {
+            continue;
+        }
+        let (width, height) = upload.size.unwrap();
+        assert_eq!(
+            result.outputs.len(),
+            sizes.len() * settings.stages.thumbnail.formats.len()
+        );
+        for output in &result.outputs {
+            let (bytes, _) = buckets
+                .read(&output.bucket, &output.key, u64::MAX)
+                .await
+                .unwrap_or_else(|e| panic!("output {} missing: {e}", output.key));
+            assert_eq!(bytes.len() as u64, output.bytes);
+            let image = image::load_from_memory(&bytes).unwrap();
+            assert_eq!(
+                (Some(image.width()), Some(image.height())),
+                (output.width, output.height)
+            );
+            let size: u32 = output
+                .key
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .split('.')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let longest = image.width().max(image.height());
+            assert_eq!(
+                longest,
+                size.min(width.max(height)),
+                "{} from {width}x{height}",
+                output.key
+            );
+            let expected_type = if output.key.ends_with(".webp") {
+                "image/webp"
+            } else {
+                "image/jpeg"
+            };
+            assert_eq!(output.content_type, expected_type);
+        }
+    }
+
+    // CouchDB: one claim per distinct content, the corrupt one failed, none left in flight.
+    let index = CouchIndex::connect(&settings.couchdb).await.unwrap();
+    let done = index.with_status(ClaimStatus::Done).await.unwrap();
+    let failed = index.with_status(ClaimStatus::Failed).await.unwrap();
+    let processing = index.with_status(ClaimStatus::Processing).await.unwrap();
+    assert_eq!(done.len(), 17, "done claims");
+    assert_eq!(failed.len(), 1, "failed claims");
+    assert!(
+        processing.is_empty(),
+        "claims left processing: {processing:?}"
+    );
+    let twin_claim = done
+        .iter()
+        .find(|c| c.content_hash == blake3::hash(&twin_bytes).to_hex().to_string())
+        .unwrap();
+    assert_eq!(twin_claim.sources_seen, 2);
+
+    // Latency from upload to thumbnail result, for the closing note (not asserted: not a benchmark).
+    let mut latencies: Vec<i64> = distinct
+        .iter()
+        .filter_map(|u| seen.results.get(&u.key))
+        .map(|r| (r[0].timings.finished_at - uploaded_at).num_milliseconds())
+        .collect();
+    latencies.sort();
+    println!(
+        "upload-to-result latency over {} distinct uploads: median {} ms, max {} ms",
+        latencies.len(),
+        latencies[latencies.len() / 2],
+        latencies.last().unwrap()
+    );
+}

@@ -245,6 +245,31 @@ pub struct Settings {
     pub enabled_stages: Vec<StageName>,
     /// What each stage makes; part of its fingerprint.
     pub stages: StageParams,
+    /// Where the detect service finds its model (not part of the fingerprint: the digest is).
+    pub detect: DetectRuntime,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectRuntime {
+    /// The YOLOv8 ONNX file; empty means `$PRISM_HOME/models/yolov8n.onnx`, where
+    /// `deploy/local/fetch-assets.sh` puts it.
+    pub weights: Option<PathBuf>,
+    /// Jobs gathered into one forward pass (the detect service's `consumer.max_batch`).
+    pub max_batch: usize,
+    /// Longest wait for a batch to fill once its first job is in.
+    #[serde(with = "millis")]
+    pub max_delay: Duration,
+}
+
+impl Default for DetectRuntime {
+    fn default() -> Self {
+        DetectRuntime {
+            weights: None,
+            max_batch: 8,
+            max_delay: Duration::from_millis(10),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -260,6 +285,7 @@ impl Default for Settings {
             claim_lease: Duration::from_secs(300),
             enabled_stages: StageName::ALL.to_vec(),
             stages: StageParams::default(),
+            detect: DetectRuntime::default(),
         }
     }
 }

@@ -7,7 +7,7 @@
 use prism_shared::bus::Subscriber;
 use prism_shared::bus::memory::MemoryBus;
 use prism_shared::claims::memory::MemoryIndex;
-use prism_shared::config::Settings;
+use prism_shared::config::{ConsumerSettings, Settings};
 use prism_shared::consumer::{ConsumerLoop, Processor, Stats};
 use prism_shared::contract::{DeadLetter, SourceObject, StageName, StageResult};
 use prism_shared::service::Backends;
@@ -52,32 +52,42 @@ pub async fn run(
         index: index.clone(),
     };
 
-    let mut processors: Vec<(String, Arc<dyn Processor>)> = vec![(
+    let mut processors: Vec<(String, Arc<dyn Processor>, ConsumerSettings)> = vec![(
         settings.topics.uploads.clone(),
         Arc::new(prism_dedup::Dedup::new(
             settings.clone(),
             buckets.clone(),
             backends.index.clone(),
         )),
+        settings.consumer.clone(),
     )];
     for &stage in stages {
-        let worker: Arc<dyn Processor> = match stage {
-            StageName::Thumbnail => Arc::new(prism_thumbnail::worker(&settings, &backends)?),
-            StageName::Detect => {
-                anyhow::bail!("the detect stage is not available in this build yet")
-            }
+        let (worker, consumer): (Arc<dyn Processor>, _) = match stage {
+            StageName::Thumbnail => (
+                Arc::new(prism_thumbnail::worker(&settings, &backends)?),
+                settings.consumer.clone(),
+            ),
+            // Detect batches jobs into one forward pass, as its service does.
+            StageName::Detect => (
+                Arc::new(prism_detect::worker(&settings, &backends)?),
+                ConsumerSettings {
+                    max_batch: settings.detect.max_batch,
+                    max_delay: settings.detect.max_delay,
+                    ..settings.consumer.clone()
+                },
+            ),
         };
-        processors.push((settings.topics.jobs(stage).to_string(), worker));
+        processors.push((settings.topics.jobs(stage).to_string(), worker, consumer));
     }
     let stop = shutdown.child_token();
     let loops: Vec<_> = processors
         .into_iter()
-        .map(|(topic, processor)| {
+        .map(|(topic, processor, consumer_settings)| {
             let consumer = ConsumerLoop {
                 subscriber: Box::new(bus.subscribe(&[&topic])),
                 publisher: backends.publisher.clone(),
                 processor,
-                settings: settings.consumer.clone(),
+                settings: consumer_settings,
                 deadletter_topic: settings.topics.deadletter.clone(),
                 stats: Arc::new(Stats::default()),
             };
@@ -131,7 +141,7 @@ pub struct Summary {
     produced: BTreeMap<StageName, (usize, usize)>,
     outputs: usize,
     detections: usize,
-    dead_letters: Vec<(String, String, String)>,
+    dead_letters: Vec<(String, String, String, String)>,
     elapsed: Duration,
 }
 
@@ -190,7 +200,7 @@ impl Summary {
             }
         }
         self.dead_letters
-            .push((key, letter.error.code, letter.error.reason));
+            .push((key, letter.stage, letter.error.code, letter.error.reason));
     }
 }
 
@@ -226,8 +236,8 @@ impl fmt::Display for Summary {
         )?;
         if !self.dead_letters.is_empty() {
             writeln!(f, "{} dead letters:", self.dead_letters.len())?;
-            for (key, code, reason) in &self.dead_letters {
-                writeln!(f, "  {key}: {code}: {reason}")?;
+            for (key, stage, code, reason) in &self.dead_letters {
+                writeln!(f, "  {key} ({stage}): {code}: {reason}")?;
             }
         }
         Ok(())

@@ -51,6 +51,7 @@ enum Command {
 enum Service {
     Dedup,
     Thumbnail,
+    Detect,
 }
 
 #[tokio::main]
@@ -89,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve { service } => match service {
             Service::Dedup => prism_dedup::serve(settings, shutdown).await,
             Service::Thumbnail => prism_thumbnail::serve(settings, shutdown).await,
+            Service::Detect => prism_detect::serve(settings, shutdown).await,
         },
     }
 }

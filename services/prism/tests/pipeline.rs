@@ -44,7 +44,7 @@ fn run_environment(run: &str) -> Vec<(String, String)> {
         ("PRISM_KAFKA__GROUP_PREFIX", format!("e2e-{run}")),
         // Tansu makes a new group's first join wait half the session timeout.
         ("PRISM_KAFKA__SESSION_TIMEOUT_MS", "6000".into()),
-        ("PRISM_ENABLED_STAGES", "[\"thumbnail\"]".into()),
+        ("PRISM_ENABLED_STAGES", "[\"thumbnail\", \"detect\"]".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -234,6 +234,16 @@ fn uploads() -> (Vec<Upload>, Vec<Upload>) {
         ),
         size: Some((700, 500)),
     });
+    let home = std::env::var("PRISM_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::env::home_dir().unwrap().join(".cache/prism"));
+    let bus = std::fs::read(home.join("images/bus.jpg"))
+        .expect("bus.jpg is missing from $PRISM_HOME/images: run deploy/local/fetch-assets.sh");
+    distinct.push(Upload {
+        key: "street/bus.jpg".into(),
+        bytes: Bytes::from(bus),
+        size: Some((810, 1080)),
+    });
     let mut corrupt = b"\xFF\xD8\xFF\xE0 this is not really a JPEG".to_vec();
     corrupt.extend(std::iter::repeat_n(0x5A, 4000));
     distinct.push(Upload {
@@ -258,8 +268,9 @@ fn uploads() -> (Vec<Upload>, Vec<Upload>) {
 
 #[derive(Default)]
 struct Seen {
-    results: BTreeMap<String, Vec<StageResult>>,
-    dead_letters: BTreeMap<String, Vec<DeadLetter>>,
+    /// By (stage, upload key).
+    results: BTreeMap<(StageName, String), Vec<StageResult>>,
+    dead_letters: BTreeMap<(StageName, String), Vec<DeadLetter>>,
     counts: HashMap<String, usize>,
 }
 
@@ -285,6 +296,7 @@ async fn uploads_get_exactly_one_result_each_and_identical_content_is_processed_
         &[
             &["serve", "dedup"],
             &["serve", "thumbnail"],
+            &["serve", "detect"],
             &["watch", "--interval-ms", "200"],
         ],
     );
@@ -344,12 +356,12 @@ async fn uploads_get_exactly_one_result_each_and_identical_content_is_processed_
         services.assert_running();
         let outcome_count = |seen: &Seen| {
             all.iter()
-                .filter(|u| {
-                    seen.results.contains_key(&u.key) || seen.dead_letters.contains_key(&u.key)
-                })
+                .flat_map(|u| StageName::ALL.map(|stage| (stage, u.key.clone())))
+                .filter(|id| seen.results.contains_key(id) || seen.dead_letters.contains_key(id))
                 .count()
         };
-        if settled_at.is_none() && outcome_count(&seen) == all.len() {
+        let expected_outcomes = all.len() * StageName::ALL.len();
+        if settled_at.is_none() && outcome_count(&seen) == expected_outcomes {
             settled_at = Some(Instant::now());
         }
         if settled_at.is_some_and(|at| at.elapsed() > QUIET_PERIOD) {
@@ -357,9 +369,8 @@ async fn uploads_get_exactly_one_result_each_and_identical_content_is_processed_
         }
         assert!(
             started.elapsed() < DEADLINE,
-            "only {} of {} uploads got an outcome within {DEADLINE:?}",
-            outcome_count(&seen),
-            all.len()
+            "only {} of {expected_outcomes} outcomes (uploads x stages) arrived within {DEADLINE:?}",
+            outcome_count(&seen)
         );
         let Ok(Some(message)) =
             tokio::time::timeout(Duration::from_millis(500), stream.next()).await
@@ -389,7 +400,7 @@ async fn uploads_get_exactly_one_result_each_and_identical_content_is_processed_
                     "results are keyed by content hash"
                 );
                 seen.results
-                    .entry(result.source.key.clone())
+                    .entry((result.stage, result.source.key.clone()))
                     .or_default()
                     .push(result);
             }
@@ -400,161 +411,204 @@ async fn uploads_get_exactly_one_result_each_and_identical_content_is_processed_
                     .as_ref()
                     .map(|s| s.key.clone())
                     .unwrap_or_default();
-                seen.dead_letters.entry(key).or_default().push(letter);
+                let stage = letter
+                    .stage
+                    .parse()
+                    .expect("stages dead-letter only their own work");
+                seen.dead_letters
+                    .entry((stage, key))
+                    .or_default()
+                    .push(letter);
             }
             _ => {}
         }
     }
     println!("messages per topic: {:?}", seen.counts);
+    let buckets = &buckets;
+    let good = all.iter().filter(|u| u.size.is_some()).count();
+    let distinct_good = distinct.iter().filter(|u| u.size.is_some()).count() + 1; // + the twins
 
-    // Exactly one thumbnail result per good upload; the corrupt file dead-lettered with a reason.
-    for upload in &all {
-        let results = seen
-            .results
-            .get(&upload.key)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        if upload.size.is_none() {
+    for stage in StageName::ALL {
+        let results = |key: &str| {
+            seen.results
+                .get(&(stage, key.to_string()))
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+        };
+        // Exactly one result per good upload; the corrupt file dead-lettered with a reason.
+        for upload in &all {
+            let id = (stage, upload.key.clone());
+            if upload.size.is_none() {
+                assert!(
+                    results(&upload.key).is_empty(),
+                    "{id:?} is corrupt but got a result"
+                );
+                let letters = &seen.dead_letters[&id];
+                assert_eq!(letters.len(), 1, "one dead letter for {id:?}");
+                let error = &letters[0].error;
+                assert!(
+                    ["corrupt_image", "unsupported_format"].contains(&error.code.as_str()),
+                    "{error:?}"
+                );
+                assert!(
+                    error.reason.len() > 20,
+                    "a reason a person can act on: {error:?}"
+                );
+                continue;
+            }
+            let got = results(&upload.key);
+            assert_eq!(got.len(), 1, "{id:?} got {} results", got.len());
             assert!(
-                results.is_empty(),
-                "{} is corrupt but got a result",
+                !seen.dead_letters.contains_key(&id),
+                "{id:?} was dead-lettered"
+            );
+            assert_eq!(
+                got[0].content_hash,
+                blake3::hash(&upload.bytes).to_hex().to_string()
+            );
+        }
+
+        // Per content: processed once, every other upload reuses the very same outputs. (Which
+        // copy is processed depends on partition order, so only the count is asserted.)
+        let mut by_content: BTreeMap<&str, Vec<&StageResult>> = BTreeMap::new();
+        for ((of, _), list) in &seen.results {
+            if *of == stage {
+                for result in list {
+                    by_content
+                        .entry(&result.content_hash)
+                        .or_default()
+                        .push(result);
+                }
+            }
+        }
+        assert_eq!(
+            by_content.len(),
+            distinct_good,
+            "{stage}: distinct good contents"
+        );
+        let fresh: usize = by_content
+            .values()
+            .flatten()
+            .filter(|r| !r.deduplicated)
+            .count();
+        assert_eq!(
+            fresh, distinct_good,
+            "{stage}: each content processed exactly once"
+        );
+        for (hash, list) in &by_content {
+            assert!(
+                list.iter().all(|r| r.outputs == list[0].outputs),
+                "{stage} {hash}: same outputs"
+            );
+        }
+        assert_eq!(by_content.values().map(Vec::len).sum::<usize>(), good);
+        let twin_flags: Vec<bool> = twins
+            .iter()
+            .map(|t| results(&t.key)[0].deduplicated)
+            .collect();
+        assert_eq!(
+            twin_flags.iter().filter(|d| **d).count(),
+            1,
+            "{stage}: one twin reused: {twin_flags:?}"
+        );
+
+        // Every output exists and decodes at the size its result claims.
+        for result in by_content.values().flatten().filter(|r| !r.deduplicated) {
+            let upload = all.iter().find(|u| u.key == result.source.key).unwrap();
+            let (width, height) = upload.size.unwrap();
+            for output in &result.outputs {
+                let (bytes, _) = buckets
+                    .read(&output.bucket, &output.key, u64::MAX)
+                    .await
+                    .unwrap_or_else(|e| panic!("output {} missing: {e}", output.key));
+                assert_eq!(bytes.len() as u64, output.bytes);
+                if output.content_type == "application/json" {
+                    let listed: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                    assert_eq!(listed["detections"], result.payload["detections"]);
+                    continue;
+                }
+                let image = image::load_from_memory(&bytes).unwrap();
+                assert_eq!(
+                    (Some(image.width()), Some(image.height())),
+                    (output.width, output.height)
+                );
+                let name = output.key.rsplit('/').next().unwrap();
+                let expected_longest = match name.split('.').next().unwrap().parse::<u32>() {
+                    Ok(size) => size.min(width.max(height)), // a thumbnail, never upscaled
+                    Err(_) => width.max(height),             // the annotated copy, full size
+                };
+                assert_eq!(
+                    image.width().max(image.height()),
+                    expected_longest,
+                    "{} from {width}x{height}",
+                    output.key
+                );
+            }
+            let expected_files = match stage {
+                StageName::Thumbnail => {
+                    settings.stages.thumbnail.sizes.len() * settings.stages.thumbnail.formats.len()
+                }
+                StageName::Detect => 2,
+            };
+            assert_eq!(
+                result.outputs.len(),
+                expected_files,
+                "{stage} outputs of {}",
                 upload.key
             );
-            let letters = &seen.dead_letters[&upload.key];
-            assert_eq!(letters.len(), 1, "one dead letter for {}", upload.key);
-            assert_eq!(letters[0].stage, "thumbnail");
-            assert!(
-                ["corrupt_image", "unsupported_format"].contains(&letters[0].error.code.as_str()),
-                "{:?}",
-                letters[0].error
-            );
-            assert!(letters[0].error.reason.len() > 20, "{:?}", letters[0].error);
-            continue;
         }
-        assert_eq!(
-            results.len(),
-            1,
-            "{} got {} thumbnail results",
-            upload.key,
-            results.len()
-        );
-        assert!(
-            !seen.dead_letters.contains_key(&upload.key),
-            "{} was dead-lettered",
-            upload.key
-        );
-        assert_eq!(results[0].stage, StageName::Thumbnail);
-        assert_eq!(
-            results[0].content_hash,
-            blake3::hash(&upload.bytes).to_hex().to_string()
-        );
     }
 
-    // Per content: processed once, every other upload reuses the very same outputs. (Which copy
-    // is processed depends on partition order, so only the count is asserted.)
-    let mut by_content: BTreeMap<&str, Vec<&StageResult>> = BTreeMap::new();
-    for result in seen.results.values().flatten() {
-        by_content
-            .entry(&result.content_hash)
-            .or_default()
-            .push(result);
-    }
-    assert_eq!(by_content.len(), 17, "distinct good contents");
-    for (hash, results) in &by_content {
-        let fresh = results.iter().filter(|r| !r.deduplicated).count();
-        assert_eq!(fresh, 1, "content {hash} was processed {fresh} times");
-        assert!(results.iter().all(|r| r.outputs == results[0].outputs));
-    }
-    for copy in copies.iter().chain(&twins[..]) {
-        let result = &seen.results[&copy.key][0];
-        let original = by_content[result.content_hash.as_str()].len();
-        assert!(original >= 2, "{} shares its content", copy.key);
-    }
-    let twin_flags: Vec<bool> = twins
+    // The real photo: YOLOv8n finds the bus and the people in it.
+    let bus = &seen.results[&(StageName::Detect, "street/bus.jpg".to_string())][0];
+    let classes: Vec<&str> = bus.payload["detections"]
+        .as_array()
+        .unwrap()
         .iter()
-        .map(|t| seen.results[&t.key][0].deduplicated)
+        .map(|d| d["class"].as_str().unwrap())
         .collect();
     assert_eq!(
-        twin_flags.iter().filter(|d| **d).count(),
+        classes.iter().filter(|c| **c == "person").count(),
+        4,
+        "{classes:?}"
+    );
+    assert_eq!(
+        classes.iter().filter(|c| **c == "bus").count(),
         1,
-        "one twin processed, one reused: {twin_flags:?}"
+        "{classes:?}"
     );
 
-    // Every output exists and decodes at the size the result claims and the spec asks for.
-    let sizes = &settings.stages.thumbnail.sizes;
-    for upload in all.iter().filter(|u| u.size.is_some()) {
-        let result = &seen.results[&upload.key][0];
-        if result.deduplicated {
-            continue;
-        }
-        let (width, height) = upload.size.unwrap();
-        assert_eq!(
-            result.outputs.len(),
-            sizes.len() * settings.stages.thumbnail.formats.len()
-        );
-        for output in &result.outputs {
-            let (bytes, _) = buckets
-                .read(&output.bucket, &output.key, u64::MAX)
-                .await
-                .unwrap_or_else(|e| panic!("output {} missing: {e}", output.key));
-            assert_eq!(bytes.len() as u64, output.bytes);
-            let image = image::load_from_memory(&bytes).unwrap();
-            assert_eq!(
-                (Some(image.width()), Some(image.height())),
-                (output.width, output.height)
-            );
-            let size: u32 = output
-                .key
-                .rsplit('/')
-                .next()
-                .unwrap()
-                .split('.')
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
-            let longest = image.width().max(image.height());
-            assert_eq!(
-                longest,
-                size.min(width.max(height)),
-                "{} from {width}x{height}",
-                output.key
-            );
-            let expected_type = if output.key.ends_with(".webp") {
-                "image/webp"
-            } else {
-                "image/jpeg"
-            };
-            assert_eq!(output.content_type, expected_type);
-        }
-    }
-
-    // CouchDB: one claim per distinct content, the corrupt one failed, none left in flight.
+    // CouchDB: one claim per distinct content and stage, the corrupt ones failed, none in flight.
     let index = CouchIndex::connect(&settings.couchdb).await.unwrap();
     let done = index.with_status(ClaimStatus::Done).await.unwrap();
     let failed = index.with_status(ClaimStatus::Failed).await.unwrap();
     let processing = index.with_status(ClaimStatus::Processing).await.unwrap();
-    assert_eq!(done.len(), 17, "done claims");
-    assert_eq!(failed.len(), 1, "failed claims");
+    assert_eq!(
+        done.len(),
+        distinct_good * StageName::ALL.len(),
+        "done claims"
+    );
+    assert_eq!(failed.len(), StageName::ALL.len(), "failed claims");
     assert!(
         processing.is_empty(),
         "claims left processing: {processing:?}"
     );
-    let twin_claim = done
-        .iter()
-        .find(|c| c.content_hash == blake3::hash(&twin_bytes).to_hex().to_string())
-        .unwrap();
-    assert_eq!(twin_claim.sources_seen, 2);
+    let twin_hash = blake3::hash(&twin_bytes).to_hex().to_string();
+    assert!(
+        done.iter()
+            .filter(|c| c.content_hash == twin_hash)
+            .all(|c| c.sources_seen == 2)
+    );
 
     // Latency from upload to thumbnail result, for the closing note (not asserted: not a benchmark).
     let mut latencies: Vec<i64> = distinct
         .iter()
-        .filter_map(|u| seen.results.get(&u.key))
+        .filter_map(|u| seen.results.get(&(StageName::Thumbnail, u.key.clone())))
         .map(|r| (r[0].timings.finished_at - uploaded_at).num_milliseconds())
         .collect();
     latencies.sort();
     println!(
-        "upload-to-result latency over {} distinct uploads: median {} ms, max {} ms",
+        "upload-to-thumbnail latency over {} distinct uploads: median {} ms, max {} ms",
         latencies.len(),
         latencies[latencies.len() / 2],
         latencies.last().unwrap()

@@ -1,0 +1,9 @@
+//! `prism-detect`: finds objects in images for jobs on `prism.jobs.detect`.
+
+use prism_shared::{config, service, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init();
+    prism_detect::serve(config::load()?, service::shutdown_signal()).await
+}

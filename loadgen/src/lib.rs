@@ -30,7 +30,10 @@ pub async fn create_bucket(settings: &S3Settings, name: &str) -> anyhow::Result<
     if status.is_success() || status == reqwest::StatusCode::CONFLICT {
         Ok(())
     } else {
-        anyhow::bail!("creating bucket {name}: {status}: {}", response.text().await?)
+        anyhow::bail!(
+            "creating bucket {name}: {status}: {}",
+            response.text().await?
+        )
     }
 }
 
@@ -63,7 +66,12 @@ pub fn files_under(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
 }
 
 fn content_type(key: &str) -> &'static str {
-    match key.rsplit('.').next().map(str::to_ascii_lowercase).as_deref() {
+    match key
+        .rsplit('.')
+        .next()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         Some("jpg" | "jpeg") => "image/jpeg",
         Some("png") => "image/png",
         Some("webp") => "image/webp",

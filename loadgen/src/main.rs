@@ -43,7 +43,8 @@ async fn main() -> anyhow::Result<()> {
             }
             let count = objects.len();
             let started = std::time::Instant::now();
-            prism_loadgen::upload(&Buckets::s3(&settings.s3), &bucket, objects, concurrency).await?;
+            prism_loadgen::upload(&Buckets::s3(&settings.s3), &bucket, objects, concurrency)
+                .await?;
             println!(
                 "uploaded {count} files to s3://{bucket} in {:.2} s",
                 started.elapsed().as_secs_f64()

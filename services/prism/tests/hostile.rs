@@ -1,0 +1,744 @@
+//! Hostile and broken inputs through the real pipeline code, in the embedded mode (`prism run`): no
+//! servers, the same dedup, stage workers and consumer loop as the services.
+//!
+//! Each test builds its inputs here, next to a good image, runs the `prism` binary over them and
+//! asserts that it exits 0, that every input ends with exactly one result or one dead letter per
+//! stage (with a stable code and a reason a person can act on), that the good image still gets its
+//! thumbnails, and that the child's peak RSS stays under [`MAX_PEAK_RSS_KIB`].
+//!
+//! Keys with `../` segments cannot exist as files in a folder, so the embedded mode can never see
+//! them; the store refuses them (`unsupported_key`), covered by the unit tests in
+//! `shared/src/store.rs`.
+
+use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
+use prism_shared::schemas::{MessageKind, Schemas};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A run over a handful of small files takes well under a second; this only catches a hang (an
+/// upload that never gets its outcome) or a decoder that walks thousands of GIF frames.
+const RUN_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Peak RSS allowed for one run. Measured here: 17-19 MiB for a thumbnail run over small files,
+/// 46 MiB with the GIF (its 1500x1500 canvas is 9 MiB of RGBA, then resized), 234 MiB with detect
+/// (YOLOv8n's weights and activations). Decoding any of the bombs instead of refusing it would
+/// cost gigabytes (50000x50000 pixels is 7.5 GB of RGB; 3000 GIF frames coalesced on that canvas
+/// are 27 GB), so 512 MiB, about twice the detect run, passes any sane run and fails every one of
+/// those at once.
+const MAX_PEAK_RSS_KIB: u64 = 512 * 1024;
+
+const GOOD_KEY: &str = "good neighbour.jpg";
+
+/// What an input must end as.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// A result for every stage, the image as displayed at this size.
+    Processed { width: u32, height: u32 },
+    /// A dead letter with `code` from every stage.
+    DeadLettered { code: &'static str },
+    /// One dead letter from dedup with `code`, standing for every stage: no stage sees it.
+    RefusedByDedup { code: &'static str },
+}
+
+struct Input {
+    key: String,
+    bytes: Vec<u8>,
+    expect: Expect,
+}
+
+impl Input {
+    fn new(key: &str, bytes: Vec<u8>, expect: Expect) -> Self {
+        Input {
+            key: key.to_string(),
+            bytes,
+            expect,
+        }
+    }
+}
+
+/// What one `prism run` did.
+struct Run {
+    out: PathBuf,
+    messages: Vec<Value>,
+    logs: String,
+    peak_rss_kib: u64,
+}
+
+/// A folder under the system temp dir, removed when the test passes (kept for a look when it fails).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(case: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "prism-hostile-{case}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// The peak resident set so far (VmHWM) of a running process, in KiB; None once it has exited.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Writes `inputs` into a fresh folder and runs `prism run` over it, sampling the child's peak RSS
+/// while it runs (VmHWM never decreases, so the last sample misses at most the final milliseconds).
+fn run_prism(case: &str, inputs: &[Input], stages: &str, env: &[(&str, &str)]) -> (Scratch, Run) {
+    let scratch = Scratch::new(case);
+    let input_dir = scratch.0.join("in");
+    let out = scratch.0.join("out");
+    for input in inputs {
+        let path = input_dir.join(&input.key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &input.bytes).unwrap();
+    }
+    let log_path = scratch.0.join("prism.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prism"))
+        .arg("run")
+        .arg(&input_dir)
+        .arg("--out")
+        .arg(&out)
+        .args(["--stages", stages])
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("cannot start prism");
+    let mut peak = 0;
+    let status = loop {
+        if let Some(sample) = peak_rss_kib(child.id()) {
+            peak = peak.max(sample);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > RUN_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{case}: prism run did not finish within {RUN_DEADLINE:?}:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let elapsed = started.elapsed();
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        status.success(),
+        "{case}: prism run exited {status}:\n{logs}"
+    );
+    let results = std::fs::read_to_string(out.join("results.jsonl"))
+        .unwrap_or_else(|e| panic!("{case}: no results.jsonl ({e}):\n{logs}"));
+    let schemas = Schemas::default();
+    let messages = results
+        .lines()
+        .map(|line| {
+            let message: Value = serde_json::from_str(line).unwrap();
+            let kind = if message.get("error").is_some() {
+                MessageKind::DeadLetter
+            } else {
+                MessageKind::Result
+            };
+            schemas
+                .check_bytes(kind, line.as_bytes())
+                .unwrap_or_else(|e| panic!("{case}: {kind:?} breaks its schema: {e}\n{line}"));
+            message
+        })
+        .collect();
+    println!(
+        "{case}: {} inputs, peak RSS {:.1} MiB, {:.2} s",
+        inputs.len(),
+        peak as f64 / 1024.0,
+        elapsed.as_secs_f64()
+    );
+    let run = Run {
+        out,
+        messages,
+        logs,
+        peak_rss_kib: peak,
+    };
+    (scratch, run)
+}
+
+/// Every input ended as expected, exactly once per stage; nothing else was said; memory stayed bounded.
+fn assert_outcomes(case: &str, inputs: &[Input], stages: &[&str], run: &Run) {
+    assert!(
+        run.peak_rss_kib > 0,
+        "{case}: no RSS sample was taken (is /proc mounted?)"
+    );
+    assert!(
+        run.peak_rss_kib < MAX_PEAK_RSS_KIB,
+        "{case}: peak RSS {} KiB is over the bound of {MAX_PEAK_RSS_KIB} KiB",
+        run.peak_rss_kib
+    );
+    let mut by_key: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
+    for message in &run.messages {
+        let key = message["source"]["key"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{case}: message without a source key: {message}"));
+        by_key.entry(key).or_default().push(message);
+    }
+    for key in by_key.keys() {
+        assert!(
+            inputs.iter().any(|i| i.key == *key),
+            "{case}: outcome for {key:?}, which is not an input (keys must come back unchanged)"
+        );
+    }
+    for input in inputs {
+        let about = format!("{case}: {:?}", input.key);
+        let got = by_key.get(input.key.as_str()).cloned().unwrap_or_default();
+        match input.expect {
+            Expect::RefusedByDedup { code } => {
+                assert_eq!(got.len(), 1, "{about}: one dedup dead letter: {got:?}");
+                assert_dead_letter(&about, got[0], "dedup", code);
+            }
+            Expect::DeadLettered { code } => {
+                assert_eq!(got.len(), stages.len(), "{about}: one per stage: {got:?}");
+                for stage in stages {
+                    let letter = got
+                        .iter()
+                        .find(|m| m["stage"] == *stage)
+                        .unwrap_or_else(|| panic!("{about}: no {stage} outcome: {got:?}"));
+                    assert_dead_letter(&about, letter, stage, code);
+                }
+            }
+            Expect::Processed { width, height } => {
+                assert_eq!(got.len(), stages.len(), "{about}: one per stage: {got:?}");
+                for stage in stages {
+                    let result = got
+                        .iter()
+                        .find(|m| m["stage"] == *stage)
+                        .unwrap_or_else(|| panic!("{about}: no {stage} outcome: {got:?}"));
+                    assert!(result.get("error").is_none(), "{about}: {result}");
+                    assert_eq!(
+                        (&result["image"]["width"], &result["image"]["height"]),
+                        (&Value::from(width), &Value::from(height)),
+                        "{about}: {stage} saw the wrong size"
+                    );
+                    assert_outputs_exist(&about, &run.out, result);
+                }
+            }
+        }
+    }
+}
+
+fn assert_dead_letter(about: &str, letter: &Value, stage: &str, code: &str) {
+    assert_eq!(letter["stage"], stage, "{about}: {letter}");
+    assert_eq!(letter["error"]["code"], code, "{about}: {letter}");
+    let reason = letter["error"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.len() > 20,
+        "{about}: a reason a person can act on: {letter}"
+    );
+}
+
+/// Every output a result names is on disk, at the size it claims.
+fn assert_outputs_exist(about: &str, out: &Path, result: &Value) {
+    let outputs = result["outputs"].as_array().unwrap();
+    assert!(!outputs.is_empty(), "{about}: no outputs: {result}");
+    for output in outputs {
+        let path = out.join(output["key"].as_str().unwrap());
+        let size = std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("{about}: output {} missing: {e}", path.display()))
+            .len();
+        assert_eq!(
+            Value::from(size),
+            output["bytes"],
+            "{about}: {}",
+            path.display()
+        );
+    }
+}
+
+/// Runs one hostile input next to a good image through the thumbnail stage.
+fn hostile_case(case: &str, hostile: Input, env: &[(&str, &str)]) {
+    let inputs = [hostile, good_neighbour()];
+    let (_scratch, run) = run_prism(case, &inputs, "thumbnail", env);
+    assert_outcomes(case, &inputs, &["thumbnail"], &run);
+}
+
+/// A picture no other call makes: gradients and stripes seeded by `seed`.
+fn picture(seed: u32, width: u32, height: u32) -> RgbImage {
+    RgbImage::from_fn(width, height, |x, y| {
+        let stripe = ((x / (3 + seed % 5)) + (y / (4 + seed % 3))) % 2;
+        Rgb([
+            (x * 255 / width) as u8 ^ (seed as u8).wrapping_mul(41),
+            (y * 255 / height) as u8,
+            if stripe == 0 { 40 } else { 200 },
+        ])
+    })
+}
+
+fn encode(image: RgbImage, format: ImageFormat) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    DynamicImage::ImageRgb8(image)
+        .write_to(&mut Cursor::new(&mut bytes), format)
+        .unwrap();
+    bytes
+}
+
+fn good_neighbour() -> Input {
+    Input::new(
+        GOOD_KEY,
+        encode(picture(1, 120, 80), ImageFormat::Jpeg),
+        Expect::Processed {
+            width: 120,
+            height: 80,
+        },
+    )
+}
+
+/// CRC-32 (IEEE), as PNG chunks carry it.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
+fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
+    chunk.extend_from_slice(kind);
+    chunk.extend_from_slice(data);
+    let mut covered = kind.to_vec();
+    covered.extend_from_slice(data);
+    chunk.extend_from_slice(&crc32(&covered).to_be_bytes());
+    chunk
+}
+
+/// A PNG of a few dozen bytes whose header claims `width` x `height` RGB pixels.
+fn pixel_bomb_png(width: u32, height: u32) -> Vec<u8> {
+    let mut header = width.to_be_bytes().to_vec();
+    header.extend_from_slice(&height.to_be_bytes());
+    header.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB, deflate, no filter, no interlace
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(png_chunk(b"IHDR", &header));
+    // An empty zlib stream: the pixels that would follow are never there.
+    png.extend(png_chunk(
+        b"IDAT",
+        &[0x78, 0x9C, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    ));
+    png.extend(png_chunk(b"IEND", &[]));
+    png
+}
+
+/// `jpeg` with an APP1 segment holding `exif` (after the `Exif\0\0` marker) right after SOI.
+fn with_exif_segment(jpeg: &[u8], exif: &[u8]) -> Vec<u8> {
+    let length = u16::try_from(2 + 6 + exif.len()).expect("an APP1 segment holds < 64 KiB");
+    let mut bytes = jpeg[..2].to_vec();
+    bytes.extend_from_slice(&[0xFF, 0xE1]);
+    bytes.extend_from_slice(&length.to_be_bytes());
+    bytes.extend_from_slice(b"Exif\0\0");
+    bytes.extend_from_slice(exif);
+    bytes.extend_from_slice(&jpeg[2..]);
+    bytes
+}
+
+/// A little-endian TIFF block: orientation 6 (rotate 90° clockwise) and an ImageDescription of
+/// `description_bytes` repeated letters, which makes the EXIF block as large as an APP1 allows.
+fn huge_exif(description_bytes: u32) -> Vec<u8> {
+    const ENTRIES: u16 = 2;
+    let data_offset = 8 + 2 + u32::from(ENTRIES) * 12 + 4;
+    let mut tiff = b"II*\0".to_vec();
+    tiff.extend_from_slice(&8u32.to_le_bytes()); // the first IFD follows the header
+    tiff.extend_from_slice(&ENTRIES.to_le_bytes());
+    // ImageDescription (0x010E), ASCII (2), count, offset of the text.
+    tiff.extend_from_slice(&0x010Eu16.to_le_bytes());
+    tiff.extend_from_slice(&2u16.to_le_bytes());
+    tiff.extend_from_slice(&description_bytes.to_le_bytes());
+    tiff.extend_from_slice(&data_offset.to_le_bytes());
+    // Orientation (0x0112), SHORT (3), one value: 6, left-justified in the value field.
+    tiff.extend_from_slice(&0x0112u16.to_le_bytes());
+    tiff.extend_from_slice(&3u16.to_le_bytes());
+    tiff.extend_from_slice(&1u32.to_le_bytes());
+    tiff.extend_from_slice(&[6, 0, 0, 0]);
+    tiff.extend_from_slice(&0u32.to_le_bytes()); // no next IFD
+    tiff.extend((0..description_bytes - 1).map(|i| b"PRISM"[i as usize % 5]));
+    tiff.push(0);
+    tiff
+}
+
+/// A TIFF block that lies: a first IFD far past its end, then a count of 65535 entries.
+fn corrupt_exif() -> Vec<u8> {
+    let mut tiff = b"MM\0*".to_vec();
+    tiff.extend_from_slice(&0xFFFF_FF00u32.to_be_bytes());
+    tiff.extend_from_slice(&[0xFF, 0xFF, 0x01, 0x12, 0x00]);
+    tiff
+}
+
+/// A GIF89a of `frames` frames on a `screen` x `screen` canvas, each frame a 4x4 patch. Tiny on
+/// disk, enormous if every frame were coalesced onto the canvas. The image data uses 8-bit LZW
+/// codes with a clear code before the table could grow, so every code is one byte.
+fn animated_gif(screen: u16, frames: u32) -> Vec<u8> {
+    const PATCH: u16 = 4;
+    const CLEAR: u8 = 128; // with a minimum code size of 7
+    const END: u8 = 129;
+    let mut gif = b"GIF89a".to_vec();
+    gif.extend_from_slice(&screen.to_le_bytes());
+    gif.extend_from_slice(&screen.to_le_bytes());
+    gif.extend_from_slice(&[0xF6, 0, 0]); // a global table of 128 colours, background 0
+    gif.extend((0..128u8).flat_map(|i| [i * 2, 255 - i * 2, i]));
+    gif.extend_from_slice(b"\x21\xFF\x0BNETSCAPE2.0\x03\x01\x00\x00\x00"); // loop forever
+    for frame in 0..frames {
+        gif.extend_from_slice(&[0x21, 0xF9, 4, 0x04, 1, 0, 0, 0]); // keep, 1/100 s
+        let offset = (frame % u32::from(screen / PATCH)) as u16 * PATCH;
+        gif.push(0x2C);
+        for value in [offset, offset, PATCH, PATCH] {
+            gif.extend_from_slice(&value.to_le_bytes());
+        }
+        gif.push(0); // no local table, not interlaced
+        gif.push(7);
+        let mut codes = vec![CLEAR];
+        codes.extend((0..PATCH * PATCH).map(|i| ((frame + u32::from(i)) % 128) as u8));
+        codes.push(END);
+        gif.push(codes.len() as u8);
+        gif.extend_from_slice(&codes);
+        gif.push(0);
+    }
+    gif.push(0x3B);
+    gif
+}
+
+#[test]
+fn corrupt_jpeg_is_dead_lettered() {
+    let mut corrupt = b"\xFF\xD8\xFF\xE0 this is not really a JPEG".to_vec();
+    corrupt.extend((0..4000u32).map(|i| (i * 37 % 251) as u8));
+    hostile_case(
+        "corrupt_jpeg",
+        Input::new(
+            "corrupt.jpg",
+            corrupt,
+            Expect::DeadLettered {
+                code: "corrupt_image",
+            },
+        ),
+        &[],
+    );
+}
+
+#[test]
+fn truncated_png_is_dead_lettered() {
+    let whole = encode(picture(2, 64, 64), ImageFormat::Png);
+    hostile_case(
+        "truncated_png",
+        Input::new(
+            "truncated.png",
+            whole[..whole.len() / 2].to_vec(),
+            Expect::DeadLettered {
+                code: "corrupt_image",
+            },
+        ),
+        &[],
+    );
+}
+
+#[test]
+fn zero_byte_file_is_dead_lettered() {
+    hostile_case(
+        "zero_bytes",
+        Input::new(
+            "empty.jpg",
+            Vec::new(),
+            Expect::DeadLettered {
+                code: "empty_image",
+            },
+        ),
+        &[],
+    );
+}
+
+#[test]
+fn text_file_named_jpg_is_dead_lettered() {
+    hostile_case(
+        "text_named_jpg",
+        Input::new(
+            "notes.jpg",
+            b"Meeting notes\n- buy milk\n- ship Prism\n".to_vec(),
+            Expect::DeadLettered {
+                code: "unsupported_format",
+            },
+        ),
+        &[],
+    );
+}
+
+#[test]
+fn tiny_png_claiming_50000_by_50000_pixels_is_dead_lettered_before_decoding() {
+    let bomb = pixel_bomb_png(50_000, 50_000);
+    assert!(bomb.len() < 100, "the bomb is {} bytes", bomb.len());
+    hostile_case(
+        "pixel_bomb",
+        Input::new(
+            "bomb.png",
+            bomb,
+            Expect::DeadLettered {
+                code: "too_many_pixels",
+            },
+        ),
+        &[],
+    );
+}
+
+#[test]
+fn jpeg_with_a_huge_exif_block_is_processed_and_oriented() {
+    let exif = huge_exif(60_000);
+    let jpeg = with_exif_segment(&encode(picture(3, 90, 60), ImageFormat::Jpeg), &exif);
+    hostile_case(
+        "huge_exif",
+        // Orientation 6 turns the stored 90x60 into 60x90 as displayed.
+        Input::new(
+            "huge exif.jpg",
+            jpeg,
+            Expect::Processed {
+                width: 60,
+                height: 90,
+            },
+        ),
+        &[],
+    );
+}
+
+#[test]
+fn jpeg_with_a_corrupt_exif_block_is_processed_without_orientation() {
+    let jpeg = with_exif_segment(
+        &encode(picture(4, 90, 60), ImageFormat::Jpeg),
+        &corrupt_exif(),
+    );
+    hostile_case(
+        "corrupt_exif",
+        Input::new(
+            "corrupt exif.jpg",
+            jpeg,
+            Expect::Processed {
+                width: 90,
+                height: 60,
+            },
+        ),
+        &[],
+    );
+}
+
+#[test]
+fn gif_with_thousands_of_frames_is_processed_from_its_first_frame() {
+    let gif = animated_gif(1500, 3000);
+    let started = Instant::now();
+    hostile_case(
+        "animated_gif",
+        Input::new(
+            "animation.gif",
+            gif,
+            Expect::Processed {
+                width: 1500,
+                height: 1500,
+            },
+        ),
+        &[],
+    );
+    // Decoding 3000 frames would take far longer than one (and the deadline catches a hang).
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn upload_over_the_byte_limit_is_dead_lettered_by_dedup_unread() {
+    let limit = good_neighbour().bytes.len() + 1024;
+    let big = encode(picture(5, 600, 400), ImageFormat::Png);
+    assert!(big.len() > limit, "{} bytes is not over {limit}", big.len());
+    let limit = limit.to_string();
+    hostile_case(
+        "over_byte_limit",
+        Input::new(
+            "big.png",
+            big,
+            Expect::RefusedByDedup {
+                code: "too_many_bytes",
+            },
+        ),
+        &[("PRISM_STAGES__LIMITS__MAX_BYTES", &limit)],
+    );
+}
+
+#[test]
+fn keys_with_unicode_spaces_escapes_and_plus_come_back_unchanged() {
+    let keys = [
+        "ünïcødé/北京 夜景.jpg",
+        "holiday photos/day 1/beach.jpg",
+        "a%20b.jpg",
+        "a%2Fb%2Fc.jpg",
+        "100%.jpg",
+        "plus+sign+.jpg",
+        "+.jpg",
+        "emoji 📷/ß.jpg",
+    ];
+    let mut inputs: Vec<Input> = keys
+        .iter()
+        .zip(10..)
+        .map(|(key, seed)| {
+            Input::new(
+                key,
+                encode(picture(seed, 48, 32), ImageFormat::Jpeg),
+                Expect::Processed {
+                    width: 48,
+                    height: 32,
+                },
+            )
+        })
+        .collect();
+    inputs.push(good_neighbour());
+    let (_scratch, run) = run_prism("keys", &inputs, "thumbnail", &[]);
+    assert_outcomes("keys", &inputs, &["thumbnail"], &run);
+}
+
+/// Every hostile input above (but the byte limit, which needs its own setting) in one folder.
+fn hostile_inputs() -> Vec<Input> {
+    let whole_png = encode(picture(2, 64, 64), ImageFormat::Png);
+    vec![
+        Input::new(
+            "corrupt.jpg",
+            b"\xFF\xD8\xFF\xE0 not a JPEG at all".repeat(100),
+            Expect::DeadLettered {
+                code: "corrupt_image",
+            },
+        ),
+        Input::new(
+            "truncated.png",
+            whole_png[..whole_png.len() / 2].to_vec(),
+            Expect::DeadLettered {
+                code: "corrupt_image",
+            },
+        ),
+        Input::new(
+            "empty.jpg",
+            Vec::new(),
+            Expect::DeadLettered {
+                code: "empty_image",
+            },
+        ),
+        Input::new(
+            "notes.jpg",
+            b"just text\n".to_vec(),
+            Expect::DeadLettered {
+                code: "unsupported_format",
+            },
+        ),
+        Input::new(
+            "bomb.png",
+            pixel_bomb_png(50_000, 50_000),
+            Expect::DeadLettered {
+                code: "too_many_pixels",
+            },
+        ),
+        Input::new(
+            "huge exif.jpg",
+            with_exif_segment(
+                &encode(picture(3, 90, 60), ImageFormat::Jpeg),
+                &huge_exif(60_000),
+            ),
+            Expect::Processed {
+                width: 60,
+                height: 90,
+            },
+        ),
+        Input::new(
+            "corrupt exif.jpg",
+            with_exif_segment(
+                &encode(picture(4, 90, 60), ImageFormat::Jpeg),
+                &corrupt_exif(),
+            ),
+            Expect::Processed {
+                width: 90,
+                height: 60,
+            },
+        ),
+        Input::new(
+            "animation.gif",
+            animated_gif(1500, 3000),
+            Expect::Processed {
+                width: 1500,
+                height: 1500,
+            },
+        ),
+        Input::new(
+            "ünï code/a%20b+c.jpg",
+            encode(picture(6, 48, 32), ImageFormat::Jpeg),
+            Expect::Processed {
+                width: 48,
+                height: 32,
+            },
+        ),
+        good_neighbour(),
+    ]
+}
+
+#[test]
+fn secrets_are_never_logged_even_at_debug_level() {
+    let couchdb_password = format!("couch-{}", uuid::Uuid::new_v4().simple());
+    let sasl_password = format!("sasl-{}", uuid::Uuid::new_v4().simple());
+    let inputs = hostile_inputs();
+    let (_scratch, run) = run_prism(
+        "secrets",
+        &inputs,
+        "thumbnail",
+        &[
+            ("RUST_LOG", "debug"),
+            ("PRISM_COUCHDB__PASSWORD", &couchdb_password),
+            ("PRISM_KAFKA__SASL_PASSWORD", &sasl_password),
+        ],
+    );
+    assert_outcomes("secrets", &inputs, &["thumbnail"], &run);
+    assert!(
+        run.logs.contains("DEBUG"),
+        "RUST_LOG=debug was not honoured, so this proves nothing:\n{}",
+        run.logs
+    );
+    let results = std::fs::read_to_string(run.out.join("results.jsonl")).unwrap();
+    for secret in [&couchdb_password, &sasl_password] {
+        assert!(!run.logs.contains(secret.as_str()), "a secret was logged");
+        assert!(!results.contains(secret.as_str()), "a secret was published");
+    }
+}
+
+#[test]
+fn hostile_inputs_through_thumbnail_and_detect() {
+    let home = std::env::var("PRISM_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::env::home_dir().unwrap().join(".cache/prism"));
+    let weights = home.join("models/yolov8n.onnx");
+    assert!(
+        weights.is_file(),
+        "{} is missing: run deploy/local/fetch-assets.sh (or set PRISM_HOME)",
+        weights.display()
+    );
+    let inputs = hostile_inputs();
+    let (_scratch, run) = run_prism("detect", &inputs, "thumbnail,detect", &[]);
+    assert_outcomes("detect", &inputs, &["thumbnail", "detect"], &run);
+}

@@ -1,0 +1,457 @@
+//! Prism's thumbnail stage against `vipsthumbnail` and Pillow, on large real images.
+//!
+//! `cargo bench -p prism-thumbnail --bench vs_libvips` (after `deploy/local/bench-thumbnail.sh`).
+//! Every tool turns each image into JPEG q85 thumbnails of 128, 256 and 512 px (longest edge),
+//! once with one worker and once with one worker per core; each worker is single-threaded
+//! (VIPS_CONCURRENCY=1). Prism's workers are threads of one child process of this binary (so its
+//! peak RSS is its own), the other tools' workers are processes; peak RSS of parallel processes
+//! is their sum. Wall time includes process start-up for every tool.
+//! Quality guard: each Prism thumbnail against vipsthumbnail's of the same size (PSNR, SSIM).
+//!
+//! Environment: PRISM_HOME (cache root), PRISM_BENCH_ROUNDS (passes over each set, default 3).
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::Instant;
+
+use image::{GrayImage, RgbImage};
+use prism_shared::imaging::{Limits, decode};
+use prism_thumbnail::stage::{ThumbnailFormat, ThumbnailSpec, render};
+
+const SIZES: [u32; 3] = [128, 256, 512];
+const JPEG_QUALITY: u8 = 85;
+const SETUP: &str = "run deploy/local/bench-thumbnail.sh first";
+/// Below this a Prism thumbnail is visibly different from vipsthumbnail's and the bench fails.
+const MIN_SSIM: f64 = 0.95;
+
+/// The images of one kind, benchmarked together.
+struct ImageSet {
+    name: &'static str,
+    files: &'static [&'static str],
+}
+
+const SETS: [ImageSet; 3] = [
+    ImageSet {
+        name: "JPEG 14.7 MP x6",
+        files: &[
+            "flow.jpg",
+            "flow-dark.jpg",
+            "honeywave.jpg",
+            "shell.jpg",
+            "safe-landing.jpg",
+            "volna.jpg",
+        ],
+    },
+    ImageSet {
+        name: "PNG 14.7 MP",
+        files: &["milky-way.png"],
+    },
+    ImageSet {
+        name: "WebP 16.8 MP",
+        files: &["adwaita.webp"],
+    },
+];
+
+#[derive(Clone, Copy, PartialEq)]
+enum Tool {
+    Prism,
+    Vips,
+    Pillow,
+}
+
+impl Tool {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Prism => "prism",
+            Self::Vips => "vipsthumbnail",
+            Self::Pillow => "pillow",
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Measurement {
+    images_per_second: f64,
+    peak_rss_kib: u64,
+}
+
+/// What Pillow runs: per size, draft (JPEG DCT scaling) then thumbnail with LANCZOS, as its
+/// documentation recommends. argv: output dir, then the inputs.
+const PILLOW_SCRIPT: &str = r#"
+import os, sys
+from PIL import Image
+out = sys.argv[1]
+for path in sys.argv[2:]:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    for size in (128, 256, 512):
+        with Image.open(path) as im:
+            im.draft("RGB", (size, size))
+            im.thumbnail((size, size), Image.Resampling.LANCZOS)
+            im.convert("RGB").save(f"{out}/{stem}_{size}.jpg", quality=85)
+"#;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--prism-child") {
+        return prism_child(&args[1..]);
+    }
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(message) => {
+            eprintln!("vs_libvips: ERROR: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cache_dir() -> PathBuf {
+    env::var_os("PRISM_HOME").map_or_else(
+        || PathBuf::from(env::var("HOME").unwrap_or_default()).join(".cache/prism"),
+        PathBuf::from,
+    )
+}
+
+/// Benchmarks every set with every tool; returns whether the quality guard held.
+fn run() -> Result<bool, String> {
+    let cache = cache_dir();
+    let images_dir = cache.join("bench-images");
+    let python = cache.join("venv-pillow/bin/python");
+    for tool in [Path::new("/usr/bin/time"), &python] {
+        if !tool.exists() {
+            return Err(format!("{} is missing: {SETUP}", tool.display()));
+        }
+    }
+    if Command::new("vipsthumbnail")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Err(format!("vipsthumbnail is not on PATH: {SETUP}"));
+    }
+    for file in SETS.iter().flat_map(|set| set.files) {
+        if !images_dir.join(file).exists() {
+            return Err(format!(
+                "{} is missing: {SETUP}",
+                images_dir.join(file).display()
+            ));
+        }
+    }
+    let rounds: usize = env::var("PRISM_BENCH_ROUNDS")
+        .ok()
+        .map_or(Ok(3), |r| r.parse())
+        .map_err(|e| format!("PRISM_BENCH_ROUNDS: {e}"))?;
+    let cores = thread::available_parallelism().map_or(1, usize::from);
+    let scratch = env::temp_dir().join(format!("prism-vs-libvips-{}", std::process::id()));
+
+    println!(
+        "thumbnails {SIZES:?} px, JPEG q{JPEG_QUALITY}, {rounds} rounds; images/s counts source images (all sizes each)"
+    );
+    println!(
+        "{:<16} {:>7} {:<14} {:>9} {:>9} {:>9} {:>9}",
+        "set", "workers", "tool", "images/s", "RSS MiB", "speed/vips", "RSS/vips"
+    );
+    for set in &SETS {
+        let inputs: Vec<PathBuf> = set.files.iter().map(|f| images_dir.join(f)).collect();
+        for workers in [1, cores] {
+            let mut vips = None;
+            for tool in [Tool::Vips, Tool::Prism, Tool::Pillow] {
+                let out = scratch.join(tool.name());
+                fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+                let m = measure(tool, &inputs, rounds, workers, &out, &python)?;
+                let vips_m = *vips.get_or_insert(m);
+                println!(
+                    "{:<16} {:>7} {:<14} {:>9.2} {:>9.1} {:>9.2}x {:>8.2}x",
+                    set.name,
+                    workers,
+                    tool.name(),
+                    m.images_per_second,
+                    m.peak_rss_kib as f64 / 1024.0,
+                    m.images_per_second / vips_m.images_per_second,
+                    m.peak_rss_kib as f64 / vips_m.peak_rss_kib as f64,
+                );
+            }
+        }
+    }
+
+    println!("\nquality: Prism thumbnail vs vipsthumbnail's of the same size");
+    println!(
+        "{:<18} {:>5} {:>11} {:>9} {:>7}",
+        "image", "size", "dimensions", "PSNR dB", "SSIM"
+    );
+    let mut guard_held = true;
+    for file in SETS.iter().flat_map(|set| set.files) {
+        let stem = Path::new(file).file_stem().unwrap().to_string_lossy();
+        for size in SIZES {
+            let name = format!("{stem}_{size}.jpg");
+            let ours = read_rgb(&scratch.join("prism").join(&name))?;
+            let theirs = read_rgb(&scratch.join("vipsthumbnail").join(&name))?;
+            let (w, h) = ours.dimensions();
+            if theirs.dimensions() != (w, h) {
+                println!(
+                    "{file:<18} {size:>5} {w}x{h} vs vips {:?}: DIFFERENT SIZE",
+                    theirs.dimensions()
+                );
+                guard_held = false;
+                continue;
+            }
+            let similarity = ssim(&luma(&ours), &luma(&theirs));
+            let low = similarity < MIN_SSIM;
+            guard_held &= !low;
+            println!(
+                "{file:<18} {size:>5} {:>11} {:>9.2} {:>7.4}{}",
+                format!("{w}x{h}"),
+                psnr(&ours, &theirs),
+                similarity,
+                if low { "  BELOW GUARD" } else { "" }
+            );
+        }
+    }
+    let _ = fs::remove_dir_all(&scratch);
+    if !guard_held {
+        eprintln!("vs_libvips: quality guard failed: SSIM below {MIN_SSIM} or sizes differ");
+    }
+    Ok(guard_held)
+}
+
+/// Runs `tool` over `rounds` passes of `inputs` with `workers` workers, writing thumbnails
+/// named STEM_SIZE.jpg into `out`.
+fn measure(
+    tool: Tool,
+    inputs: &[PathBuf],
+    rounds: usize,
+    workers: usize,
+    out: &Path,
+    python: &Path,
+) -> Result<Measurement, String> {
+    let jobs: Vec<&PathBuf> = (0..rounds).flat_map(|_| inputs).collect();
+    // One command per worker, each with its share of the jobs, dealt round-robin.
+    let shares: Vec<Vec<&PathBuf>> = (0..workers)
+        .map(|w| jobs.iter().skip(w).step_by(workers).copied().collect())
+        .collect();
+    let commands: Vec<Vec<Command>> = match tool {
+        Tool::Prism => {
+            let mut child = Command::new(env::current_exe().map_err(|e| e.to_string())?);
+            child.arg("--prism-child").arg(workers.to_string()).arg(out);
+            child.args(&jobs);
+            vec![vec![child]]
+        }
+        Tool::Vips => shares
+            .iter()
+            .map(|share| {
+                // vipsthumbnail makes one size per run, so each worker runs once per size.
+                SIZES
+                    .iter()
+                    .map(|size| {
+                        let mut vips = Command::new("vipsthumbnail");
+                        vips.env("VIPS_CONCURRENCY", "1")
+                            .arg("--size")
+                            .arg(size.to_string())
+                            .arg("-o")
+                            .arg(format!(
+                                "{}/%s_{size}.jpg[Q={JPEG_QUALITY},strip]",
+                                out.display()
+                            ))
+                            .args(share);
+                        vips
+                    })
+                    .collect()
+            })
+            .collect(),
+        Tool::Pillow => shares
+            .iter()
+            .map(|share| {
+                let mut pillow = Command::new(python);
+                pillow.arg("-c").arg(PILLOW_SCRIPT).arg(out).args(share);
+                vec![pillow]
+            })
+            .collect(),
+    };
+
+    let started = Instant::now();
+    // Each worker runs its commands in sequence, under /usr/bin/time for the peak RSS.
+    let peaks: Vec<Result<u64, String>> = thread::scope(|scope| {
+        let handles: Vec<_> = commands
+            .into_iter()
+            .enumerate()
+            .map(|(worker, sequence)| {
+                scope.spawn(move || {
+                    let mut peak = 0;
+                    for (step, command) in sequence.into_iter().enumerate() {
+                        let rss_file = out.join(format!(".rss-{worker}-{step}"));
+                        peak = peak.max(run_timed(command, &rss_file)?);
+                    }
+                    Ok(peak)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let peak_rss_kib = peaks.into_iter().sum::<Result<u64, String>>()?;
+    Ok(Measurement {
+        images_per_second: jobs.len() as f64 / elapsed,
+        peak_rss_kib,
+    })
+}
+
+/// Runs `command` under `/usr/bin/time`, failing loudly on a non-zero exit; returns its peak RSS.
+fn run_timed(command: Command, rss_file: &Path) -> Result<u64, String> {
+    let program = command.get_program().to_owned();
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(rss_file)
+        .arg(&program);
+    timed.args(command.get_args());
+    for (key, value) in command.get_envs() {
+        if let Some(value) = value {
+            timed.env(key, value);
+        }
+    }
+    let output = timed
+        .output()
+        .map_err(|e| format!("running {}: {e}", program.to_string_lossy()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{} failed ({}): {}",
+            program.to_string_lossy(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let text = fs::read_to_string(rss_file).map_err(|e| e.to_string())?;
+    text.lines()
+        .last()
+        .and_then(|line| line.trim().parse().ok())
+        .ok_or_else(|| format!("/usr/bin/time wrote no peak RSS: {text:?}"))
+}
+
+/// The child process: `--prism-child WORKERS OUT_DIR INPUT...`, the stage in-process.
+fn prism_child(args: &[String]) -> ExitCode {
+    let [workers, out, inputs @ ..] = args else {
+        eprintln!("usage: vs_libvips --prism-child WORKERS OUT_DIR INPUT...");
+        return ExitCode::FAILURE;
+    };
+    let workers: usize = workers.parse().expect("WORKERS is a number");
+    let out = Path::new(out);
+    let spec = ThumbnailSpec {
+        sizes: SIZES.to_vec(),
+        formats: vec![ThumbnailFormat::Jpeg],
+        jpeg_quality: JPEG_QUALITY,
+        ..ThumbnailSpec::default()
+    };
+    let next = AtomicUsize::new(0);
+    let failures = thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut failures = 0;
+                    while let Some(input) = inputs.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let rendered = fs::read(input)
+                            .map_err(|e| e.to_string())
+                            .and_then(|bytes| {
+                                decode(&bytes, &Limits::default()).map_err(|e| e.to_string())
+                            })
+                            .and_then(|image| render(&image, &spec).map_err(|e| e.to_string()));
+                        let stem = Path::new(input).file_stem().unwrap().to_string_lossy();
+                        match rendered {
+                            Ok(thumbnails) => {
+                                for t in thumbnails {
+                                    let path = out.join(format!("{stem}_{}.jpg", t.size));
+                                    fs::write(&path, &t.bytes).expect("writes the thumbnail");
+                                }
+                            }
+                            Err(e) => {
+                                eprintln!("{input}: {e}");
+                                failures += 1;
+                            }
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .sum::<usize>()
+    });
+    if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn read_rgb(path: &Path) -> Result<RgbImage, String> {
+    Ok(image::open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .into_rgb8())
+}
+
+/// BT.601 luma, as SSIM is usually computed on.
+fn luma(rgb: &RgbImage) -> GrayImage {
+    GrayImage::from_fn(rgb.width(), rgb.height(), |x, y| {
+        let [r, g, b] = rgb[(x, y)].0;
+        let y = 0.299 * f64::from(r) + 0.587 * f64::from(g) + 0.114 * f64::from(b);
+        image::Luma([y.round() as u8])
+    })
+}
+
+fn psnr(a: &RgbImage, b: &RgbImage) -> f64 {
+    let squared: f64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+        .sum();
+    let mse = squared / a.as_raw().len() as f64;
+    if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (255.0 * 255.0 / mse).log10()
+    }
+}
+
+/// Mean SSIM over 8x8 windows with stride 4 (Wang et al. 2004 constants).
+fn ssim(a: &GrayImage, b: &GrayImage) -> f64 {
+    const WINDOW: u32 = 8;
+    const STRIDE: usize = 4;
+    let (c1, c2) = ((0.01f64 * 255.0).powi(2), (0.03f64 * 255.0).powi(2));
+    let (w, h) = a.dimensions();
+    if w < WINDOW || h < WINDOW {
+        return if a == b { 1.0 } else { 0.0 };
+    }
+    let mut total = 0.0;
+    let mut windows = 0u32;
+    for y0 in (0..=h - WINDOW).step_by(STRIDE) {
+        for x0 in (0..=w - WINDOW).step_by(STRIDE) {
+            let pairs = (y0..y0 + WINDOW).flat_map(|y| {
+                (x0..x0 + WINDOW)
+                    .map(move |x| (f64::from(a[(x, y)].0[0]), f64::from(b[(x, y)].0[0])))
+            });
+            let n = f64::from(WINDOW * WINDOW);
+            let (mut sa, mut sb, mut saa, mut sbb, mut sab) = (0.0, 0.0, 0.0, 0.0, 0.0);
+            for (p, q) in pairs {
+                sa += p;
+                sb += q;
+                saa += p * p;
+                sbb += q * q;
+                sab += p * q;
+            }
+            let (ma, mb) = (sa / n, sb / n);
+            let (va, vb, cov) = (saa / n - ma * ma, sbb / n - mb * mb, sab / n - ma * mb);
+            total += ((2.0 * ma * mb + c1) * (2.0 * cov + c2))
+                / ((ma * ma + mb * mb + c1) * (va + vb + c2));
+            windows += 1;
+        }
+    }
+    total / f64::from(windows)
+}

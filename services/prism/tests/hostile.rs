@@ -507,6 +507,28 @@ fn tiny_png_claiming_50000_by_50000_pixels_is_dead_lettered_before_decoding() {
 }
 
 #[test]
+fn jpeg_whose_header_claims_65535_by_65535_pixels_is_dead_lettered_before_decoding() {
+    let mut jpeg = encode(picture(7, 32, 32), ImageFormat::Jpeg);
+    let frame = jpeg
+        .windows(2)
+        .position(|marker| marker == [0xFF, 0xC0])
+        .expect("a baseline JPEG has a SOF0 segment");
+    // SOF0: marker, length (2), precision (1), height (2), width (2).
+    jpeg[frame + 5..frame + 9].copy_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF]);
+    hostile_case(
+        "jpeg_pixel_bomb",
+        Input::new(
+            "bomb.jpg",
+            jpeg,
+            Expect::DeadLettered {
+                code: "too_many_pixels",
+            },
+        ),
+        &[],
+    );
+}
+
+#[test]
 fn jpeg_with_a_huge_exif_block_is_processed_and_oriented() {
     let exif = huge_exif(60_000);
     let jpeg = with_exif_segment(&encode(picture(3, 90, 60), ImageFormat::Jpeg), &exif);

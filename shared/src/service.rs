@@ -8,6 +8,7 @@ use crate::claims::couch::CouchIndex;
 use crate::config::Settings;
 use crate::consumer::{ConsumerLoop, Processor, Stats};
 use crate::store::Buckets;
+use crate::worker::{Stage, StageWorker};
 use anyhow::Context;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -77,4 +78,16 @@ pub async fn serve(
     .run(shutdown)
     .await?;
     Ok(())
+}
+
+/// Runs a stage's worker on the stage's jobs topic until shutdown.
+pub async fn serve_stage<S: Stage>(
+    settings: &Settings,
+    stage: S,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let backends = Backends::connect(settings).await?;
+    let topic = settings.topics.jobs(stage.name()).to_string();
+    let worker = Arc::new(StageWorker::over(stage, settings, &backends));
+    serve(settings, &backends, &topic, worker, shutdown).await
 }

@@ -7,9 +7,10 @@
 
 use crate::bus::{Delivery, Publication};
 use crate::claims::{self, ClaimIndex, Finished, IndexError};
-use crate::config::Topics;
+use crate::config::{Settings, Topics};
 use crate::consumer::{Outcome, ProcessError, Processor, dead_letter};
 use crate::contract::{ErrorKind, ErrorReport, Job, OutputObject, StageName};
+use crate::service::Backends;
 use crate::store::{Buckets, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -61,19 +62,14 @@ pub struct StageWorker<S> {
 }
 
 impl<S: Stage> StageWorker<S> {
-    pub fn new(
-        stage: Arc<S>,
-        buckets: Buckets,
-        index: Arc<dyn ClaimIndex>,
-        topics: Topics,
-        output_bucket: String,
-    ) -> Self {
+    /// The worker for `stage` over `backends`, writing to the configured output bucket.
+    pub fn over(stage: S, settings: &Settings, backends: &Backends) -> Self {
         StageWorker {
-            stage,
-            buckets,
-            index,
-            topics,
-            output_bucket,
+            stage: Arc::new(stage),
+            buckets: backends.buckets.clone(),
+            index: backends.index.clone(),
+            topics: settings.topics.clone(),
+            output_bucket: settings.output_bucket.clone(),
         }
     }
 

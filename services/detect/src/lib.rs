@@ -11,10 +11,9 @@ use model::{Detection, Detector, DetectorConfig, annotate};
 use prism_shared::config::Settings;
 use prism_shared::contract::StageName;
 use prism_shared::imaging::{self, Limits};
-use prism_shared::service::{self, Backends};
-use prism_shared::worker::{OutputFile, Stage, StageFailure, StageOutput, StageWorker};
+use prism_shared::service;
+use prism_shared::worker::{OutputFile, Stage, StageFailure, StageOutput};
 use serde_json::json;
-use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// Annotated copies are for people to look at: good quality, modest size.
@@ -152,32 +151,10 @@ impl Stage for DetectStage {
     }
 }
 
-/// The detect worker over `backends`, as the embedded mode and the service both run it.
-pub fn worker(
-    settings: &Settings,
-    backends: &Backends,
-) -> anyhow::Result<StageWorker<DetectStage>> {
-    Ok(StageWorker::new(
-        Arc::new(DetectStage::new(settings)?),
-        backends.buckets.clone(),
-        backends.index.clone(),
-        settings.topics.clone(),
-        settings.output_bucket.clone(),
-    ))
-}
-
 /// Runs the detect service against Kafka, S3 and CouchDB until `shutdown`, batching jobs.
 pub async fn serve(mut settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     settings.consumer.max_batch = settings.detect.max_batch;
     settings.consumer.max_delay = settings.detect.max_delay;
-    let backends = Backends::connect(&settings).await?;
-    let worker = Arc::new(worker(&settings, &backends)?);
-    service::serve(
-        &settings,
-        &backends,
-        &settings.topics.detect_jobs,
-        worker,
-        shutdown,
-    )
-    .await
+    let stage = DetectStage::new(&settings)?;
+    service::serve_stage(&settings, stage, shutdown).await
 }

@@ -13,6 +13,7 @@ use prism_shared::contract::{DeadLetter, SourceObject, StageName, StageResult};
 use prism_shared::service::Backends;
 use prism_shared::store::Buckets;
 use prism_shared::watch::Watcher;
+use prism_shared::worker::StageWorker;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::io::Write;
@@ -64,12 +65,20 @@ pub async fn run(
     for &stage in stages {
         let (worker, consumer): (Arc<dyn Processor>, _) = match stage {
             StageName::Thumbnail => (
-                Arc::new(prism_thumbnail::worker(&settings, &backends)?),
+                Arc::new(StageWorker::over(
+                    prism_thumbnail::ThumbnailStage::new(&settings)?,
+                    &settings,
+                    &backends,
+                )),
                 settings.consumer.clone(),
             ),
             // Detect batches jobs into one forward pass, as its service does.
             StageName::Detect => (
-                Arc::new(prism_detect::worker(&settings, &backends)?),
+                Arc::new(StageWorker::over(
+                    prism_detect::DetectStage::new(&settings)?,
+                    &settings,
+                    &backends,
+                )),
                 ConsumerSettings {
                     max_batch: settings.detect.max_batch,
                     max_delay: settings.detect.max_delay,

@@ -9,11 +9,10 @@ use bytes::Bytes;
 use prism_shared::config::Settings;
 use prism_shared::contract::StageName;
 use prism_shared::imaging::{self, Limits};
-use prism_shared::service::{self, Backends};
+use prism_shared::service;
 use prism_shared::stages::ThumbnailSpec;
-use prism_shared::worker::{OutputFile, Stage, StageFailure, StageOutput, StageWorker};
+use prism_shared::worker::{OutputFile, Stage, StageFailure, StageOutput};
 use serde_json::json;
-use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub struct ThumbnailStage {
@@ -81,30 +80,8 @@ impl Stage for ThumbnailStage {
     }
 }
 
-/// The thumbnail worker over `backends`, as the embedded mode and the service both run it.
-pub fn worker(
-    settings: &Settings,
-    backends: &Backends,
-) -> anyhow::Result<StageWorker<ThumbnailStage>> {
-    Ok(StageWorker::new(
-        Arc::new(ThumbnailStage::new(settings)?),
-        backends.buckets.clone(),
-        backends.index.clone(),
-        settings.topics.clone(),
-        settings.output_bucket.clone(),
-    ))
-}
-
 /// Runs the thumbnail service against Kafka, S3 and CouchDB until `shutdown`.
 pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let backends = Backends::connect(&settings).await?;
-    let worker = Arc::new(worker(&settings, &backends)?);
-    service::serve(
-        &settings,
-        &backends,
-        &settings.topics.thumbnail_jobs,
-        worker,
-        shutdown,
-    )
-    .await
+    let stage = ThumbnailStage::new(&settings)?;
+    service::serve_stage(&settings, stage, shutdown).await
 }

@@ -112,26 +112,23 @@ impl Stage for DetectStage {
     }
 
     fn run(&self, inputs: &[Bytes]) -> Vec<Result<StageOutput, StageFailure>> {
-        let decoded: Vec<Result<(image::RgbImage, &'static str), StageFailure>> = inputs
+        // Decoded images move into one batch for the forward pass (no copies: a batch of large
+        // photos is the service's biggest memory cost); `formats` remembers which inputs failed.
+        let mut images = Vec::with_capacity(inputs.len());
+        let formats: Vec<Result<&'static str, StageFailure>> = inputs
             .iter()
             .map(|input| {
-                imaging::decode(input, &self.limits)
-                    .map(|image| {
-                        let format = image.format().name();
-                        (image.into_rgb(), format)
-                    })
-                    .map_err(|error| StageFailure {
-                        code: error.code().into(),
-                        reason: error.to_string(),
-                    })
+                let image = imaging::decode(input, &self.limits).map_err(|error| StageFailure {
+                    code: error.code().into(),
+                    reason: error.to_string(),
+                })?;
+                let format = image.format().name();
+                images.push(image.into_rgb());
+                Ok(format)
             })
             .collect();
-        let images: Vec<image::RgbImage> = decoded
-            .iter()
-            .filter_map(|d| d.as_ref().ok().map(|(image, _)| image.clone()))
-            .collect();
-        let mut found = match self.detector.detect(&images) {
-            Ok(found) => found.into_iter(),
+        let found = match self.detector.detect(&images) {
+            Ok(found) => found,
             Err(error) => {
                 let failure = StageFailure {
                     code: "model_failed".into(),
@@ -140,12 +137,13 @@ impl Stage for DetectStage {
                 return inputs.iter().map(|_| Err(failure.clone())).collect();
             }
         };
-        decoded
+        let mut detected = images.iter().zip(found);
+        formats
             .into_iter()
-            .map(|decoded| {
-                let (image, format) = decoded?;
-                let detections = found.next().expect("one detection list per image");
-                Self::outputs(&image, format, detections)
+            .map(|format| {
+                let format = format?;
+                let (image, detections) = detected.next().expect("one detection list per image");
+                Self::outputs(image, format, detections)
             })
             .collect()
     }

@@ -212,6 +212,33 @@ impl ImageError {
     }
 }
 
+impl ImageError {
+    /// Maps jpeg-decoder's errors (the shrink-on-load path) to the same codes as the image crate's.
+    fn from_jpeg(error: jpeg_decoder::Error) -> Self {
+        let format = SourceFormat::Jpeg;
+        match error {
+            jpeg_decoder::Error::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                Self::Corrupt {
+                    format,
+                    reason: "the file is truncated".to_owned(),
+                }
+            }
+            jpeg_decoder::Error::Unsupported(feature) => Self::UnsupportedFeature {
+                format,
+                reason: format!("{feature:?}"),
+            },
+            jpeg_decoder::Error::Format(reason) if reason.contains("exceeds maximum") => {
+                Self::MemoryLimit { format, reason }
+            }
+            jpeg_decoder::Error::Format(reason) => Self::Corrupt { format, reason },
+            other => Self::Corrupt {
+                format,
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
 /// 8-bit pixels: RGB, or RGBA when the source has real transparency.
 #[derive(Clone)]
 pub enum Pixels {
@@ -395,31 +422,13 @@ pub fn probe(bytes: &[u8]) -> Result<ImageInfo, ImageError> {
 ///
 /// GIFs yield their first frame.
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<DecodedImage, ImageError> {
-    let size = bytes.len() as u64;
-    if size > limits.max_bytes {
-        return Err(ImageError::TooManyBytes {
-            size,
-            limit: limits.max_bytes,
-        });
-    }
+    check_byte_limit(bytes, limits)?;
     let (format, mut decoder) = open(bytes, limits)?;
     let codec_error = |e| ImageError::from_codec(format, e);
 
     // The header's dimensions decide before a single pixel buffer exists.
     let (width, height) = decoder.dimensions();
-    if u64::from(width) * u64::from(height) > limits.max_pixels {
-        return Err(ImageError::TooManyPixels {
-            width,
-            height,
-            limit: limits.max_pixels,
-        });
-    }
-    if width == 0 || height == 0 {
-        return Err(ImageError::Corrupt {
-            format,
-            reason: format!("the header says the image is {width}x{height}"),
-        });
-    }
+    check_dimensions(format, width, height, limits)?;
 
     let orientation = decoder.orientation().map_err(codec_error)?;
     let mut codec_limits = limits.for_codec();
@@ -435,6 +444,100 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<DecodedImage, ImageError>
         stored: Pixels::from_codec(image),
         orientation,
     })
+}
+
+/// Decodes an upload for a consumer that shrinks it anyway (thumbnails), possibly smaller than
+/// full size but never with its longest edge below `min_longest_edge` (nor above full size).
+///
+/// JPEGs shrink on load: the inverse DCT is computed at 1/2, 1/4 or 1/8 scale, the smallest that
+/// keeps the longest edge at least `min_longest_edge`, which skips most of the decoding work and
+/// memory. Limits apply to the full-size image, checked from the header as in [`decode`]. Other
+/// formats, and JPEGs that are neither 8-bit grey nor YCbCr/RGB (CMYK, 12-bit), decode at full
+/// size through [`decode`].
+pub fn decode_for_thumbnails(
+    bytes: &[u8],
+    limits: &Limits,
+    min_longest_edge: u32,
+) -> Result<DecodedImage, ImageError> {
+    use jpeg_decoder::PixelFormat;
+
+    check_byte_limit(bytes, limits)?;
+    if SourceFormat::sniff(bytes)? != SourceFormat::Jpeg {
+        return decode(bytes, limits);
+    }
+    let mut decoder = jpeg_decoder::Decoder::new(bytes);
+    decoder.read_info().map_err(ImageError::from_jpeg)?;
+    let header = decoder.info().expect("read_info succeeded");
+    check_dimensions(
+        SourceFormat::Jpeg,
+        u32::from(header.width),
+        u32::from(header.height),
+        limits,
+    )?;
+    if !matches!(header.pixel_format, PixelFormat::L8 | PixelFormat::RGB24) {
+        return decode(bytes, limits);
+    }
+
+    let budget = limits.max_pixels.saturating_mul(WIDEST_DECODED_PIXEL_BYTES);
+    decoder.set_max_decoding_buffer_size(usize::try_from(budget).unwrap_or(usize::MAX));
+    // JPEG edges fit in u16, so a larger edge simply means full size.
+    let edge = u16::try_from(min_longest_edge).unwrap_or(u16::MAX);
+    decoder.scale(edge, edge).map_err(ImageError::from_jpeg)?;
+    let samples = decoder.decode().map_err(ImageError::from_jpeg)?;
+    let scaled = decoder.info().expect("decode succeeded");
+    let orientation = decoder
+        .exif_data()
+        .and_then(Orientation::from_exif_chunk)
+        .unwrap_or(Orientation::NoTransforms);
+
+    let rgb = match scaled.pixel_format {
+        PixelFormat::L8 => samples.iter().flat_map(|&grey| [grey; 3]).collect(),
+        _ => samples,
+    };
+    let stored = RgbImage::from_raw(u32::from(scaled.width), u32::from(scaled.height), rgb)
+        .ok_or_else(|| ImageError::Corrupt {
+            format: SourceFormat::Jpeg,
+            reason: "the decoder returned fewer samples than the image has pixels".to_owned(),
+        })?;
+    Ok(DecodedImage {
+        format: SourceFormat::Jpeg,
+        stored: Pixels::Rgb(stored),
+        orientation,
+    })
+}
+
+fn check_byte_limit(bytes: &[u8], limits: &Limits) -> Result<(), ImageError> {
+    let size = bytes.len() as u64;
+    if size > limits.max_bytes {
+        return Err(ImageError::TooManyBytes {
+            size,
+            limit: limits.max_bytes,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses pixel bombs and empty images from the header's dimensions.
+fn check_dimensions(
+    format: SourceFormat,
+    width: u32,
+    height: u32,
+    limits: &Limits,
+) -> Result<(), ImageError> {
+    if u64::from(width) * u64::from(height) > limits.max_pixels {
+        return Err(ImageError::TooManyPixels {
+            width,
+            height,
+            limit: limits.max_pixels,
+        });
+    }
+    if width == 0 || height == 0 {
+        return Err(ImageError::Corrupt {
+            format,
+            reason: format!("the header says the image is {width}x{height}"),
+        });
+    }
+    Ok(())
 }
 
 /// Sniffs the format and parses the header.
@@ -828,6 +931,122 @@ mod tests {
             decode(&[0; 11], &huge).unwrap_err().code(),
             "too_many_bytes"
         );
+    }
+
+    fn thumbnail_source(bytes: &[u8], min_longest_edge: u32) -> DecodedImage {
+        decode_for_thumbnails(bytes, &Limits::default(), min_longest_edge).expect("decodes")
+    }
+
+    #[test]
+    fn jpeg_shrinks_on_load_to_the_smallest_scale_that_keeps_the_longest_edge() {
+        let bytes = jpeg(&synthetic_photo(800, 600));
+        let cases = [
+            (100, (100, 75)),
+            (101, (200, 150)),
+            (400, (400, 300)),
+            (401, (800, 600)),
+        ];
+        for (min_longest_edge, size) in cases {
+            let image = thumbnail_source(&bytes, min_longest_edge);
+            assert_eq!(image.format(), SourceFormat::Jpeg);
+            assert_eq!(
+                (image.width(), image.height()),
+                size,
+                "at least {min_longest_edge}"
+            );
+        }
+        let never_upscaled = thumbnail_source(&bytes, 100_000);
+        assert_eq!(
+            (never_upscaled.width(), never_upscaled.height()),
+            (800, 600)
+        );
+    }
+
+    #[test]
+    fn shrunk_jpeg_keeps_its_colours() {
+        let image = thumbnail_source(&jpeg(&quadrants(256, 128)), 32);
+        assert_eq!((image.width(), image.height()), (32, 16));
+        assert_eq!(
+            quadrant_centres(stored_rgb(&image)).map(nearest_named),
+            QUADRANT_COLOURS
+        );
+
+        let grey = image::GrayImage::from_pixel(64, 64, image::Luma([100]));
+        let grey = thumbnail_source(
+            &encode(&DynamicImage::ImageLuma8(grey), ImageFormat::Jpeg),
+            8,
+        );
+        assert_eq!((grey.width(), grey.height()), (8, 8));
+        let [r, g, b] = stored_rgb(&grey)[(4, 4)].0;
+        assert!(r.abs_diff(100) <= 2 && r == g && g == b, "{:?}", [r, g, b]);
+    }
+
+    #[test]
+    fn shrunk_jpeg_honours_every_exif_orientation() {
+        let stored = quadrants(256, 128);
+        for (exif, expected) in (1..=8).zip(DISPLAYED_CORNERS) {
+            let image = thumbnail_source(&jpeg_with_orientation(&stored, exif), 32);
+            let size = if exif >= 5 { (16, 32) } else { (32, 16) };
+            assert_eq!((image.width(), image.height()), size, "orientation {exif}");
+            let displayed = image.into_rgb();
+            assert_eq!(
+                quadrant_centres(&displayed).map(nearest_named),
+                expected,
+                "orientation {exif}"
+            );
+        }
+    }
+
+    #[test]
+    fn formats_without_shrink_on_load_decode_at_full_size() {
+        let png = encode(
+            &DynamicImage::ImageRgb8(synthetic_photo(300, 200)),
+            ImageFormat::Png,
+        );
+        let image = thumbnail_source(&png, 16);
+        assert_eq!(image.format(), SourceFormat::Png);
+        assert_eq!((image.width(), image.height()), (300, 200));
+
+        let cmyk = thumbnail_source(&cmyk_jpeg(64, 64, [0, 255, 255, 0]), 8);
+        assert_eq!((cmyk.width(), cmyk.height()), (64, 64));
+        assert_eq!(nearest_named(stored_rgb(&cmyk)[(8, 8)].0), RED);
+    }
+
+    #[test]
+    fn shrink_on_load_refuses_what_decode_refuses() {
+        let refused = |bytes: &[u8], limits: &Limits| {
+            decode_for_thumbnails(bytes, limits, 64)
+                .expect_err("is refused")
+                .code()
+        };
+        let defaults = Limits::default();
+        assert_eq!(refused(&[], &defaults), "empty_image");
+        assert_eq!(
+            refused(b"plain text, not a picture", &defaults),
+            "unsupported_format"
+        );
+
+        let mut garbage = vec![0xFF, 0xD8, 0xFF];
+        garbage.extend((0..200u8).map(|i| i.wrapping_mul(37)));
+        let error = decode_for_thumbnails(&garbage, &defaults, 64).unwrap_err();
+        assert_eq!(error.code(), "corrupt_image", "{error}");
+        assert!(error.to_string().starts_with("corrupt JPEG"), "{error}");
+        let whole = jpeg(&synthetic_photo(640, 480));
+        assert_eq!(refused(&whole[..100], &defaults), "corrupt_image");
+
+        let small_bytes = Limits {
+            max_bytes: 100,
+            ..defaults
+        };
+        assert_eq!(refused(&whole, &small_bytes), "too_many_bytes");
+        // The pixel limit is about the full-size image, however small it is decoded.
+        let small_pixels = Limits {
+            max_pixels: 640 * 480 - 1,
+            ..defaults
+        };
+        let error = decode_for_thumbnails(&whole, &small_pixels, 64).unwrap_err();
+        assert_eq!(error.code(), "too_many_pixels");
+        assert!(error.to_string().starts_with("image is 640x480"), "{error}");
     }
 
     #[test]

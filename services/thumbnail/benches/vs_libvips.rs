@@ -8,7 +8,8 @@
 //! is their sum. Wall time includes process start-up for every tool.
 //! Quality guard: each Prism thumbnail against vipsthumbnail's of the same size (PSNR, SSIM).
 //!
-//! Environment: PRISM_HOME (cache root), PRISM_BENCH_ROUNDS (passes over each set, default 3).
+//! Environment: PRISM_HOME (cache root), PRISM_BENCH_ROUNDS (passes over each set, default 3),
+//! PRISM_BENCH_FULL_DECODE=1 (Prism decodes at full size, without shrink-on-load, for comparison).
 
 use std::env;
 use std::fs;
@@ -20,7 +21,7 @@ use std::time::Instant;
 
 use image::{GrayImage, RgbImage};
 use prism_shared::imaging::{Limits, decode};
-use prism_thumbnail::stage::{ThumbnailFormat, ThumbnailSpec, render};
+use prism_thumbnail::stage::{ThumbnailFormat, ThumbnailSpec, decode_for, render};
 
 const SIZES: [u32; 3] = [128, 256, 512];
 const JPEG_QUALITY: u8 = 85;
@@ -148,8 +149,14 @@ fn run() -> Result<bool, String> {
     let cores = thread::available_parallelism().map_or(1, usize::from);
     let scratch = env::temp_dir().join(format!("prism-vs-libvips-{}", std::process::id()));
 
+    let decoding = if env::var_os("PRISM_BENCH_FULL_DECODE").is_some_and(|v| v == "1") {
+        "full-size decode"
+    } else {
+        "shrink-on-load"
+    };
     println!(
-        "thumbnails {SIZES:?} px, JPEG q{JPEG_QUALITY}, {rounds} rounds; images/s counts source images (all sizes each)"
+        "thumbnails {SIZES:?} px, JPEG q{JPEG_QUALITY}, {rounds} rounds, Prism with {decoding}; \
+         images/s counts source images (all sizes each)"
     );
     println!(
         "{:<16} {:>7} {:<14} {:>9} {:>9} {:>9} {:>9}",
@@ -347,6 +354,7 @@ fn prism_child(args: &[String]) -> ExitCode {
         jpeg_quality: JPEG_QUALITY,
         ..ThumbnailSpec::default()
     };
+    let full_decode = env::var_os("PRISM_BENCH_FULL_DECODE").is_some_and(|v| v == "1");
     let next = AtomicUsize::new(0);
     let failures = thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
@@ -357,7 +365,13 @@ fn prism_child(args: &[String]) -> ExitCode {
                         let rendered = fs::read(input)
                             .map_err(|e| e.to_string())
                             .and_then(|bytes| {
-                                decode(&bytes, &Limits::default()).map_err(|e| e.to_string())
+                                let limits = Limits::default();
+                                let decoded = if full_decode {
+                                    decode(&bytes, &limits)
+                                } else {
+                                    decode_for(&spec, &bytes, &limits)
+                                };
+                                decoded.map_err(|e| e.to_string())
                             })
                             .and_then(|image| render(&image, &spec).map_err(|e| e.to_string()));
                         let stem = Path::new(input).file_stem().unwrap().to_string_lossy();

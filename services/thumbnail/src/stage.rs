@@ -9,7 +9,9 @@ use fast_image_resize::{
     FilterType, IntoImageView, IntoImageViewMut, ResizeAlg, ResizeOptions, Resizer,
 };
 use image::{ImageBuffer, Pixel};
-use prism_shared::imaging::{DecodedImage, Pixels, flatten_onto_white};
+use prism_shared::imaging::{
+    DecodedImage, ImageError, Limits, Pixels, decode_for_thumbnails, flatten_onto_white,
+};
 
 pub use prism_shared::stages::{
     DEFAULT_JPEG_QUALITY, DEFAULT_THUMBNAIL_SIZES as DEFAULT_SIZES, DEFAULT_WEBP_QUALITY, MAX_SIZE,
@@ -68,6 +70,17 @@ impl ThumbnailError {
             Self::Encode { .. } => "encode_failed",
         }
     }
+}
+
+/// Decodes an upload only as large as `spec`'s largest size needs (JPEGs shrink on load), with
+/// the same limits and errors as a full decode.
+pub fn decode_for(
+    spec: &ThumbnailSpec,
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<DecodedImage, ImageError> {
+    let largest = spec.sizes.iter().copied().max().unwrap_or(u32::MAX);
+    decode_for_thumbnails(bytes, limits, largest)
 }
 
 /// Renders every size of `spec` in every format, ordered as the spec lists sizes, then formats.

@@ -333,6 +333,9 @@ pub struct DecodedImage {
     format: SourceFormat,
     stored: Pixels,
     orientation: Orientation,
+    /// The file's own (width, height) as stored, which the pixels are smaller than when the
+    /// image was shrunk on load.
+    full_stored_size: (u32, u32),
 }
 
 impl DecodedImage {
@@ -355,6 +358,25 @@ impl DecodedImage {
             self.stored.width()
         } else {
             self.stored.height()
+        }
+    }
+
+    /// Width as displayed at the file's full size, however small it was decoded.
+    pub fn full_width(&self) -> u32 {
+        self.full_displayed_size().0
+    }
+
+    /// Height as displayed at the file's full size, however small it was decoded.
+    pub fn full_height(&self) -> u32 {
+        self.full_displayed_size().1
+    }
+
+    fn full_displayed_size(&self) -> (u32, u32) {
+        let (width, height) = self.full_stored_size;
+        if swaps_axes(self.orientation) {
+            (height, width)
+        } else {
+            (width, height)
         }
     }
 
@@ -441,6 +463,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<DecodedImage, ImageError>
 
     Ok(DecodedImage {
         format,
+        full_stored_size: (image.width(), image.height()),
         stored: Pixels::from_codec(image),
         orientation,
     })
@@ -503,6 +526,7 @@ pub fn decode_for_thumbnails(
         format: SourceFormat::Jpeg,
         stored: Pixels::Rgb(stored),
         orientation,
+        full_stored_size: (u32::from(header.width), u32::from(header.height)),
     })
 }
 
@@ -955,6 +979,8 @@ mod tests {
                 "at least {min_longest_edge}"
             );
         }
+        let shrunk = thumbnail_source(&bytes, 100);
+        assert_eq!((shrunk.full_width(), shrunk.full_height()), (800, 600));
         let never_upscaled = thumbnail_source(&bytes, 100_000);
         assert_eq!(
             (never_upscaled.width(), never_upscaled.height()),
@@ -988,6 +1014,8 @@ mod tests {
             let image = thumbnail_source(&jpeg_with_orientation(&stored, exif), 32);
             let size = if exif >= 5 { (16, 32) } else { (32, 16) };
             assert_eq!((image.width(), image.height()), size, "orientation {exif}");
+            let full_size = if exif >= 5 { (128, 256) } else { (256, 128) };
+            assert_eq!((image.full_width(), image.full_height()), full_size);
             let displayed = image.into_rgb();
             assert_eq!(
                 quadrant_centres(&displayed).map(nearest_named),

@@ -101,11 +101,12 @@ pub fn render(
     let mut thumbnails = Vec::with_capacity(sizes.len() * spec.formats.len());
     let mut larger: Option<Cow<'_, Pixels>> = None;
     for size in sizes {
-        let (width, height) = fit_within(image.width(), image.height(), size);
+        // From the full size, so that shrink-on-load never changes a thumbnail's dimensions.
+        let (width, height) = fit_within(image.full_width(), image.full_height(), size);
         let pixels = match larger.take() {
             Some(previous) if (previous.width(), previous.height()) == (width, height) => previous,
             Some(previous) => Cow::Owned(resize(&mut resizer, &previous, width, height)?),
-            None => largest_thumbnail(&mut resizer, image, size)?,
+            None => largest_thumbnail(&mut resizer, image, width, height)?,
         };
         for &format in &spec.formats {
             thumbnails.push(Thumbnail {
@@ -127,17 +128,23 @@ pub fn render(
     Ok(thumbnails)
 }
 
-/// The first thumbnail, resized from the stored pixels and then oriented for display.
-/// Borrows the stored pixels when they need neither.
+/// The first thumbnail, `width` x `height` as displayed, resized from the stored pixels and then
+/// oriented for display. Borrows the stored pixels when they need neither.
 fn largest_thumbnail<'a>(
     resizer: &mut Resizer,
     image: &'a DecodedImage,
-    size: u32,
+    width: u32,
+    height: u32,
 ) -> Result<Cow<'a, Pixels>, ThumbnailError> {
     let stored = image.stored_pixels();
-    // fit_within treats both edges alike, so fitting the stored (unrotated) image gives the
-    // displayed size with its edges swapped exactly when the orientation swaps them.
-    let (width, height) = fit_within(stored.width(), stored.height(), size);
+    // Resized before orientation, so with its edges swapped when the orientation swaps them
+    // (for a square image the swap changes nothing).
+    let unswapped = (image.width(), image.height()) == (stored.width(), stored.height());
+    let (width, height) = if unswapped {
+        (width, height)
+    } else {
+        (height, width)
+    };
     let resized = if (width, height) == (stored.width(), stored.height()) {
         Cow::Borrowed(stored)
     } else {
@@ -246,4 +253,49 @@ fn encode_webp(encoder: webp::Encoder<'_>, quality: u8) -> Result<Vec<u8>, Strin
         .encode_simple(lossless, f32::from(quality))
         .map_err(|e| format!("libwebp: {e:?}"))?;
     Ok(encoded.to_vec())
+}
+
+#[cfg(test)]
+#[path = "../../../shared/src/imaging/test_images.rs"]
+mod test_images;
+
+#[cfg(test)]
+mod tests {
+    use prism_shared::imaging::decode;
+
+    use super::test_images::{jpeg, jpeg_with_orientation, synthetic_photo};
+    use super::*;
+
+    fn sizes(thumbnails: &[Thumbnail]) -> Vec<(u32, u32, u32)> {
+        thumbnails
+            .iter()
+            .map(|t| (t.size, t.width, t.height))
+            .collect()
+    }
+
+    #[test]
+    fn shrink_on_load_gives_the_thumbnail_sizes_of_a_full_decode() {
+        let spec = ThumbnailSpec {
+            sizes: vec![25, 12],
+            formats: vec![ThumbnailFormat::Jpeg],
+            ..ThumbnailSpec::default()
+        };
+        let photo = synthetic_photo(200, 105);
+        for (bytes, expected) in [
+            (jpeg(&photo), [(25, 25, 13), (12, 12, 6)]),
+            (
+                jpeg_with_orientation(&photo, 6),
+                [(25, 13, 25), (12, 6, 12)],
+            ),
+        ] {
+            let limits = Limits::default();
+            let shrunk = decode_for(&spec, &bytes, &limits).unwrap();
+            // 200x105 at 1/8 is 25x14, yet 25 px of the full image is 25x13.
+            assert_eq!(shrunk.stored_pixels().width(), 25);
+            assert_eq!(shrunk.stored_pixels().height(), 14);
+            let full = decode(&bytes, &limits).unwrap();
+            assert_eq!(sizes(&render(&shrunk, &spec).unwrap()), expected);
+            assert_eq!(sizes(&render(&full, &spec).unwrap()), expected);
+        }
+    }
 }

@@ -6,6 +6,8 @@
 //! (VIPS_CONCURRENCY=1). Prism's workers are threads of one child process of this binary (so its
 //! peak RSS is its own), the other tools' workers are processes; peak RSS of parallel processes
 //! is their sum. Wall time includes process start-up for every tool.
+//! vipsthumbnail makes one size per run, so it decodes each image once per size; the row
+//! "vips-512-only" (not a ratio's base) shows what one decode and the largest size cost it.
 //! Quality guard: each Prism thumbnail against vipsthumbnail's of the same size (PSNR, SSIM).
 //!
 //! Environment: PRISM_HOME (cache root), PRISM_BENCH_ROUNDS (passes over each set, default 3),
@@ -61,6 +63,7 @@ const SETS: [ImageSet; 3] = [
 enum Tool {
     Prism,
     Vips,
+    VipsLargestOnly,
     Pillow,
 }
 
@@ -69,6 +72,7 @@ impl Tool {
         match self {
             Self::Prism => "prism",
             Self::Vips => "vipsthumbnail",
+            Self::VipsLargestOnly => "vips-512-only",
             Self::Pillow => "pillow",
         }
     }
@@ -166,7 +170,7 @@ fn run() -> Result<bool, String> {
         let inputs: Vec<PathBuf> = set.files.iter().map(|f| images_dir.join(f)).collect();
         for workers in [1, cores] {
             let mut vips = None;
-            for tool in [Tool::Vips, Tool::Prism, Tool::Pillow] {
+            for tool in [Tool::Vips, Tool::Prism, Tool::Pillow, Tool::VipsLargestOnly] {
                 let out = scratch.join(tool.name());
                 fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
                 let m = measure(tool, &inputs, rounds, workers, &out, &python)?;
@@ -247,15 +251,23 @@ fn measure(
             child.args(&jobs);
             vec![vec![child]]
         }
-        Tool::Vips => shares
+        Tool::Vips | Tool::VipsLargestOnly => shares
             .iter()
             .map(|share| {
                 // vipsthumbnail makes one size per run, so each worker runs once per size.
-                SIZES
+                let sizes = if tool == Tool::Vips {
+                    &SIZES[..]
+                } else {
+                    &SIZES[SIZES.len() - 1..]
+                };
+                sizes
                     .iter()
                     .map(|size| {
                         let mut vips = Command::new("vipsthumbnail");
+                        // No operation cache: it would serve the later rounds' repeats from
+                        // memory, which Prism's workers do not get either.
                         vips.env("VIPS_CONCURRENCY", "1")
+                            .arg("--vips-cache-max=0")
                             .arg("--size")
                             .arg(size.to_string())
                             .arg("-o")

@@ -668,4 +668,38 @@ async fn uploads_get_exactly_one_result_each_and_identical_content_is_processed_
         latencies[latencies.len() / 2],
         latencies.last().unwrap()
     );
+
+    // And one upload alone on the warm, idle pipeline: the latency a user dropping one image sees.
+    let solo = Upload {
+        key: "late/solo.jpg".into(),
+        bytes: encode(
+            DynamicImage::ImageRgb8(picture(77, 1600, 1200)),
+            ImageFormat::Jpeg,
+        ),
+        size: Some((1600, 1200)),
+    };
+    let sent = Instant::now();
+    prism_loadgen::upload(
+        &buckets,
+        &settings.input_bucket,
+        to_pairs(std::slice::from_ref(&solo)),
+        1,
+    )
+    .await
+    .unwrap();
+    while !seen.has_outcome(StageName::Thumbnail, &solo.key) {
+        assert!(
+            sent.elapsed() < DEADLINE,
+            "the solo upload got no thumbnail result"
+        );
+        if let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_millis(500), stream.next()).await
+        {
+            seen.record(&schemas, &topics, &message.expect("observer consumer"));
+        }
+    }
+    println!(
+        "one 1600x1200 JPEG alone on the warm pipeline: thumbnail result {} ms after the upload began (bucket watcher polling every 200 ms)",
+        sent.elapsed().as_millis()
+    );
 }

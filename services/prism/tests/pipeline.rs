@@ -648,6 +648,16 @@ async fn uploads_get_exactly_one_result_each_and_identical_content_is_processed_
         processing.is_empty(),
         "claims left processing: {processing:?}"
     );
+    let anonymous = format!(
+        "{}/{}/_all_docs",
+        settings.couchdb.url, settings.couchdb.database
+    );
+    let status = reqwest::get(&anonymous).await.unwrap().status();
+    assert_eq!(
+        status,
+        reqwest::StatusCode::UNAUTHORIZED,
+        "claims readable without credentials"
+    );
     let twin_hash = blake3::hash(&twin_bytes).to_hex().to_string();
     assert!(
         done.iter()

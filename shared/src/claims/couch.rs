@@ -55,8 +55,45 @@ impl CouchIndex {
             other => other,
         }
         .map_err(unavailable)?;
+        restrict_if_open(&client, &settings.database).await?;
         Ok(CouchIndex { db })
     }
+}
+
+/// A database with no `_security` document is readable by anyone on pouchdb-server (CouchDB 3 makes
+/// it admin-only). Give such a database CouchDB 3's default, admins only; a security document an
+/// operator wrote (compose's init does, for its least-privilege user) is left alone.
+async fn restrict_if_open(client: &Client, database: &str) -> Result<(), IndexError> {
+    let path = format!("/{database}/_security");
+    let failed =
+        |error: &dyn std::fmt::Display| IndexError::Unavailable(format!("{path}: {error}"));
+    let current = client
+        .req(http::Method::GET, &path, None)
+        .send()
+        .await
+        .map_err(|e| failed(&e))?
+        .text()
+        .await
+        .map_err(|e| failed(&e))?;
+    let current: serde_json::Value = serde_json::from_str(&current).map_err(|e| failed(&e))?;
+    if current.as_object().is_some_and(|fields| !fields.is_empty()) {
+        return Ok(());
+    }
+    let restricted = serde_json::json!({
+        "admins": { "names": [], "roles": [] },
+        "members": { "names": [], "roles": ["_admin"] },
+    });
+    let response = client
+        .req(http::Method::PUT, &path, None)
+        .body(restricted.to_string())
+        .send()
+        .await
+        .map_err(|e| failed(&e))?;
+    if !response.status().is_success() {
+        // Not a server admin: whoever set up the database owns its security.
+        tracing::warn!(%database, status = %response.status(), "database has no _security and we may not set one");
+    }
+    Ok(())
 }
 
 fn is_conflict(error: &CouchError) -> bool {

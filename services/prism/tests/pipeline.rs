@@ -690,7 +690,7 @@ async fn uploads_get_exactly_one_result_each_and_identical_content_is_processed_
     };
     let sent = Instant::now();
     prism_loadgen::upload(
-        &buckets,
+        buckets,
         &settings.input_bucket,
         to_pairs(std::slice::from_ref(&solo)),
         1,

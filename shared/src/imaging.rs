@@ -501,17 +501,20 @@ pub fn decode_for_thumbnails(
         return decode(bytes, limits);
     }
 
-    let budget = limits.max_pixels.saturating_mul(WIDEST_DECODED_PIXEL_BYTES);
-    decoder.set_max_decoding_buffer_size(usize::try_from(budget).unwrap_or(usize::MAX));
     // JPEG edges fit in u16, so a larger edge simply means full size.
     let edge = u16::try_from(min_longest_edge).unwrap_or(u16::MAX);
-    decoder.scale(edge, edge).map_err(ImageError::from_jpeg)?;
-    let samples = decoder.decode().map_err(ImageError::from_jpeg)?;
-    let scaled = decoder.info().expect("decode succeeded");
-    let orientation = decoder
-        .exif_data()
-        .and_then(Orientation::from_exif_chunk)
-        .unwrap_or(Orientation::NoTransforms);
+    let scaled_size = decoder.scale(edge, edge).map_err(ImageError::from_jpeg)?;
+    let at_one_eighth = scaled_size == (header.width.div_ceil(8), header.height.div_ceil(8))
+        && header.width.max(header.height) > 8;
+    let dc_only = (at_one_eighth
+        && header.coding_process == jpeg_decoder::CodingProcess::DctProgressive)
+        .then(|| progressive::without_ac_scans(bytes))
+        .flatten();
+    let budget = limits.max_pixels.saturating_mul(WIDEST_DECODED_PIXEL_BYTES);
+    let budget = usize::try_from(budget).unwrap_or(usize::MAX);
+    let (samples, scaled, orientation) =
+        decode_jpeg_scaled(dc_only.as_deref().unwrap_or(bytes), budget, edge)
+            .map_err(ImageError::from_jpeg)?;
 
     let rgb = match scaled.pixel_format {
         PixelFormat::L8 => samples.iter().flat_map(|&grey| [grey; 3]).collect(),
@@ -528,6 +531,25 @@ pub fn decode_for_thumbnails(
         orientation,
         full_stored_size: (u32::from(header.width), u32::from(header.height)),
     })
+}
+
+/// Decodes a JPEG at the smallest scale that keeps its longest edge at least `edge`; returns the
+/// samples, their layout, and the EXIF orientation.
+fn decode_jpeg_scaled(
+    bytes: &[u8],
+    max_decoded_bytes: usize,
+    edge: u16,
+) -> Result<(Vec<u8>, jpeg_decoder::ImageInfo, Orientation), jpeg_decoder::Error> {
+    let mut decoder = jpeg_decoder::Decoder::new(bytes);
+    decoder.set_max_decoding_buffer_size(max_decoded_bytes);
+    decoder.scale(edge, edge)?;
+    let samples = decoder.decode()?;
+    let scaled = decoder.info().expect("decode succeeded");
+    let orientation = decoder
+        .exif_data()
+        .and_then(Orientation::from_exif_chunk)
+        .unwrap_or(Orientation::NoTransforms);
+    Ok((samples, scaled, orientation))
 }
 
 fn check_byte_limit(bytes: &[u8], limits: &Limits) -> Result<(), ImageError> {
@@ -641,6 +663,8 @@ fn one_decimal(value: u64, unit: u64) -> String {
         format!("{}.{}", tenths / 10, tenths % 10)
     }
 }
+
+mod progressive;
 
 #[cfg(test)]
 mod test_images;
@@ -1075,6 +1099,64 @@ mod tests {
         let error = decode_for_thumbnails(&whole, &small_pixels, 64).unwrap_err();
         assert_eq!(error.code(), "too_many_pixels");
         assert!(error.to_string().starts_with("image is 640x480"), "{error}");
+    }
+
+    fn progressive_jpeg(image: &RgbImage) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let mut encoder = jpeg_encoder::Encoder::new(&mut bytes, 90);
+        encoder.set_progressive(true);
+        let (width, height) = (image.width() as u16, image.height() as u16);
+        encoder
+            .encode(image.as_raw(), width, height, jpeg_encoder::ColorType::Rgb)
+            .expect("test JPEG encodes");
+        bytes
+    }
+
+    #[test]
+    fn progressive_jpeg_at_one_eighth_decodes_from_its_dc_scans_alone() {
+        let bytes = progressive_jpeg(&synthetic_photo(256, 192));
+        let dc_only = progressive::without_ac_scans(&bytes).expect("well-formed");
+        assert!(
+            dc_only.len() < bytes.len() / 2,
+            "{} of {} bytes kept",
+            dc_only.len(),
+            bytes.len()
+        );
+
+        // What the decoder makes of the whole file at 1/8 scale, pixel for pixel.
+        let mut whole = jpeg_decoder::Decoder::new(bytes.as_slice());
+        assert_eq!(whole.scale(32, 32).unwrap(), (32, 24));
+        let expected = whole.decode().unwrap();
+
+        let image = thumbnail_source(&bytes, 32);
+        assert_eq!((image.width(), image.height()), (32, 24));
+        assert_eq!(stored_rgb(&image).as_raw(), &expected);
+
+        // At 1/4 scale AC coefficients count, so the whole file is decoded.
+        let quarter = thumbnail_source(&bytes, 33);
+        assert_eq!((quarter.width(), quarter.height()), (64, 48));
+        let baseline = thumbnail_source(&jpeg(&synthetic_photo(256, 192)), 33);
+        let difference = stored_rgb(&quarter)
+            .as_raw()
+            .iter()
+            .zip(stored_rgb(&baseline).as_raw())
+            .map(|(&a, &b)| u32::from(a.abs_diff(b)))
+            .sum::<u32>()
+            / (64 * 48 * 3);
+        assert!(difference < 8, "mean difference {difference}");
+    }
+
+    #[test]
+    fn scan_filter_gives_up_on_broken_structure() {
+        let bytes = progressive_jpeg(&synthetic_photo(64, 64));
+        assert!(progressive::without_ac_scans(&bytes[..bytes.len() / 2]).is_none());
+        assert!(progressive::without_ac_scans(&[0xFF, 0xD8, 0x00]).is_none());
+        assert!(progressive::without_ac_scans(b"not a jpeg").is_none());
+        let error = decode_for_thumbnails(&bytes[..bytes.len() / 2], &Limits::default(), 8);
+        // Truncated progressive data decodes as far as it goes, or is refused as corrupt.
+        if let Err(error) = error {
+            assert_eq!(error.code(), "corrupt_image", "{error}");
+        }
     }
 
     #[test]

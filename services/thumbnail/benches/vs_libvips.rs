@@ -3,7 +3,8 @@
 //! `cargo bench -p prism-thumbnail --bench vs_libvips` (after `deploy/local/bench-thumbnail.sh`).
 //! Every tool turns each image into JPEG q85 thumbnails of 128, 256 and 512 px (longest edge),
 //! once with one worker and once with one worker per core; each worker is single-threaded
-//! (VIPS_CONCURRENCY=1). Prism's workers are threads of one child process of this binary (so its
+//! (VIPS_CONCURRENCY=1), and a lone worker is pinned to one core with taskset, so that no
+//! library's helper threads (jpeg-decoder starts some) borrow a second one. Prism's workers are threads of one child process of this binary (so its
 //! peak RSS is its own), the other tools' workers are processes; peak RSS of parallel processes
 //! is their sum. Wall time includes process start-up for every tool.
 //! vipsthumbnail makes one size per run, so it decodes each image once per size; the row
@@ -126,7 +127,11 @@ fn run() -> Result<bool, String> {
     let cache = cache_dir();
     let images_dir = cache.join("bench-images");
     let python = cache.join("venv-pillow/bin/python");
-    for tool in [Path::new("/usr/bin/time"), &python] {
+    for tool in [
+        Path::new("/usr/bin/time"),
+        Path::new("/usr/bin/taskset"),
+        &python,
+    ] {
         if !tool.exists() {
             return Err(format!("{} is missing: {SETUP}", tool.display()));
         }
@@ -302,7 +307,7 @@ fn measure(
                     let mut peak = 0;
                     for (step, command) in sequence.into_iter().enumerate() {
                         let rss_file = out.join(format!(".rss-{worker}-{step}"));
-                        peak = peak.max(run_timed(command, &rss_file)?);
+                        peak = peak.max(run_timed(command, &rss_file, workers == 1)?);
                     }
                     Ok(peak)
                 })
@@ -319,15 +324,15 @@ fn measure(
 }
 
 /// Runs `command` under `/usr/bin/time`, failing loudly on a non-zero exit; returns its peak RSS.
-fn run_timed(command: Command, rss_file: &Path) -> Result<u64, String> {
+/// With `one_core`, pinned to CPU 0.
+fn run_timed(command: Command, rss_file: &Path, one_core: bool) -> Result<u64, String> {
     let program = command.get_program().to_owned();
     let mut timed = Command::new("/usr/bin/time");
-    timed
-        .arg("-f")
-        .arg("%M")
-        .arg("-o")
-        .arg(rss_file)
-        .arg(&program);
+    timed.arg("-f").arg("%M").arg("-o").arg(rss_file);
+    if one_core {
+        timed.args(["/usr/bin/taskset", "--cpu-list", "0"]);
+    }
+    timed.arg(&program);
     timed.args(command.get_args());
     for (key, value) in command.get_envs() {
         if let Some(value) = value {

@@ -8,7 +8,7 @@ pub mod stage;
 use bytes::Bytes;
 use prism_shared::config::Settings;
 use prism_shared::contract::StageName;
-use prism_shared::imaging::{self, Limits};
+use prism_shared::imaging::Limits;
 use prism_shared::service;
 use prism_shared::stages::ThumbnailSpec;
 use prism_shared::worker::{OutputFile, Stage, StageFailure, StageOutput};
@@ -35,10 +35,12 @@ impl ThumbnailStage {
     }
 
     fn render_one(&self, input: &[u8]) -> Result<StageOutput, StageFailure> {
-        let image = imaging::decode(input, &self.limits).map_err(|error| StageFailure {
-            code: error.code().into(),
-            reason: error.to_string(),
-        })?;
+        // Only as large as the largest thumbnail needs: JPEGs shrink while decoding.
+        let image =
+            stage::decode_for(&self.spec, input, &self.limits).map_err(|error| StageFailure {
+                code: error.code().into(),
+                reason: error.to_string(),
+            })?;
         let thumbnails = stage::render(&image, &self.spec).map_err(|error| StageFailure {
             code: error.code().into(),
             reason: error.to_string(),
@@ -56,7 +58,7 @@ impl ThumbnailStage {
         let mut payload = serde_json::Map::new();
         payload.insert(
             "image".into(),
-            json!({ "format": image.format(), "width": image.width(), "height": image.height() }),
+            json!({ "format": image.format(), "width": image.full_width(), "height": image.full_height() }),
         );
         Ok(StageOutput { files, payload })
     }

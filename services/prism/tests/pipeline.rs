@@ -323,6 +323,33 @@ impl Seen {
         }
     }
 
+    /// Reads messages until `key` has an outcome in each of `stages`.
+    async fn wait_for<'a>(
+        &mut self,
+        key: &str,
+        stages: &[StageName],
+        stream: &mut (
+                 impl futures::Stream<Item = rdkafka::error::KafkaResult<BorrowedMessage<'a>>> + Unpin
+             ),
+        schemas: &Schemas,
+        topics: &Topics,
+        services: &mut Services,
+    ) {
+        let started = Instant::now();
+        while !stages.iter().all(|&stage| self.has_outcome(stage, key)) {
+            services.assert_running();
+            assert!(
+                started.elapsed() < DEADLINE,
+                "{key} got no outcome within {DEADLINE:?}"
+            );
+            if let Ok(Some(message)) =
+                tokio::time::timeout(Duration::from_millis(500), stream.next()).await
+            {
+                self.record(schemas, topics, &message.expect("observer consumer"));
+            }
+        }
+    }
+
     fn has_outcome(&self, stage: StageName, key: &str) -> bool {
         let id = (stage, key.to_string());
         self.results.contains_key(&id) || self.dead_letters.contains_key(&id)
@@ -407,21 +434,15 @@ async fn uploads_get_exactly_one_result_each_and_identical_content_is_processed_
     .await
     .unwrap();
     let warming = Instant::now();
-    while !StageName::ALL
-        .iter()
-        .all(|&stage| seen.has_outcome(stage, &warmup.key))
-    {
-        services.assert_running();
-        assert!(
-            warming.elapsed() < DEADLINE,
-            "the warm-up image got no outcome within {DEADLINE:?}"
-        );
-        if let Ok(Some(message)) =
-            tokio::time::timeout(Duration::from_millis(500), stream.next()).await
-        {
-            seen.record(&schemas, &topics, &message.expect("observer consumer"));
-        }
-    }
+    seen.wait_for(
+        &warmup.key,
+        &StageName::ALL,
+        &mut stream,
+        &schemas,
+        &topics,
+        &mut services,
+    )
+    .await;
     println!(
         "pipeline warm after {:.1} s",
         warming.elapsed().as_secs_f64()
@@ -697,17 +718,15 @@ async fn uploads_get_exactly_one_result_each_and_identical_content_is_processed_
     )
     .await
     .unwrap();
-    while !seen.has_outcome(StageName::Thumbnail, &solo.key) {
-        assert!(
-            sent.elapsed() < DEADLINE,
-            "the solo upload got no thumbnail result"
-        );
-        if let Ok(Some(message)) =
-            tokio::time::timeout(Duration::from_millis(500), stream.next()).await
-        {
-            seen.record(&schemas, &topics, &message.expect("observer consumer"));
-        }
-    }
+    seen.wait_for(
+        &solo.key,
+        &[StageName::Thumbnail],
+        &mut stream,
+        &schemas,
+        &topics,
+        &mut services,
+    )
+    .await;
     println!(
         "one 1600x1200 JPEG alone on the warm pipeline: thumbnail result {} ms after the upload began (bucket watcher polling every 200 ms)",
         sent.elapsed().as_millis()

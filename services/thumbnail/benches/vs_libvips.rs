@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use image::{GrayImage, RgbImage};
 use prism_shared::imaging::{Limits, decode};
-use prism_thumbnail::stage::{ThumbnailFormat, ThumbnailSpec, decode_for, render};
+use prism_thumbnail::stage::{ThumbnailFormat, ThumbnailSpec, decode_for, psnr, render};
 
 const SIZES: [u32; 3] = [128, 256, 512];
 const JPEG_QUALITY: u8 = 85;
@@ -434,21 +434,6 @@ fn luma(rgb: &RgbImage) -> GrayImage {
         let y = 0.299 * f64::from(r) + 0.587 * f64::from(g) + 0.114 * f64::from(b);
         image::Luma([y.round() as u8])
     })
-}
-
-fn psnr(a: &RgbImage, b: &RgbImage) -> f64 {
-    let squared: f64 = a
-        .as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
-        .sum();
-    let mse = squared / a.as_raw().len() as f64;
-    if mse == 0.0 {
-        f64::INFINITY
-    } else {
-        10.0 * (255.0 * 255.0 / mse).log10()
-    }
 }
 
 /// Mean SSIM over 8x8 windows with stride 4 (Wang et al. 2004 constants).

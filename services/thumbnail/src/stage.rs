@@ -259,6 +259,28 @@ fn encode_webp(encoder: webp::Encoder<'_>, quality: u8) -> Result<Vec<u8>, Strin
 #[path = "../../../shared/src/imaging/test_images.rs"]
 mod test_images;
 
+/// Peak signal-to-noise ratio of two same-sized 8-bit RGB images, in dB (infinite when identical):
+/// the quality guard of the benchmark and the tests.
+pub fn psnr(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
+    assert_eq!(
+        a.dimensions(),
+        b.dimensions(),
+        "PSNR compares images of one size"
+    );
+    let squared: f64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+        .sum();
+    let mse = squared / a.as_raw().len() as f64;
+    if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (255.0 * 255.0 / mse).log10()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use prism_shared::imaging::decode;

@@ -8,7 +8,7 @@ use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageBuffer, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
 use prism_shared::imaging::{DecodedImage, Limits, Pixels, SourceFormat, decode};
 use prism_thumbnail::stage::{
-    MAX_SIZE, Thumbnail, ThumbnailFormat, ThumbnailSpec, fit_within, render,
+    MAX_SIZE, Thumbnail, ThumbnailFormat, ThumbnailSpec, fit_within, psnr, render,
 };
 
 #[path = "../../../shared/src/imaging/test_images.rs"]
@@ -343,18 +343,6 @@ fn quality_settings_change_the_output() {
     let (low, high) = (bytes_at(20), bytes_at(95));
     assert!(low[0] < high[0], "JPEG: {low:?} vs {high:?}");
     assert!(low[1] < high[1], "WebP: {low:?} vs {high:?}");
-}
-
-fn psnr(a: &RgbImage, b: &RgbImage) -> f64 {
-    assert_eq!(a.dimensions(), b.dimensions());
-    let squared: f64 = a
-        .as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
-        .sum();
-    let mse = squared / a.as_raw().len() as f64;
-    10.0 * (255.0 * 255.0 / mse).log10()
 }
 
 #[test]

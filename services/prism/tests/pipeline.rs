@@ -167,6 +167,18 @@ fn picture(seed: u32, width: u32, height: u32) -> RgbImage {
     })
 }
 
+/// An upload of a generated picture (see [`picture`]) in `format`.
+fn generated(key: &str, seed: u32, (width, height): (u32, u32), format: ImageFormat) -> Upload {
+    Upload {
+        key: key.into(),
+        bytes: encode(
+            DynamicImage::ImageRgb8(picture(seed, width, height)),
+            format,
+        ),
+        size: Some((width, height)),
+    }
+}
+
 struct Upload {
     key: String,
     bytes: Bytes,
@@ -208,36 +220,27 @@ fn uploads() -> (Vec<Upload>, Vec<Upload>) {
         bytes: encode(DynamicImage::ImageRgba8(transparent), ImageFormat::Png),
         size: Some((256, 200)),
     });
-    distinct.push(Upload {
-        key: "photos/animation.gif".into(),
-        bytes: encode(
-            DynamicImage::ImageRgb8(picture(40, 320, 240)),
-            ImageFormat::Gif,
-        ),
-        size: Some((320, 240)),
-    });
+    distinct.push(generated(
+        "photos/animation.gif",
+        40,
+        (320, 240),
+        ImageFormat::Gif,
+    ));
     for n in 0..3 {
-        distinct.push(Upload {
-            key: format!("more/{n}/shot.jpg"),
-            bytes: encode(
-                DynamicImage::ImageRgb8(picture(50 + n, 800, 600)),
-                ImageFormat::Jpeg,
-            ),
-            size: Some((800, 600)),
-        });
-    }
-    distinct.push(Upload {
-        key: "holiday photos/day 1/beach + sun (1).jpg".into(),
-        bytes: encode(
-            DynamicImage::ImageRgb8(picture(60, 700, 500)),
+        distinct.push(generated(
+            &format!("more/{n}/shot.jpg"),
+            50 + n,
+            (800, 600),
             ImageFormat::Jpeg,
-        ),
-        size: Some((700, 500)),
-    });
-    let home = std::env::var("PRISM_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| std::env::home_dir().unwrap().join(".cache/prism"));
-    let bus = std::fs::read(home.join("images/bus.jpg"))
+        ));
+    }
+    distinct.push(generated(
+        "holiday photos/day 1/beach + sun (1).jpg",
+        60,
+        (700, 500),
+        ImageFormat::Jpeg,
+    ));
+    let bus = std::fs::read(prism_detect::model::prism_home().join("images/bus.jpg"))
         .expect("bus.jpg is missing from $PRISM_HOME/images: run deploy/local/fetch-assets.sh");
     distinct.push(Upload {
         key: "street/bus.jpg".into(),
@@ -417,14 +420,7 @@ async fn uploads_get_exactly_one_result_each_and_identical_content_is_processed_
     let topics = settings.topics.clone();
     let mut seen = Seen::default();
     let mut stream = consumer.stream();
-    let warmup = Upload {
-        key: "warmup/first.png".into(),
-        bytes: encode(
-            DynamicImage::ImageRgb8(picture(7, 333, 222)),
-            ImageFormat::Png,
-        ),
-        size: Some((333, 222)),
-    };
+    let warmup = generated("warmup/first.png", 7, (333, 222), ImageFormat::Png);
     prism_loadgen::upload(
         &buckets,
         &settings.input_bucket,
@@ -701,14 +697,7 @@ async fn uploads_get_exactly_one_result_each_and_identical_content_is_processed_
     );
 
     // And one upload alone on the warm, idle pipeline: the latency a user dropping one image sees.
-    let solo = Upload {
-        key: "late/solo.jpg".into(),
-        bytes: encode(
-            DynamicImage::ImageRgb8(picture(77, 1600, 1200)),
-            ImageFormat::Jpeg,
-        ),
-        size: Some((1600, 1200)),
-    };
+    let solo = generated("late/solo.jpg", 77, (1600, 1200), ImageFormat::Jpeg);
     let sent = Instant::now();
     prism_loadgen::upload(
         buckets,

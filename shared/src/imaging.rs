@@ -28,6 +28,11 @@ pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
 /// allocate at most this many bytes per allowed pixel, which bounds their working memory.
 const WIDEST_DECODED_PIXEL_BYTES: u64 = 8;
 
+/// What the PNG decoder may allocate for everything but pixels: ancillary chunks, above all the
+/// ICC profile, which it inflates while reading the header (a 1 MB iCCP chunk can inflate to
+/// 1 GB). Real profiles are at most a few MiB. The pixel budget is separate and set later.
+const PNG_METADATA_BYTES: u64 = 16 * 1024 * 1024;
+
 /// What an upload may cost to decode.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -423,7 +428,7 @@ impl fmt::Debug for DecodedImage {
 
 /// Reads format and displayed dimensions from the header; no pixels are decoded.
 pub fn probe(bytes: &[u8]) -> Result<ImageInfo, ImageError> {
-    let (format, mut decoder) = open(bytes, &Limits::default())?;
+    let (format, mut decoder) = open(bytes)?;
     let (width, height) = decoder.dimensions();
     let orientation = decoder
         .orientation()
@@ -445,7 +450,7 @@ pub fn probe(bytes: &[u8]) -> Result<ImageInfo, ImageError> {
 /// GIFs yield their first frame.
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<DecodedImage, ImageError> {
     check_byte_limit(bytes, limits)?;
-    let (format, mut decoder) = open(bytes, limits)?;
+    let (format, mut decoder) = open(bytes)?;
     let codec_error = |e| ImageError::from_codec(format, e);
 
     // The header's dimensions decide before a single pixel buffer exists.
@@ -586,11 +591,17 @@ fn check_dimensions(
     Ok(())
 }
 
+/// The allocation bound handed to the PNG decoder when it is made. The png crate keeps it as its
+/// budget for chunk data to the end, while [`ImageDecoder::set_limits`] later raises only the
+/// image crate's own budget, for the pixel buffer.
+fn png_metadata_limits() -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(PNG_METADATA_BYTES);
+    limits
+}
+
 /// Sniffs the format and parses the header.
-fn open<'a>(
-    bytes: &'a [u8],
-    limits: &Limits,
-) -> Result<(SourceFormat, Box<dyn ImageDecoder + 'a>), ImageError> {
+fn open<'a>(bytes: &'a [u8]) -> Result<(SourceFormat, Box<dyn ImageDecoder + 'a>), ImageError> {
     fn boxed<'a>(
         decoder: image::ImageResult<impl ImageDecoder + 'a>,
     ) -> image::ImageResult<Box<dyn ImageDecoder + 'a>> {
@@ -601,8 +612,8 @@ fn open<'a>(
     let reader = Cursor::new(bytes);
     let decoder = match format {
         SourceFormat::Jpeg => boxed(JpegDecoder::new(reader)),
-        // PNG takes its allocation limit at construction: it reads chunks while parsing the header.
-        SourceFormat::Png => boxed(PngDecoder::with_limits(reader, limits.for_codec())),
+        // PNG reads (and inflates) chunks while parsing the header, under the limit it is made with.
+        SourceFormat::Png => boxed(PngDecoder::with_limits(reader, png_metadata_limits())),
         SourceFormat::Webp => boxed(WebPDecoder::new(reader)),
         SourceFormat::Gif => boxed(GifDecoder::new(reader)),
     }
@@ -938,6 +949,27 @@ mod tests {
             "image is 50000x50000 = 2.5 gigapixels, over the limit of 100 megapixels; \
              downscale it before uploading"
         );
+    }
+
+    /// The size of the ICC profile the PNG decoder read, if any; Prism itself never uses it.
+    fn png_icc_profile_bytes(bytes: &[u8]) -> Option<usize> {
+        let (_, mut decoder) = open(bytes).expect("opens");
+        let profile = decoder.icc_profile().expect("PNG supports ICC profiles");
+        profile.map(|profile| profile.len())
+    }
+
+    #[test]
+    fn png_icc_profile_over_the_metadata_budget_is_dropped_not_inflated() {
+        let profile_bytes = usize::try_from(PNG_METADATA_BYTES).unwrap() + 1024 * 1024;
+        let bomb = png_with_icc_profile(&quadrants(16, 16), profile_bytes);
+        assert!(bomb.len() < profile_bytes / 100, "{} bytes", bomb.len());
+        // The png crate drops a profile it cannot read, as it drops a corrupt one.
+        assert_eq!(png_icc_profile_bytes(&bomb), None);
+        let image = decode_ok(&bomb);
+        assert_eq!(quadrant_centres(stored_rgb(&image)), QUADRANT_COLOURS);
+
+        let real_sized = png_with_icc_profile(&quadrants(16, 16), 4 * 1024 * 1024);
+        assert_eq!(png_icc_profile_bytes(&real_sized), Some(4 * 1024 * 1024));
     }
 
     #[test]

@@ -349,6 +349,92 @@ fn pixel_bomb_png(width: u32, height: u32) -> Vec<u8> {
     png
 }
 
+/// Bits for a deflate stream: fields go in least significant bit first, Huffman codes most
+/// significant bit first (RFC 1951, 3.1.1).
+#[derive(Default)]
+struct DeflateBits {
+    bytes: Vec<u8>,
+    used: u32,
+}
+
+impl DeflateBits {
+    fn field(&mut self, value: u32, bits: u32) {
+        for bit in 0..bits {
+            if self.used.is_multiple_of(8) {
+                self.bytes.push(0);
+            }
+            let last = self.bytes.last_mut().unwrap();
+            *last |= u8::from(value >> bit & 1 == 1) << (self.used % 8);
+            self.used += 1;
+        }
+    }
+
+    fn code(&mut self, code: u32, bits: u32) {
+        self.field(code.reverse_bits() >> (32 - bits), bits);
+    }
+}
+
+/// A zlib stream of about a thousandth of `1 + 258 * copies` zero bytes that inflates to them: one
+/// dynamic-Huffman block holding a literal 0, then `copies` times "copy 258 bytes from distance 1"
+/// at two bits each.
+fn zlib_bomb(copies: u32) -> Vec<u8> {
+    // Huffman codes (code, bits) of the three alphabets, canonical for these code lengths.
+    const LENGTH_ONE: (u32, u32) = (0b10, 2);
+    const LENGTH_TWO: (u32, u32) = (0b11, 2);
+    const ZEROS: (u32, u32) = (0b0, 1); // code length symbol 18: 11 to 138 zero lengths
+    const LITERAL_ZERO: (u32, u32) = (0b10, 2);
+    const END_OF_BLOCK: (u32, u32) = (0b11, 2);
+    const LENGTH_258: (u32, u32) = (0b0, 1);
+    const DISTANCE_1: (u32, u32) = (0b0, 1);
+
+    let mut bits = DeflateBits::default();
+    bits.field(1, 1); // the final block
+    bits.field(2, 2); // dynamic Huffman
+    bits.field(286 - 257, 5); // literal/length codes up to 285 (length 258)
+    bits.field(2 - 1, 5); // two distance codes
+    bits.field(18 - 4, 4); // code length code lengths, in their odd order, up to symbol 1
+    // Order: 16 17 18 0 8 7 9 6 10 5 11 4 12 3 13 2 14 1.
+    for length in [0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 2] {
+        bits.field(length, 3);
+    }
+    let zeros = |bits: &mut DeflateBits, mut count: u32| {
+        while count > 0 {
+            let run = count.min(138);
+            bits.code(ZEROS.0, ZEROS.1);
+            bits.field(run - 11, 7);
+            count -= run;
+        }
+    };
+    // Literal 0 and end of block (256) take two bits, length 258 (285) one; distances 1 and 2 one.
+    bits.code(LENGTH_TWO.0, LENGTH_TWO.1);
+    zeros(&mut bits, 255);
+    bits.code(LENGTH_TWO.0, LENGTH_TWO.1);
+    zeros(&mut bits, 28);
+    for _ in 0..3 {
+        bits.code(LENGTH_ONE.0, LENGTH_ONE.1);
+    }
+    bits.code(LITERAL_ZERO.0, LITERAL_ZERO.1);
+    for _ in 0..copies {
+        bits.code(LENGTH_258.0, LENGTH_258.1);
+        bits.code(DISTANCE_1.0, DISTANCE_1.1);
+    }
+    bits.code(END_OF_BLOCK.0, END_OF_BLOCK.1);
+
+    let inflated = 1 + 258 * u64::from(copies);
+    let adler32 = ((inflated % 65521) as u32) << 16 | 1; // sums of zero bytes
+    let mut zlib = vec![0x78, 0x01];
+    zlib.extend(bits.bytes);
+    zlib.extend_from_slice(&adler32.to_be_bytes());
+    zlib
+}
+
+/// `png` with `chunk` inserted right after its header chunk (IHDR is 8 + 25 bytes in).
+fn with_chunk_after_header(png: &[u8], chunk: &[u8]) -> Vec<u8> {
+    const HEADER_END: usize = 8 + 4 + 4 + 13 + 4;
+    assert_eq!(&png[12..16], b"IHDR");
+    [&png[..HEADER_END], chunk, &png[HEADER_END..]].concat()
+}
+
 /// `jpeg` with an APP1 segment holding `exif` (after the `Exif\0\0` marker) right after SOI.
 fn with_exif_segment(jpeg: &[u8], exif: &[u8]) -> Vec<u8> {
     let length = u16::try_from(2 + 6 + exif.len()).expect("an APP1 segment holds < 64 KiB");
@@ -526,6 +612,38 @@ fn jpeg_whose_header_claims_65535_by_65535_pixels_is_dead_lettered_before_decodi
         ),
         &[],
     );
+}
+
+#[test]
+fn png_with_compressed_metadata_inflating_to_a_gigabyte_is_processed_in_bounded_memory() {
+    // About 1 MiB on disk, 1 GiB inflated: over any sane ICC profile or text.
+    let bomb = zlib_bomb(1 << 22);
+    let png = encode(picture(8, 64, 48), ImageFormat::Png);
+    let icc = with_chunk_after_header(
+        &png,
+        &png_chunk(b"iCCP", &[b"bomb\0\0", &bomb[..]].concat()),
+    );
+    let text = with_chunk_after_header(
+        &png,
+        &png_chunk(b"zTXt", &[b"Comment\0\0", &bomb[..]].concat()),
+    );
+    let itext = with_chunk_after_header(
+        &png,
+        &png_chunk(b"iTXt", &[b"Comment\0\x01\0\0\0", &bomb[..]].concat()),
+    );
+    assert!(icc.len() < 2 << 20, "the bomb is {} bytes", icc.len());
+    let processed = Expect::Processed {
+        width: 64,
+        height: 48,
+    };
+    let inputs = [
+        Input::new("icc profile bomb.png", icc, processed),
+        Input::new("ztxt bomb.png", text, processed),
+        Input::new("itxt bomb.png", itext, processed),
+        good_neighbour(),
+    ];
+    let (_scratch, run) = run_prism("png_metadata_bomb", &inputs, "thumbnail", &[]);
+    assert_outcomes("png_metadata_bomb", &inputs, &["thumbnail"], &run);
 }
 
 #[test]

@@ -170,3 +170,18 @@ pub fn pixel_bomb_png(width: u32, height: u32) -> Vec<u8> {
     drop(writer);
     bytes
 }
+
+/// An RGB PNG of `image` carrying an ICC profile of `profile_bytes` zeros. The format stores the
+/// profile deflated, so even a huge profile makes a small file.
+pub fn png_with_icc_profile(image: &RgbImage, profile_bytes: usize) -> Vec<u8> {
+    let mut info = png::Info::with_size(image.width(), image.height());
+    info.color_type = png::ColorType::Rgb;
+    info.bit_depth = png::BitDepth::Eight;
+    info.icc_profile = Some(vec![0; profile_bytes].into());
+    let mut bytes = Vec::new();
+    let encoder = png::Encoder::with_info(&mut bytes, info).expect("PNG info");
+    let mut writer = encoder.write_header().expect("PNG header");
+    writer.write_image_data(image.as_raw()).expect("PNG data");
+    writer.finish().expect("PNG end");
+    bytes
+}

@@ -6,6 +6,10 @@
 //!
 //! The protocol lives here, over the small [`ClaimIndex`] port, so dedup and the stage workers share
 //! it and it can be tested without a server.
+//!
+//! Beside the claims the index keeps a ledger of uploads dedup has handled (one small document per
+//! bucket, key and ETag, written once the upload's messages are on the bus), which `prism reconcile`
+//! checks the input bucket against to find uploads whose notification was lost.
 
 pub mod couch;
 pub mod memory;
@@ -17,6 +21,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::collections::HashSet;
 use std::time::Duration;
 
 /// Sources listed on a claim; past this only the count grows, so a popular image can't bloat it.
@@ -64,6 +69,41 @@ pub struct Claim {
     pub updated_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// An upload dedup has handled: its jobs, results or dead letters are on the bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandledUpload {
+    #[serde(rename = "_id")]
+    pub id: String,
+    #[serde(rename = "_rev", default, skip_serializing_if = "String::is_empty")]
+    pub rev: String,
+    pub upload: SourceObject,
+    pub handled_at: DateTime<Utc>,
+}
+
+impl HandledUpload {
+    pub fn new(upload: &SourceObject) -> Self {
+        HandledUpload {
+            id: ledger_id(upload),
+            rev: String::new(),
+            upload: upload.clone(),
+            handled_at: Utc::now(),
+        }
+    }
+}
+
+/// `upload:<blake3 of bucket, key and ETag>`: short and safe as a CouchDB `_id` whatever the key
+/// (keys may be 1 KiB long or start with `_`, which CouchDB reserves). The ETag makes an overwritten
+/// object a new upload.
+pub fn ledger_id(upload: &SourceObject) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for part in [&upload.bucket, &upload.key, &upload.etag] {
+        // Length-prefixed, so no two (bucket, key, ETag) triples hash the same bytes.
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    format!("upload:{}", hasher.finalize().to_hex())
 }
 
 /// `<stage>:<fingerprint>:<blake3>`: the same content under other parameters is other work.
@@ -136,6 +176,10 @@ pub trait ClaimIndex: Send + Sync {
     async fn replace(&self, claim: &mut Claim) -> Result<bool, IndexError>;
     /// Claims in a status, for reconciliation and tests.
     async fn with_status(&self, status: ClaimStatus) -> Result<Vec<Claim>, IndexError>;
+    /// Adds uploads to the ledger; one recorded before stays as it was.
+    async fn record_handled(&self, uploads: &[HandledUpload]) -> Result<(), IndexError>;
+    /// Which of these ledger ids ([`ledger_id`]) are recorded.
+    async fn handled(&self, ids: &[String]) -> Result<HashSet<String>, IndexError>;
 }
 
 /// What dedup does with an upload for one stage.

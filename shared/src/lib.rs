@@ -8,6 +8,7 @@ pub mod consumer;
 pub mod contract;
 pub mod imaging;
 pub mod ingest;
+pub mod reconcile;
 pub mod schemas;
 pub mod service;
 pub mod stages;

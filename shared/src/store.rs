@@ -4,11 +4,16 @@
 //! byte limit instead of buffering a huge upload first.
 
 use crate::config::S3Settings;
+use crate::contract::SourceObject;
 use bytes::Bytes;
-use futures::StreamExt;
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
 use object_store::{
     Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions, PutPayload,
-    aws::AmazonS3Builder, local::LocalFileSystem, memory::InMemory, path::Path,
+    aws::{AmazonS3Builder, AwsCredentialProvider},
+    local::LocalFileSystem,
+    memory::InMemory,
+    path::Path,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -55,78 +60,165 @@ pub fn object_path(key: &str) -> Result<Path, StoreError> {
     }
 }
 
-type Factory = dyn Fn(&str) -> Result<Arc<dyn ObjectStore>, StoreError> + Send + Sync;
+/// Where buckets live.
+enum Backend {
+    S3(S3Settings),
+    /// Each bucket a folder on disk (the embedded mode's store).
+    Folders(HashMap<String, std::path::PathBuf>),
+    Memory,
+}
+
+/// A bucket opened once: its store and, on S3, the credentials the tolerant listing signs with.
+#[derive(Clone)]
+struct Opened {
+    store: Arc<dyn ObjectStore>,
+    s3_credentials: Option<AwsCredentialProvider>,
+}
 
 /// Opens buckets by name, once each.
 #[derive(Clone)]
 pub struct Buckets {
-    open: Arc<Factory>,
-    /// Whether objects carry a content type (S3 does; a local folder has nowhere to keep it).
-    content_types: bool,
-    opened: Arc<Mutex<HashMap<String, Arc<dyn ObjectStore>>>>,
+    backend: Arc<Backend>,
+    opened: Arc<Mutex<HashMap<String, Opened>>>,
 }
 
+/// One object found by [`Buckets::list`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedObject {
+    pub source: SourceObject,
+    pub last_modified: DateTime<Utc>,
+}
+
+/// An entry a listing left out: its name (lossy if it is not UTF-8) and why.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Unlisted {
+    pub name: String,
+    pub reason: &'static str,
+}
+
+/// A whole bucket listed, sorted by key, with what could not be listed set aside.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub objects: Vec<ListedObject>,
+    pub unlisted: Vec<Unlisted>,
+}
+
+const NOT_A_KEY: &str = "not an object key Prism can read back (`.`/`..` or empty segments, control characters, surrounding slashes)";
+
 impl Buckets {
-    fn new(
-        content_types: bool,
-        open: impl Fn(&str) -> Result<Arc<dyn ObjectStore>, StoreError> + Send + Sync + 'static,
-    ) -> Self {
+    fn new(backend: Backend) -> Self {
         Buckets {
-            open: Arc::new(open),
-            content_types,
+            backend: Arc::new(backend),
             opened: Default::default(),
         }
     }
 
     /// S3 or MinIO. Credentials come from the standard `AWS_*` variables (or the instance role).
     pub fn s3(settings: &S3Settings) -> Self {
-        let settings = settings.clone();
-        Buckets::new(true, move |bucket| {
-            let mut builder = AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .with_region(&settings.region)
-                .with_virtual_hosted_style_request(!settings.path_style);
-            if !settings.endpoint.is_empty() {
-                builder = builder
-                    .with_endpoint(&settings.endpoint)
-                    .with_allow_http(settings.endpoint.starts_with("http://"));
-            }
-            Ok(Arc::new(builder.build()?))
-        })
+        Buckets::new(Backend::S3(settings.clone()))
     }
 
     /// Each bucket is a folder on disk (the embedded mode's store); other bucket names are refused.
     pub fn folders(folders: HashMap<String, std::path::PathBuf>) -> Self {
-        Buckets::new(false, move |bucket| {
-            let not_configured = || object_store::Error::NotImplemented {
-                operation: format!(
-                    "open bucket {bucket:?}: only {:?} are folders here",
-                    folders.keys()
-                ),
-                implementer: "embedded folders".into(),
-            };
-            let dir = folders.get(bucket).ok_or_else(not_configured)?;
-            std::fs::create_dir_all(dir).map_err(|error| object_store::Error::Generic {
-                store: "local",
-                source: Box::new(error),
-            })?;
-            Ok(Arc::new(LocalFileSystem::new_with_prefix(dir)?))
-        })
+        Buckets::new(Backend::Folders(folders))
     }
 
     /// Buckets in memory, for tests.
     pub fn memory() -> Self {
-        Buckets::new(true, |_| Ok(Arc::new(InMemory::new())))
+        Buckets::new(Backend::Memory)
+    }
+
+    fn open(&self, bucket: &str) -> Result<Opened, StoreError> {
+        Ok(match &*self.backend {
+            Backend::S3(settings) => {
+                let mut builder = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_region(&settings.region)
+                    .with_virtual_hosted_style_request(!settings.path_style);
+                if !settings.endpoint.is_empty() {
+                    builder = builder
+                        .with_endpoint(&settings.endpoint)
+                        .with_allow_http(settings.endpoint.starts_with("http://"));
+                }
+                let store = builder.build()?;
+                Opened {
+                    s3_credentials: Some(store.credentials().clone()),
+                    store: Arc::new(store),
+                }
+            }
+            Backend::Folders(folders) => {
+                let dir = folder(folders, bucket)?;
+                std::fs::create_dir_all(dir).map_err(|error| object_store::Error::Generic {
+                    store: "local",
+                    source: Box::new(error),
+                })?;
+                Opened {
+                    store: Arc::new(LocalFileSystem::new_with_prefix(dir)?),
+                    s3_credentials: None,
+                }
+            }
+            Backend::Memory => Opened {
+                store: Arc::new(InMemory::new()),
+                s3_credentials: None,
+            },
+        })
+    }
+
+    fn opened(&self, name: &str) -> Result<Opened, StoreError> {
+        let mut opened = self.opened.lock().expect("bucket cache lock");
+        if let Some(bucket) = opened.get(name) {
+            return Ok(bucket.clone());
+        }
+        let bucket = self.open(name)?;
+        opened.insert(name.to_string(), bucket.clone());
+        Ok(bucket)
     }
 
     pub fn bucket(&self, name: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
-        let mut opened = self.opened.lock().expect("bucket cache lock");
-        if let Some(store) = opened.get(name) {
-            return Ok(store.clone());
-        }
-        let store = (self.open)(name)?;
-        opened.insert(name.to_string(), store.clone());
-        Ok(store)
+        Ok(self.opened(name)?.store)
+    }
+
+    /// Every object in `bucket`, sorted by key. Entries Prism cannot read back by key (odd S3 keys,
+    /// symbolic links, special files and names that are not UTF-8 in a folder) are set aside in
+    /// [`Listing::unlisted`] instead of failing the listing: one odd object must not hide the rest.
+    pub async fn list(&self, bucket: &str) -> Result<Listing, StoreError> {
+        let opened = self.opened(bucket)?;
+        let mut listing = match (&*self.backend, opened.s3_credentials) {
+            (Backend::S3(settings), Some(credentials)) => {
+                list_s3(settings, &credentials, bucket).await?
+            }
+            (Backend::Folders(folders), _) => {
+                let dir = folder(folders, bucket)?.clone();
+                let name = bucket.to_string();
+                tokio::task::spawn_blocking(move || list_folder(&dir, &name))
+                    .await
+                    .map_err(|error| local_error(std::io::Error::other(error)))??
+            }
+            _ => {
+                // In memory every key was a valid path when it was written.
+                let metas: Vec<_> = opened.store.list(None).try_collect().await?;
+                let objects = metas
+                    .into_iter()
+                    .map(|meta| ListedObject {
+                        source: SourceObject {
+                            bucket: bucket.to_string(),
+                            key: meta.location.to_string(),
+                            etag: meta.e_tag.unwrap_or_default().trim_matches('"').to_string(),
+                            size: meta.size,
+                        },
+                        last_modified: meta.last_modified,
+                    })
+                    .collect();
+                Listing {
+                    objects,
+                    unlisted: Vec::new(),
+                }
+            }
+        };
+        listing
+            .objects
+            .sort_by(|a, b| a.source.key.cmp(&b.source.key));
+        Ok(listing)
     }
 
     /// Streams an object through `consume`, failing once more than `max_bytes` arrived.
@@ -210,7 +302,8 @@ impl Buckets {
     ) -> Result<(), StoreError> {
         let store = self.bucket(bucket)?;
         let mut attributes = Attributes::new();
-        if self.content_types {
+        // A folder has nowhere to keep a content type.
+        if !matches!(*self.backend, Backend::Folders(_)) {
             attributes.insert(Attribute::ContentType, content_type.to_string().into());
         }
         let options = PutOptions {
@@ -221,6 +314,206 @@ impl Buckets {
             .put_opts(&object_path(key)?, PutPayload::from(bytes), options)
             .await?;
         Ok(())
+    }
+}
+
+fn local_error(error: std::io::Error) -> StoreError {
+    StoreError::Unavailable(object_store::Error::Generic {
+        store: "local",
+        source: Box::new(error),
+    })
+}
+
+fn folder<'a>(
+    folders: &'a HashMap<String, std::path::PathBuf>,
+    bucket: &str,
+) -> Result<&'a std::path::PathBuf, StoreError> {
+    folders.get(bucket).ok_or_else(|| {
+        StoreError::Unavailable(object_store::Error::NotImplemented {
+            operation: format!(
+                "open bucket {bucket:?}: only {:?} are folders here",
+                folders.keys()
+            ),
+            implementer: "embedded folders".into(),
+        })
+    })
+}
+
+/// Walks a bucket folder without following symbolic links: a link could lead anywhere on the
+/// machine (`photo.jpg -> /etc/passwd`), so links are set aside, like special files (reading a FIFO
+/// would block) and names that do not map back to exactly this file.
+fn list_folder(dir: &std::path::Path, bucket: &str) -> Result<Listing, StoreError> {
+    // The store resolves its root; walk the same resolved folder so paths compare equal.
+    let dir = &std::fs::canonicalize(dir).map_err(local_error)?;
+    let store = LocalFileSystem::new_with_prefix(dir)?;
+    let mut listing = Listing::default();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        let entries = match std::fs::read_dir(&current) {
+            Ok(entries) => entries,
+            // Removed while we walked: nothing left to list there.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(local_error(error)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(local_error)?;
+            let path = entry.path();
+            let relative = path.strip_prefix(dir).expect("walked under dir");
+            let mut unlisted = |reason| {
+                listing.unlisted.push(Unlisted {
+                    name: relative.to_string_lossy().into_owned(),
+                    reason,
+                })
+            };
+            // `DirEntry::file_type` describes the entry itself, never a link's target.
+            let kind = match entry.file_type() {
+                Ok(kind) => kind,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(local_error(error)),
+            };
+            if kind.is_symlink() {
+                unlisted("symbolic link (not followed)");
+                continue;
+            }
+            if kind.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            if !kind.is_file() {
+                unlisted("not a regular file");
+                continue;
+            }
+            let Some(key) = relative.to_str().map(str::to_string) else {
+                unlisted("name is not UTF-8");
+                continue;
+            };
+            let readable = object_path(&key)
+                .ok()
+                .and_then(|location| store.path_to_filesystem(&location).ok())
+                .is_some_and(|mapped| mapped == path);
+            if !readable {
+                unlisted(NOT_A_KEY);
+                continue;
+            }
+            let metadata = match entry.metadata() {
+                Ok(metadata) => metadata,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(local_error(error)),
+            };
+            let last_modified: DateTime<Utc> =
+                metadata.modified().map(DateTime::from).unwrap_or_default();
+            listing.objects.push(ListedObject {
+                source: SourceObject {
+                    bucket: bucket.to_string(),
+                    key,
+                    // Changes whenever the file is rewritten, which is all an ETag is used for here.
+                    etag: format!(
+                        "{:x}-{:x}",
+                        last_modified.timestamp_nanos_opt().unwrap_or_default(),
+                        metadata.len()
+                    ),
+                    size: metadata.len(),
+                },
+                last_modified,
+            });
+        }
+    }
+    Ok(listing)
+}
+
+/// How long a signed listing request stays valid; it is sent at once.
+const LIST_REQUEST_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn s3_error(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Unavailable(object_store::Error::Generic {
+        store: "S3",
+        source: Box::new(error),
+    })
+}
+
+/// Lists an S3 bucket with ListObjectsV2 directly. object_store's listing turns each key into a
+/// `Path` and fails the whole page on one it cannot represent (`a//b`, `../x`, a tab), so this asks
+/// for URL-encoded keys (any key survives XML), then sets aside the ones Prism cannot read back.
+async fn list_s3(
+    settings: &S3Settings,
+    credentials: &AwsCredentialProvider,
+    bucket: &str,
+) -> Result<Listing, StoreError> {
+    let credential = credentials.get_credential().await?;
+    let credentials = match &credential.token {
+        Some(token) => {
+            rusty_s3::Credentials::new_with_token(&credential.key_id, &credential.secret_key, token)
+        }
+        None => rusty_s3::Credentials::new(&credential.key_id, &credential.secret_key),
+    };
+    let endpoint = if settings.endpoint.is_empty() {
+        format!("https://s3.{}.amazonaws.com", settings.region)
+    } else {
+        settings.endpoint.clone()
+    };
+    let style = if settings.path_style {
+        rusty_s3::UrlStyle::Path
+    } else {
+        rusty_s3::UrlStyle::VirtualHost
+    };
+    let endpoint = endpoint.parse().map_err(s3_error)?;
+    let target =
+        rusty_s3::Bucket::new(endpoint, style, bucket.to_string(), settings.region.clone())
+            .map_err(s3_error)?;
+    let client = reqwest::Client::new();
+    let mut listing = Listing::default();
+    let mut continuation: Option<String> = None;
+    loop {
+        let mut action = target.list_objects_v2(Some(&credentials));
+        if let Some(token) = &continuation {
+            action.with_continuation_token(token.as_str());
+        }
+        let url = rusty_s3::S3Action::sign(&action, LIST_REQUEST_TTL);
+        let response = client.get(url).send().await.map_err(s3_error)?;
+        let status = response.status();
+        let body = response.text().await.map_err(s3_error)?;
+        if !status.is_success() {
+            return Err(s3_error(std::io::Error::other(format!(
+                "listing bucket {bucket:?}: {status}: {body}"
+            ))));
+        }
+        let page = rusty_s3::actions::ListObjectsV2::parse_response(&body).map_err(|error| {
+            s3_error(std::io::Error::other(format!(
+                "listing bucket {bucket:?}: unreadable response: {error}"
+            )))
+        })?;
+        for content in page.contents {
+            if object_path(&content.key).is_err() {
+                listing.unlisted.push(Unlisted {
+                    name: content.key,
+                    reason: NOT_A_KEY,
+                });
+                continue;
+            }
+            let last_modified = content
+                .last_modified
+                .as_deref()
+                .and_then(|at| DateTime::parse_from_rfc3339(at).ok())
+                .map(|at| at.with_timezone(&Utc))
+                .unwrap_or_default();
+            listing.objects.push(ListedObject {
+                source: SourceObject {
+                    bucket: bucket.to_string(),
+                    key: content.key,
+                    etag: content
+                        .etag
+                        .unwrap_or_default()
+                        .trim_matches('"')
+                        .to_string(),
+                    size: content.size.unwrap_or_default(),
+                },
+                last_modified,
+            });
+        }
+        match page.next_continuation_token {
+            Some(token) => continuation = Some(token),
+            None => return Ok(listing),
+        }
     }
 }
 
@@ -247,7 +540,7 @@ impl std::fmt::Display for ContentHash {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -272,6 +565,110 @@ mod tests {
         ] {
             assert!(object_path(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    /// A folder under the system temp dir, removed at the end of the test.
+    pub(crate) struct ScratchDir(pub std::path::PathBuf);
+
+    impl ScratchDir {
+        pub(crate) fn new() -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("prism-store-{}", uuid::Uuid::new_v4().simple()));
+            std::fs::create_dir_all(&dir).unwrap();
+            ScratchDir(dir)
+        }
+    }
+
+    impl Drop for ScratchDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[tokio::test]
+    async fn folder_listing_sets_aside_what_it_cannot_read_back_and_never_follows_links() {
+        use std::os::unix::ffi::OsStrExt;
+        let scratch = ScratchDir::new();
+        let dir = scratch.0.join("in");
+        std::fs::create_dir_all(dir.join("sub dir")).unwrap();
+        std::fs::write(dir.join("good.jpg"), b"good").unwrap();
+        std::fs::write(dir.join("sub dir/ok %20+.png"), b"ok").unwrap();
+        std::fs::write(dir.join("tab\there.jpg"), b"x").unwrap();
+        std::fs::write(dir.join("new\nline.jpg"), b"x").unwrap();
+        // object_store keeps unfinished writes as `name#<n>` and cannot read such a name back.
+        std::fs::write(dir.join("upload.jpg#1"), b"x").unwrap();
+        std::fs::write(
+            dir.join(std::ffi::OsStr::from_bytes(b"latin1-\xe9.jpg")),
+            b"x",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("passwd.jpg")).unwrap();
+        std::os::unix::fs::symlink("/etc", dir.join("etc")).unwrap();
+        std::os::unix::fs::symlink("good.jpg", dir.join("inside-link.jpg")).unwrap();
+        let fifo = std::process::Command::new("mkfifo")
+            .arg(dir.join("pipe.jpg"))
+            .status()
+            .expect("mkfifo (coreutils) is needed for this test");
+        assert!(fifo.success());
+
+        let buckets = Buckets::folders(HashMap::from([("in".to_string(), dir.clone())]));
+        let listing = buckets.list("in").await.unwrap();
+        let keys: Vec<&str> = listing
+            .objects
+            .iter()
+            .map(|o| o.source.key.as_str())
+            .collect();
+        assert_eq!(keys, ["good.jpg", "sub dir/ok %20+.png"]);
+        let good = &listing.objects[0].source;
+        assert_eq!((good.bucket.as_str(), good.size), ("in", 4));
+        let mut unlisted: Vec<(&str, &str)> = listing
+            .unlisted
+            .iter()
+            .map(|u| (u.name.as_str(), u.reason))
+            .collect();
+        unlisted.sort();
+        assert_eq!(
+            unlisted,
+            [
+                ("etc", "symbolic link (not followed)"),
+                ("inside-link.jpg", "symbolic link (not followed)"),
+                ("latin1-\u{fffd}.jpg", "name is not UTF-8"),
+                ("new\nline.jpg", NOT_A_KEY),
+                ("passwd.jpg", "symbolic link (not followed)"),
+                ("pipe.jpg", "not a regular file"),
+                ("tab\there.jpg", NOT_A_KEY),
+                ("upload.jpg#1", NOT_A_KEY),
+            ]
+        );
+        // Every listed key reads back.
+        for object in &listing.objects {
+            buckets.read("in", &object.source.key, 100).await.unwrap();
+        }
+        // A rewrite changes the ETag, so the watcher announces it again.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(dir.join("good.jpg"), b"better").unwrap();
+        let again = buckets.list("in").await.unwrap();
+        assert_ne!(again.objects[0].source.etag, good.etag);
+    }
+
+    #[tokio::test]
+    async fn memory_listing_is_sorted_and_complete() {
+        let buckets = Buckets::memory();
+        for key in ["b/c.jpg", "a.jpg", "b c.jpg"] {
+            buckets
+                .write("in", key, Bytes::from_static(b"x"), "image/jpeg")
+                .await
+                .unwrap();
+        }
+        let listing = buckets.list("in").await.unwrap();
+        let keys: Vec<&str> = listing
+            .objects
+            .iter()
+            .map(|o| o.source.key.as_str())
+            .collect();
+        assert_eq!(keys, ["a.jpg", "b c.jpg", "b/c.jpg"]);
+        assert!(listing.unlisted.is_empty());
+        assert!(listing.objects.iter().all(|o| !o.source.etag.is_empty()));
     }
 
     #[tokio::test]

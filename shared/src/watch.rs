@@ -8,11 +8,27 @@
 use crate::bus::{Publication, Publisher};
 use crate::contract::SourceObject;
 use crate::ingest::UploadEvent;
-use crate::store::{Buckets, StoreError};
+use crate::store::{Buckets, StoreError, Unlisted};
 use chrono::Utc;
-use futures::TryStreamExt;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+
+/// The message announcing `event`'s object, keyed `bucket/key` as MinIO keys its Kafka events, so
+/// every announcement of one object (MinIO's, the watcher's, reconcile's) lands on one partition
+/// and dedup sees them in order.
+pub fn announcement(topic: &str, object: &SourceObject, event: &UploadEvent) -> Publication {
+    Publication::json(topic, &format!("{}/{}", object.bucket, object.key), event)
+}
+
+/// Logs what a listing set aside, each entry once per `warned` set (the watcher lists every
+/// half second; one odd object must not fill the log).
+pub fn warn_unlisted(bucket: &str, unlisted: &[Unlisted], warned: &mut HashSet<Unlisted>) {
+    for entry in unlisted {
+        if warned.insert(entry.clone()) {
+            tracing::warn!(%bucket, name = ?entry.name, reason = entry.reason, "skipping an object that cannot be processed");
+        }
+    }
+}
 
 pub struct Watcher {
     buckets: Buckets,
@@ -21,6 +37,8 @@ pub struct Watcher {
     topic: String,
     /// ETag last announced per key.
     announced: HashMap<String, String>,
+    /// Objects set aside by a listing, already warned about.
+    unlisted: HashSet<Unlisted>,
 }
 
 impl Watcher {
@@ -31,28 +49,28 @@ impl Watcher {
             publisher,
             topic: topic.to_string(),
             announced: HashMap::new(),
+            unlisted: HashSet::new(),
         }
+    }
+
+    /// Objects the listings set aside so far (not announced, warned about once each).
+    pub fn unlisted(&self) -> usize {
+        self.unlisted.len()
     }
 
     /// Lists the bucket: what is new or changed since the last listing.
     async fn changed_objects(&mut self) -> Result<Vec<SourceObject>, StoreError> {
-        let store = self.buckets.bucket(&self.bucket)?;
-        let listing: Vec<_> = store.list(None).try_collect().await?;
+        let listing = self.buckets.list(&self.bucket).await?;
+        warn_unlisted(&self.bucket, &listing.unlisted, &mut self.unlisted);
         let mut changed = Vec::new();
-        for meta in listing {
-            let key = meta.location.to_string();
-            let etag = meta.e_tag.unwrap_or_default().trim_matches('"').to_string();
-            if self.announced.get(&key) != Some(&etag) {
-                self.announced.insert(key.clone(), etag.clone());
-                changed.push(SourceObject {
-                    bucket: self.bucket.clone(),
-                    key,
-                    etag,
-                    size: meta.size,
-                });
+        for object in listing.objects {
+            let source = object.source;
+            if self.announced.get(&source.key) != Some(&source.etag) {
+                self.announced
+                    .insert(source.key.clone(), source.etag.clone());
+                changed.push(source);
             }
         }
-        changed.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(changed)
     }
 
@@ -66,7 +84,7 @@ impl Watcher {
         let changed = self.changed_objects().await?;
         for object in &changed {
             let event = UploadEvent::for_object(object, None, Utc::now());
-            let publication = Publication::json(&self.topic, &object.key, &event);
+            let publication = announcement(&self.topic, object, &event);
             if let Err(error) = self.publisher.publish(&publication).await {
                 // Forget it so the next poll tries again.
                 self.announced.remove(&object.key);
@@ -141,5 +159,31 @@ mod tests {
         assert_eq!(events.len(), 3);
         let first = UploadEvent::parse(&events[0].payload).unwrap();
         assert_eq!(first.created_objects(&[]).unwrap()[0].key, "a b/c.jpg");
+        // Keyed as MinIO keys its events, so every announcement of an object shares a partition.
+        assert_eq!(events[0].key, Some(b"in/a b/c.jpg".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn an_object_it_cannot_read_does_not_hold_back_the_others() {
+        let scratch = crate::store::tests::ScratchDir::new();
+        std::fs::write(scratch.0.join("a.jpg"), b"a").unwrap();
+        std::fs::write(scratch.0.join("line\nbreak.jpg"), b"odd").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", scratch.0.join("passwd.jpg")).unwrap();
+        std::fs::write(scratch.0.join("z.jpg"), b"z").unwrap();
+        let buckets = Buckets::folders(HashMap::from([("in".to_string(), scratch.0.clone())]));
+        let bus = MemoryBus::default();
+        let mut watcher = Watcher::new(buckets, "in", Arc::new(bus.clone()), "uploads");
+        let keys: Vec<String> = watcher
+            .poll()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(keys, ["a.jpg", "z.jpg"]);
+        assert_eq!(watcher.unlisted(), 2);
+        assert!(watcher.poll().await.unwrap().is_empty());
+        assert_eq!(watcher.unlisted(), 2, "set aside once, not once per poll");
+        assert_eq!(bus.messages("uploads").len(), 2);
     }
 }

@@ -4,15 +4,20 @@
 //! (stage fingerprint, hash) in the dedup index for every enabled stage: a new claim becomes a job,
 //! a finished one an immediate `deduplicated: true` result, a failed one a dead letter, and one in
 //! flight makes the upload wait for its twin's result.
+//!
+//! Dedup publishes an event's messages itself and then records its uploads in the ledger, so the
+//! ledger never lists an upload whose messages are not on the bus (what `prism reconcile` relies
+//! on). An event `prism reconcile` re-emitted is dropped if its upload is in the ledger by then.
 
 use async_trait::async_trait;
 use chrono::Utc;
-use prism_shared::bus::{Delivery, Publication};
-use prism_shared::claims::{self, Admission, ClaimIndex, SeenSource, Work};
+use prism_shared::bus::{Delivery, Publication, Publisher};
+use prism_shared::claims::{self, Admission, ClaimIndex, HandledUpload, SeenSource, Work};
 use prism_shared::config::Settings;
 use prism_shared::consumer::{Outcome, ProcessError, Processor, dead_letter};
 use prism_shared::contract::{SourceObject, StageName};
 use prism_shared::ingest::UploadEvent;
+use prism_shared::reconcile;
 use prism_shared::service::{self, Backends};
 use prism_shared::store::Buckets;
 use std::sync::Arc;
@@ -21,21 +26,23 @@ use tokio_util::sync::CancellationToken;
 pub struct Dedup {
     buckets: Buckets,
     index: Arc<dyn ClaimIndex>,
+    publisher: Arc<dyn Publisher>,
     settings: Settings,
     /// Each enabled stage with its fingerprint, computed once from configuration.
     stages: Vec<(StageName, String)>,
 }
 
 impl Dedup {
-    pub fn new(settings: Settings, buckets: Buckets, index: Arc<dyn ClaimIndex>) -> Self {
+    pub fn new(settings: Settings, backends: &Backends) -> Self {
         let stages = settings
             .enabled_stages
             .iter()
             .map(|&stage| (stage, settings.stages.fingerprint(stage)))
             .collect();
         Dedup {
-            buckets,
-            index,
+            buckets: backends.buckets.clone(),
+            index: backends.index.clone(),
+            publisher: backends.publisher.clone(),
             settings,
             stages,
         }
@@ -75,9 +82,7 @@ impl Dedup {
             };
             let admission = claims::admit(&*self.index, work, seen, self.settings.claim_lease)
                 .await
-                .map_err(|error| {
-                    ProcessError::transient("dedup_index_unavailable", error.to_string())
-                })?;
+                .map_err(index_unavailable)?;
             tracing::debug!(key = %source.key, %stage, hash = %hash, ?admission, "admitted");
             match admission {
                 Admission::Run(job) => {
@@ -110,9 +115,20 @@ impl Dedup {
     async fn process_one(&self, delivery: &Delivery) -> Outcome {
         let event = UploadEvent::parse(&delivery.payload)
             .map_err(|error| ProcessError::permanent(error.code(), error.to_string()))?;
-        let sources = event
+        let mut sources = event
             .created_objects(&[self.settings.output_bucket.as_str()])
             .map_err(|error| ProcessError::permanent(error.code(), error.to_string()))?;
+        if reconcile::is_reemitted(&event) {
+            let ids: Vec<String> = sources.iter().map(claims::ledger_id).collect();
+            let handled = self.index.handled(&ids).await.map_err(index_unavailable)?;
+            sources.retain(|source| !handled.contains(&claims::ledger_id(source)));
+            if sources.is_empty() {
+                tracing::info!(
+                    offset = delivery.offset,
+                    "re-emitted upload was handled meanwhile; dropped"
+                );
+            }
+        }
         let mut publications = Vec::new();
         for source in &sources {
             match self.admit(delivery, source).await {
@@ -129,8 +145,24 @@ impl Dedup {
                 )),
             }
         }
-        Ok(publications)
+        // A failure from here on retries the whole event: at least once, as the loop would.
+        for publication in &publications {
+            self.publisher
+                .publish(publication)
+                .await
+                .map_err(|error| ProcessError::transient("bus_unavailable", error.to_string()))?;
+        }
+        let handled: Vec<HandledUpload> = sources.iter().map(HandledUpload::new).collect();
+        self.index
+            .record_handled(&handled)
+            .await
+            .map_err(index_unavailable)?;
+        Ok(Vec::new())
     }
+}
+
+fn index_unavailable(error: claims::IndexError) -> ProcessError {
+    ProcessError::transient("dedup_index_unavailable", error.to_string())
 }
 
 #[async_trait]
@@ -151,11 +183,7 @@ impl Processor for Dedup {
 /// Runs the dedup service against Kafka, S3 and CouchDB until `shutdown`.
 pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let backends = Backends::connect(&settings).await?;
-    let dedup = Dedup::new(
-        settings.clone(),
-        backends.buckets.clone(),
-        backends.index.clone(),
-    );
+    let dedup = Dedup::new(settings.clone(), &backends);
     service::serve(
         &settings,
         &backends,

@@ -55,11 +55,7 @@ pub async fn run(
 
     let mut processors: Vec<(String, Arc<dyn Processor>, ConsumerSettings)> = vec![(
         settings.topics.uploads.clone(),
-        Arc::new(prism_dedup::Dedup::new(
-            settings.clone(),
-            buckets.clone(),
-            backends.index.clone(),
-        )),
+        Arc::new(prism_dedup::Dedup::new(settings.clone(), &backends)),
         settings.consumer.clone(),
     )];
     for &stage in stages {

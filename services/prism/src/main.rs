@@ -3,12 +3,14 @@
 mod embedded;
 
 use clap::{Parser, Subcommand};
+use prism_shared::bus::Publisher;
 use prism_shared::bus::kafka::{KafkaPublisher, ensure_topics};
+use prism_shared::claims::couch::CouchIndex;
 use prism_shared::config::{self, Settings};
 use prism_shared::contract::StageName;
 use prism_shared::store::Buckets;
 use prism_shared::watch::Watcher;
-use prism_shared::{service, telemetry};
+use prism_shared::{reconcile, service, telemetry};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +44,18 @@ enum Command {
         /// Announce only objects uploaded after the watcher started.
         #[arg(long)]
         skip_existing: bool,
+    },
+    /// Re-announce uploads of the input bucket that dedup never handled (their notification was
+    /// lost): lists the bucket, checks each object against dedup's ledger in CouchDB, and publishes
+    /// a MinIO-format event for each one missing. Uploads that have their results are left alone.
+    Reconcile {
+        /// Print the missing uploads without publishing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Leave objects changed within this many seconds alone: their own notification may still
+        /// be on its way.
+        #[arg(long, default_value_t = 60)]
+        min_age_secs: u64,
     },
     /// Run one service against Kafka, S3 and CouchDB (same as its own binary).
     Serve { service: Service },
@@ -85,6 +99,40 @@ async fn main() -> anyhow::Result<()> {
             watcher
                 .run(Duration::from_millis(interval_ms), shutdown)
                 .await;
+            Ok(())
+        }
+        Command::Reconcile {
+            dry_run,
+            min_age_secs,
+        } => {
+            let index = CouchIndex::connect(&settings.couchdb).await?;
+            let publisher = if dry_run {
+                None
+            } else {
+                ensure_topics(&settings.kafka, &[settings.topics.uploads.as_str()]).await?;
+                Some(KafkaPublisher::new(&settings.kafka)?)
+            };
+            let report = reconcile::reconcile(
+                &Buckets::s3(&settings.s3),
+                &settings.input_bucket,
+                &index,
+                publisher.as_ref().map(|p| p as &dyn Publisher),
+                &settings.topics.uploads,
+                Duration::from_secs(min_age_secs),
+            )
+            .await?;
+            let verb = if dry_run { "missing" } else { "re-emitted" };
+            for upload in &report.missing {
+                println!("{verb}\t{}\t{}\t{}", upload.key, upload.etag, upload.size);
+            }
+            println!(
+                "listed {}, handled {}, {verb} {}, recent {} (changed in the last {min_age_secs} s), unlisted {}",
+                report.listed,
+                report.handled,
+                report.missing.len(),
+                report.recent,
+                report.unlisted
+            );
             Ok(())
         }
         Command::Serve { service } => match service {

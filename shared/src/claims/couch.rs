@@ -1,31 +1,43 @@
 //! Claims in CouchDB through couch_rs: `POST /db` with an `_id` is the atomic claim (409 if taken),
 //! `PUT` with the current `_rev` the compare-and-swap update.
 
-use super::{Claim, ClaimIndex, ClaimStatus, IndexError};
+use super::{Claim, ClaimIndex, ClaimStatus, HandledUpload, IndexError};
 use crate::config::{CouchSettings, resolve_secret};
 use async_trait::async_trait;
 use couch_rs::{Client, database::Database, document::TypedCouchDocument, error::CouchError};
 use http::StatusCode;
 use std::borrow::Cow;
+use std::collections::HashSet;
 
-impl TypedCouchDocument for Claim {
-    fn get_id(&self) -> Cow<'_, str> {
-        Cow::Borrowed(&self.id)
-    }
-    fn get_rev(&self) -> Cow<'_, str> {
-        Cow::Borrowed(&self.rev)
-    }
-    fn set_rev(&mut self, rev: &str) {
-        self.rev = rev.to_string();
-    }
-    fn set_id(&mut self, id: &str) {
-        self.id = id.to_string();
-    }
-    fn merge_ids(&mut self, other: &Self) {
-        self.id = other.id.clone();
-        self.rev = other.rev.clone();
-    }
+/// Both document types carry `_id` and `_rev` as `id` and `rev`.
+macro_rules! couch_document {
+    ($type:ty) => {
+        impl TypedCouchDocument for $type {
+            fn get_id(&self) -> Cow<'_, str> {
+                Cow::Borrowed(&self.id)
+            }
+            fn get_rev(&self) -> Cow<'_, str> {
+                Cow::Borrowed(&self.rev)
+            }
+            fn set_rev(&mut self, rev: &str) {
+                self.rev = rev.to_string();
+            }
+            fn set_id(&mut self, id: &str) {
+                self.id = id.to_string();
+            }
+            fn merge_ids(&mut self, other: &Self) {
+                self.id = other.id.clone();
+                self.rev = other.rev.clone();
+            }
+        }
+    };
 }
+
+couch_document!(Claim);
+couch_document!(HandledUpload);
+
+/// Ledger ids asked for in one `_all_docs` request: a bounded request body however big the bucket.
+const LEDGER_IDS_PER_REQUEST: usize = 500;
 
 /// Upper bound on one status listing; reconciliation works in passes, so this only sizes a pass.
 const MAX_CLAIMS_LISTED: u64 = 100_000;
@@ -131,5 +143,38 @@ impl ClaimIndex for CouchIndex {
             .limit(MAX_CLAIMS_LISTED);
         let found = self.db.find::<Claim>(&query).await.map_err(unavailable)?;
         Ok(found.rows)
+    }
+
+    async fn record_handled(&self, uploads: &[HandledUpload]) -> Result<(), IndexError> {
+        if uploads.is_empty() {
+            return Ok(());
+        }
+        let mut documents = uploads.to_vec();
+        let outcomes = self
+            .db
+            .bulk_docs(&mut documents)
+            .await
+            .map_err(unavailable)?;
+        for outcome in outcomes {
+            match outcome {
+                // A conflict: recorded before (a redelivered or re-emitted upload).
+                Err(error) if !is_conflict(&error) => return Err(unavailable(error)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn handled(&self, ids: &[String]) -> Result<HashSet<String>, IndexError> {
+        let mut found = HashSet::new();
+        for chunk in ids.chunks(LEDGER_IDS_PER_REQUEST) {
+            let documents = self
+                .db
+                .get_bulk::<HandledUpload>(chunk.to_vec())
+                .await
+                .map_err(unavailable)?;
+            found.extend(documents.rows.into_iter().map(|upload| upload.id));
+        }
+        Ok(found)
     }
 }

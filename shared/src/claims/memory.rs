@@ -1,13 +1,16 @@
 //! Claims in process memory, with CouchDB's revision rules, for the embedded mode and tests.
 
-use super::{Claim, ClaimIndex, ClaimStatus, IndexError};
+use super::{Claim, ClaimIndex, ClaimStatus, HandledUpload, IndexError};
 use async_trait::async_trait;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
+/// Claims, saved between runs, and the ledger of handled uploads, kept for one run only: each
+/// `prism run` announces its whole folder again and wants an outcome for every file.
 #[derive(Default)]
 pub struct MemoryIndex {
     claims: Mutex<HashMap<String, Claim>>,
+    handled: Mutex<HashMap<String, HandledUpload>>,
 }
 
 fn next_rev(rev: &str) -> String {
@@ -56,6 +59,25 @@ impl ClaimIndex for MemoryIndex {
             .cloned()
             .collect())
     }
+
+    async fn record_handled(&self, uploads: &[HandledUpload]) -> Result<(), IndexError> {
+        let mut handled = self.handled.lock().expect("ledger lock");
+        for upload in uploads {
+            handled
+                .entry(upload.id.clone())
+                .or_insert_with(|| upload.clone());
+        }
+        Ok(())
+    }
+
+    async fn handled(&self, ids: &[String]) -> Result<HashSet<String>, IndexError> {
+        let handled = self.handled.lock().expect("ledger lock");
+        Ok(ids
+            .iter()
+            .filter(|id| handled.contains_key(*id))
+            .cloned()
+            .collect())
+    }
 }
 
 impl MemoryIndex {
@@ -69,6 +91,7 @@ impl MemoryIndex {
         let claims = claims.into_iter().map(|c| (c.id.clone(), c)).collect();
         Ok(MemoryIndex {
             claims: Mutex::new(claims),
+            handled: Mutex::default(),
         })
     }
 
@@ -87,5 +110,72 @@ impl MemoryIndex {
         let temporary = path.with_extension("tmp");
         std::fs::write(&temporary, serde_json::to_vec(&claims)?)?;
         std::fs::rename(temporary, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::claims::ledger_id;
+    use crate::contract::SourceObject;
+
+    fn upload(key: &str, etag: &str) -> SourceObject {
+        SourceObject {
+            bucket: "in".into(),
+            key: key.into(),
+            etag: etag.into(),
+            size: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_ledger_knows_each_handled_upload_by_bucket_key_and_etag() {
+        let index = MemoryIndex::default();
+        let first = HandledUpload::new(&upload("a.jpg", "e1"));
+        index
+            .record_handled(std::slice::from_ref(&first))
+            .await
+            .unwrap();
+        // Recording again (a redelivered event) keeps the first record.
+        let mut again = HandledUpload::new(&upload("a.jpg", "e1"));
+        again.handled_at += chrono::Duration::seconds(5);
+        index.record_handled(&[again]).await.unwrap();
+        assert_eq!(
+            index.handled.lock().unwrap()[&first.id].handled_at,
+            first.handled_at
+        );
+
+        let asked = [
+            ledger_id(&upload("a.jpg", "e1")),
+            // Overwritten: a new upload.
+            ledger_id(&upload("a.jpg", "e2")),
+            ledger_id(&upload("b.jpg", "e1")),
+        ];
+        let handled = index.handled(&asked).await.unwrap();
+        assert_eq!(handled, HashSet::from([asked[0].clone()]));
+        assert!(index.handled(&[]).await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn ledger_ids_never_collide_across_field_boundaries() {
+        let mut shifted = upload("a", "bc");
+        shifted.bucket = "in".into();
+        let other = upload("ab", "c");
+        assert_ne!(ledger_id(&shifted), ledger_id(&other));
+        let id = ledger_id(&upload("_design/evil", "e"));
+        assert!(id.starts_with("upload:") && id.len() == "upload:".len() + 64);
+    }
+
+    #[test]
+    fn the_ledger_is_not_saved_between_runs() {
+        let dir = std::env::temp_dir().join(format!("prism-ledger-{}", uuid::Uuid::new_v4()));
+        let path = dir.join("claims.json");
+        let index = MemoryIndex::default();
+        futures::executor::block_on(index.record_handled(&[HandledUpload::new(&upload("a", "e"))]))
+            .unwrap();
+        index.save(&path).unwrap();
+        let loaded = MemoryIndex::load(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(loaded.handled.lock().unwrap().is_empty());
     }
 }

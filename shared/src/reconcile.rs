@@ -1,0 +1,183 @@
+//! Reconcile: finds uploads that never reached dedup and announces them again.
+//!
+//! MinIO can lose notifications (across restarts, or when Kafka was unreachable longer than its
+//! queue kept them). Dedup records every upload it has handled in the ledger (see
+//! [`crate::claims`]), so listing the input bucket against the ledger finds the ones it never saw.
+//! Each is re-emitted as a MinIO-format event marked with [`EVENT_SOURCE`]; dedup drops a marked
+//! event whose upload is in the ledger by the time it arrives (its own notification came first), so
+//! re-emitting never gives an upload a second result.
+
+use crate::bus::Publisher;
+use crate::claims::{ClaimIndex, ledger_id};
+use crate::contract::SourceObject;
+use crate::ingest::UploadEvent;
+use crate::store::Buckets;
+use crate::watch::{announcement, warn_unlisted};
+use chrono::{DateTime, Utc};
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// `eventSource` of the events reconcile emits (MinIO writes `minio:s3`).
+pub const EVENT_SOURCE: &str = "prism:reconcile";
+
+/// Whether reconcile emitted this event (rather than MinIO or the bucket watcher).
+pub fn is_reemitted(event: &UploadEvent) -> bool {
+    !event.records.is_empty()
+        && event
+            .records
+            .iter()
+            .all(|record| record.event_source == EVENT_SOURCE)
+}
+
+/// The event reconcile emits for `object`.
+pub fn reemission(object: &SourceObject, now: DateTime<Utc>) -> UploadEvent {
+    let mut event = UploadEvent::for_object(object, None, now);
+    for record in &mut event.records {
+        record.event_source = EVENT_SOURCE.to_string();
+    }
+    event
+}
+
+/// What one reconciliation found.
+#[derive(Debug, Default, PartialEq)]
+pub struct Report {
+    /// Objects in the bucket.
+    pub listed: usize,
+    /// Of those, uploads dedup has handled.
+    pub handled: usize,
+    /// Changed within `min_age`: their own notification may still be on its way, so left alone.
+    pub recent: usize,
+    /// Uploads dedup never handled, re-emitted (or, on a dry run, that would be).
+    pub missing: Vec<SourceObject>,
+    /// Entries the listing set aside: keys Prism cannot read back, links, special files.
+    pub unlisted: usize,
+}
+
+/// Lists `bucket`, checks every (key, ETag) against the ledger and, unless `publisher` is `None`
+/// (a dry run), publishes an upload event for each one missing to `topic`.
+pub async fn reconcile(
+    buckets: &Buckets,
+    bucket: &str,
+    index: &dyn ClaimIndex,
+    publisher: Option<&dyn Publisher>,
+    topic: &str,
+    min_age: Duration,
+) -> anyhow::Result<Report> {
+    let listing = buckets.list(bucket).await?;
+    warn_unlisted(bucket, &listing.unlisted, &mut HashSet::new());
+    let ids: Vec<String> = listing
+        .objects
+        .iter()
+        .map(|object| ledger_id(&object.source))
+        .collect();
+    let handled = index.handled(&ids).await?;
+    let now = Utc::now();
+    let mut report = Report {
+        listed: listing.objects.len(),
+        unlisted: listing.unlisted.len(),
+        ..Report::default()
+    };
+    for (object, id) in listing.objects.into_iter().zip(&ids) {
+        if handled.contains(id) {
+            report.handled += 1;
+        } else if (now - object.last_modified).to_std().unwrap_or_default() < min_age {
+            report.recent += 1;
+        } else {
+            report.missing.push(object.source);
+        }
+    }
+    if let Some(publisher) = publisher {
+        for object in &report.missing {
+            let event = reemission(object, Utc::now());
+            publisher
+                .publish(&announcement(topic, object, &event))
+                .await?;
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::memory::MemoryBus;
+    use crate::claims::HandledUpload;
+    use crate::claims::memory::MemoryIndex;
+    use bytes::Bytes;
+
+    #[tokio::test]
+    async fn re_emits_exactly_the_uploads_missing_from_the_ledger() {
+        let buckets = Buckets::memory();
+        for key in ["a.jpg", "dir/b c.jpg", "d.jpg"] {
+            buckets
+                .write("in", key, Bytes::from_static(b"jpeg"), "image/jpeg")
+                .await
+                .unwrap();
+        }
+        let index = MemoryIndex::default();
+        let listing = buckets.list("in").await.unwrap();
+        index
+            .record_handled(&[HandledUpload::new(&listing.objects[0].source)])
+            .await
+            .unwrap();
+        let bus = MemoryBus::default();
+
+        let dry = reconcile(&buckets, "in", &index, None, "uploads", Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!((dry.listed, dry.handled, dry.missing.len()), (3, 1, 2));
+        assert!(bus.messages("uploads").is_empty());
+
+        let report = reconcile(
+            &buckets,
+            "in",
+            &index,
+            Some(&bus),
+            "uploads",
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+        assert_eq!(report, dry);
+        let events = bus.messages("uploads");
+        let keys: Vec<String> = events
+            .iter()
+            .map(|message| {
+                let event = UploadEvent::parse(&message.payload).unwrap();
+                assert!(is_reemitted(&event));
+                event.created_objects(&[]).unwrap()[0].key.clone()
+            })
+            .collect();
+        assert_eq!(keys, ["d.jpg", "dir/b c.jpg"]);
+        assert_eq!(events[1].key, Some(b"in/dir/b c.jpg".to_vec()));
+
+        // Uploaded just now: their own notification may still come, so a minute's grace spares them.
+        let patient = reconcile(
+            &buckets,
+            "in",
+            &index,
+            None,
+            "uploads",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        assert_eq!((patient.recent, patient.missing.len()), (2, 0));
+    }
+
+    #[test]
+    fn only_reconciles_own_events_count_as_re_emitted() {
+        let object = SourceObject {
+            bucket: "in".into(),
+            key: "a.jpg".into(),
+            etag: "e".into(),
+            size: 1,
+        };
+        assert!(is_reemitted(&reemission(&object, Utc::now())));
+        assert!(!is_reemitted(&UploadEvent::for_object(
+            &object,
+            None,
+            Utc::now()
+        )));
+    }
+}

@@ -1,10 +1,12 @@
 //! Detect: finds COCO objects with Prism's own YOLOv8 on candle and draws them.
 //!
 //! [`model`] is the network and its pre/post-processing; [`DetectStage`] adapts it to the shared
-//! stage worker, batching every decoded image of a batch into one forward pass; [`serve`] runs it
-//! against the real backends.
+//! stage worker, with one forward pass for as many images of a batch as fit a pixel budget;
+//! [`serve`] runs it against the real backends.
 
 pub mod model;
+
+use std::ops::Range;
 
 use bytes::Bytes;
 use model::{Detection, Detector, DetectorConfig, annotate};
@@ -96,22 +98,9 @@ impl DetectStage {
             payload,
         })
     }
-}
 
-impl Stage for DetectStage {
-    fn name(&self) -> StageName {
-        StageName::Detect
-    }
-
-    fn fingerprint(&self) -> &str {
-        &self.fingerprint
-    }
-
-    fn max_bytes(&self) -> u64 {
-        self.limits.max_bytes
-    }
-
-    fn run(&self, inputs: &[Bytes]) -> Vec<Result<StageOutput, StageFailure>> {
+    /// Decodes every input, detects in one forward pass, and builds each input's outputs.
+    fn run_group(&self, inputs: &[Bytes]) -> Vec<Result<StageOutput, StageFailure>> {
         // Decoded images move into one batch for the forward pass (no copies: a batch of large
         // photos is the service's biggest memory cost); `formats` remembers which inputs failed.
         let mut images = Vec::with_capacity(inputs.len());
@@ -149,10 +138,87 @@ impl Stage for DetectStage {
     }
 }
 
+impl Stage for DetectStage {
+    fn name(&self) -> StageName {
+        StageName::Detect
+    }
+
+    fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    fn max_bytes(&self) -> u64 {
+        self.limits.max_bytes
+    }
+
+    /// Runs the batch in groups of consecutive images holding at most `max_pixels` pixels
+    /// together, so that a batch of large photos never has more than one image's worth of
+    /// pixels at the limit in memory (eight at the 100 MP limit would be 2.4 GB of RGB).
+    fn run(&self, inputs: &[Bytes]) -> Vec<Result<StageOutput, StageFailure>> {
+        let pixels = inputs.iter().map(|input| header_pixels(input));
+        groups_within(pixels, self.limits.max_pixels)
+            .into_iter()
+            .flat_map(|group| self.run_group(&inputs[group]))
+            .collect()
+    }
+}
+
+/// The pixels an input decodes to, read from its header alone; 0 for one that will not decode
+/// (its error comes from decoding, which costs no pixels).
+fn header_pixels(input: &[u8]) -> u64 {
+    imaging::probe(input).map_or(0, |info| u64::from(info.width) * u64::from(info.height))
+}
+
+/// Splits a batch into runs of consecutive inputs whose pixels add up to at most `budget`; an
+/// input over the budget on its own gets a group of its own.
+fn groups_within(pixels: impl IntoIterator<Item = u64>, budget: u64) -> Vec<Range<usize>> {
+    let mut groups: Vec<Range<usize>> = Vec::new();
+    let mut group_pixels = 0u64;
+    for (index, pixels) in pixels.into_iter().enumerate() {
+        match groups.last_mut() {
+            Some(group) if group_pixels.saturating_add(pixels) <= budget => {
+                group.end = index + 1;
+                group_pixels += pixels;
+            }
+            _ => {
+                groups.push(index..index + 1);
+                group_pixels = pixels;
+            }
+        }
+    }
+    groups
+}
+
 /// Runs the detect service against Kafka, S3 and CouchDB until `shutdown`, batching jobs.
 pub async fn serve(mut settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     settings.consumer.max_batch = settings.detect.max_batch;
     settings.consumer.max_delay = settings.detect.max_delay;
     let stage = DetectStage::new(&settings)?;
     service::serve_stage(&settings, stage, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::groups_within;
+
+    #[test]
+    fn a_batch_is_split_where_its_pixels_would_exceed_the_budget() {
+        let megapixels = |sizes: &[u64]| sizes.iter().map(|mp| mp * 1_000_000).collect::<Vec<_>>();
+        let budget = 100_000_000;
+        // Eight photos at the limit: one at a time.
+        assert_eq!(
+            groups_within(megapixels(&[100; 8]), budget),
+            (0..8).map(|i| i..i + 1).collect::<Vec<_>>()
+        );
+        // Eight 12 MP phone photos: one forward pass.
+        assert_eq!(groups_within(megapixels(&[12; 8]), budget), vec![0..8]);
+        assert_eq!(
+            groups_within(megapixels(&[40, 40, 30, 12, 100, 0, 1]), budget),
+            vec![0..2, 2..4, 4..6, 6..7]
+        );
+        // Inputs that will not decode (0 pixels) ride along with their neighbours.
+        assert_eq!(groups_within(megapixels(&[0, 100, 0]), budget), vec![0..3]);
+        assert_eq!(groups_within(megapixels(&[101]), budget), vec![0..1]);
+        assert!(groups_within(Vec::new(), budget).is_empty());
+    }
 }

@@ -646,6 +646,66 @@ fn png_with_compressed_metadata_inflating_to_a_gigabyte_is_processed_in_bounded_
     assert_outcomes("png_metadata_bomb", &inputs, &["thumbnail"], &run);
 }
 
+/// A black `width` x `height` RGB PNG of a few dozen KiB, made without encoding any pixels: its
+/// rows (a filter byte and zeros each) must add up to `1 + 258 * n` bytes for [`zlib_bomb`].
+/// `tag` goes in a text chunk, so that equal images are still different uploads.
+fn black_png(width: u32, height: u32, tag: &str) -> Vec<u8> {
+    let rows = u64::from(height) * (1 + 3 * u64::from(width));
+    assert_eq!(
+        (rows - 1) % 258,
+        0,
+        "pick a size whose rows are 1 + 258 * n bytes"
+    );
+    let mut header = width.to_be_bytes().to_vec();
+    header.extend_from_slice(&height.to_be_bytes());
+    header.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB, deflate, no filter, no interlace
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(png_chunk(b"IHDR", &header));
+    png.extend(png_chunk(b"tEXt", format!("Title\0{tag}").as_bytes()));
+    png.extend(png_chunk(
+        b"IDAT",
+        &zlib_bomb(u32::try_from((rows - 1) / 258).unwrap()),
+    ));
+    png.extend(png_chunk(b"IEND", &[]));
+    png
+}
+
+#[test]
+fn a_detect_batch_of_large_images_holds_one_at_a_time() {
+    let home = std::env::var("PRISM_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::env::home_dir().unwrap().join(".cache/prism"));
+    let weights = home.join("models/yolov8n.onnx");
+    assert!(
+        weights.is_file(),
+        "{} is missing: run deploy/local/fetch-assets.sh (or set PRISM_HOME)",
+        weights.display()
+    );
+    // Eight 19.4 MP images (58 MB of RGB each) in one batch, with the pixel limit just above one:
+    // 465 MB of pixels at once would break the bound, one at a time keeps well under it.
+    let (width, height) = (5000, 3877);
+    let inputs: Vec<Input> = (0..8)
+        .map(|index| {
+            Input::new(
+                &format!("large {index}.png"),
+                black_png(width, height, &index.to_string()),
+                Expect::Processed { width, height },
+            )
+        })
+        .collect();
+    let (_scratch, run) = run_prism(
+        "detect_large_batch",
+        &inputs,
+        "detect",
+        &[
+            ("PRISM_STAGES__LIMITS__MAX_PIXELS", "20000000"),
+            // Time for all eight to gather into one batch.
+            ("PRISM_DETECT__MAX_DELAY", "2000"),
+        ],
+    );
+    assert_outcomes("detect_large_batch", &inputs, &["detect"], &run);
+}
+
 #[test]
 fn jpeg_with_a_huge_exif_block_is_processed_and_oriented() {
     let exif = huge_exif(60_000);

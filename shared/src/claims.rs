@@ -8,20 +8,22 @@
 //! it and it can be tested without a server.
 //!
 //! Beside the claims the index keeps a ledger of uploads dedup has handled (one small document per
-//! bucket, key and ETag, written once the upload's messages are on the bus), which `prism reconcile`
-//! checks the input bucket against to find uploads whose notification was lost.
+//! bucket, key and ETag), which `prism reconcile` checks the input bucket against to find uploads
+//! whose notification was lost. Dedup records an upload as it admits it, before the consumer loop
+//! publishes its messages: should those not go out, the event is redelivered (its offset was never
+//! committed), so such an upload needs no reconcile.
 
 pub mod couch;
 pub mod memory;
 
 use crate::contract::{
-    ErrorReport, Job, OutputObject, SCHEMA_VERSION, SourceObject, StageName, StageResult, Timings,
+    ErrorReport, Job, Origin, OutputObject, SCHEMA_VERSION, SourceObject, StageName, StageResult,
+    Timings,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::HashSet;
 use std::time::Duration;
 
 /// Sources listed on a claim; past this only the count grows, so a popular image can't bloat it.
@@ -71,7 +73,8 @@ pub struct Claim {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-/// An upload dedup has handled: its jobs, results or dead letters are on the bus.
+/// An upload dedup has admitted: its jobs, results or dead letters are published, or will be when
+/// the event in `origin` is (re)delivered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HandledUpload {
     #[serde(rename = "_id")]
@@ -79,15 +82,19 @@ pub struct HandledUpload {
     #[serde(rename = "_rev", default, skip_serializing_if = "String::is_empty")]
     pub rev: String,
     pub upload: SourceObject,
+    /// The event dedup admitted the upload from: its redelivery is admitted again, any other
+    /// re-emission of the upload is not.
+    pub origin: Origin,
     pub handled_at: DateTime<Utc>,
 }
 
 impl HandledUpload {
-    pub fn new(upload: &SourceObject) -> Self {
+    pub fn new(upload: &SourceObject, origin: &Origin) -> Self {
         HandledUpload {
             id: ledger_id(upload),
             rev: String::new(),
             upload: upload.clone(),
+            origin: origin.clone(),
             handled_at: Utc::now(),
         }
     }
@@ -178,8 +185,8 @@ pub trait ClaimIndex: Send + Sync {
     async fn with_status(&self, status: ClaimStatus) -> Result<Vec<Claim>, IndexError>;
     /// Adds uploads to the ledger; one recorded before stays as it was.
     async fn record_handled(&self, uploads: &[HandledUpload]) -> Result<(), IndexError>;
-    /// Which of these ledger ids ([`ledger_id`]) are recorded.
-    async fn handled(&self, ids: &[String]) -> Result<HashSet<String>, IndexError>;
+    /// The ledger's records of these ids ([`ledger_id`]); ids never recorded are left out.
+    async fn handled(&self, ids: &[String]) -> Result<Vec<HandledUpload>, IndexError>;
 }
 
 /// What dedup does with an upload for one stage.

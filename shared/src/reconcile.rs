@@ -4,8 +4,9 @@
 //! queue kept them). Dedup records every upload it has handled in the ledger (see
 //! [`crate::claims`]), so listing the input bucket against the ledger finds the ones it never saw.
 //! Each is re-emitted as a MinIO-format event marked with [`EVENT_SOURCE`]; dedup drops a marked
-//! event whose upload is in the ledger by the time it arrives (its own notification came first), so
-//! re-emitting never gives an upload a second result.
+//! event whose upload another event put in the ledger by the time it arrives (its own notification
+//! came first after all, or an earlier reconcile's), so re-emitting never gives an upload a second
+//! result.
 
 use crate::bus::Publisher;
 use crate::claims::{ClaimIndex, ledger_id};
@@ -74,7 +75,12 @@ pub async fn reconcile(
         .iter()
         .map(|object| ledger_id(&object.source))
         .collect();
-    let handled = index.handled(&ids).await?;
+    let handled: HashSet<String> = index
+        .handled(&ids)
+        .await?
+        .into_iter()
+        .map(|record| record.id)
+        .collect();
     let now = Utc::now();
     let mut report = Report {
         listed: listing.objects.len(),
@@ -126,8 +132,13 @@ mod tests {
         }
         let index = MemoryIndex::default();
         let listing = buckets.list("in").await.unwrap();
+        let origin = crate::contract::Origin {
+            topic: "uploads".into(),
+            partition: 0,
+            offset: 0,
+        };
         index
-            .record_handled(&[HandledUpload::new(&listing.objects[0].source)])
+            .record_handled(&[HandledUpload::new(&listing.objects[0].source, &origin)])
             .await
             .unwrap();
         let bus = MemoryBus::default();

@@ -5,44 +5,43 @@
 //! a finished one an immediate `deduplicated: true` result, a failed one a dead letter, and one in
 //! flight makes the upload wait for its twin's result.
 //!
-//! Dedup publishes an event's messages itself and then records its uploads in the ledger, so the
-//! ledger never lists an upload whose messages are not on the bus (what `prism reconcile` relies
-//! on). An event `prism reconcile` re-emitted is dropped if its upload is in the ledger by then.
+//! Every admitted upload is recorded in the ledger `prism reconcile` checks the bucket against. An
+//! event reconcile re-emitted is dropped if another event put its upload in the ledger meanwhile,
+//! so an upload never gets a second result that way.
 
 use async_trait::async_trait;
 use chrono::Utc;
-use prism_shared::bus::{Delivery, Publication, Publisher};
+use prism_shared::bus::{Delivery, Publication};
 use prism_shared::claims::{self, Admission, ClaimIndex, HandledUpload, SeenSource, Work};
 use prism_shared::config::Settings;
 use prism_shared::consumer::{Outcome, ProcessError, Processor, dead_letter};
-use prism_shared::contract::{SourceObject, StageName};
+use prism_shared::contract::{Origin, SourceObject, StageName};
 use prism_shared::ingest::UploadEvent;
 use prism_shared::reconcile;
 use prism_shared::service::{self, Backends};
 use prism_shared::store::Buckets;
+use std::collections::HashSet;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub struct Dedup {
     buckets: Buckets,
     index: Arc<dyn ClaimIndex>,
-    publisher: Arc<dyn Publisher>,
     settings: Settings,
     /// Each enabled stage with its fingerprint, computed once from configuration.
     stages: Vec<(StageName, String)>,
 }
 
 impl Dedup {
-    pub fn new(settings: Settings, backends: &Backends) -> Self {
+    pub fn new(settings: Settings, buckets: Buckets, index: Arc<dyn ClaimIndex>) -> Self {
         let stages = settings
             .enabled_stages
             .iter()
             .map(|&stage| (stage, settings.stages.fingerprint(stage)))
             .collect();
         Dedup {
-            buckets: backends.buckets.clone(),
-            index: backends.index.clone(),
-            publisher: backends.publisher.clone(),
+            buckets,
+            index,
             settings,
             stages,
         }
@@ -118,10 +117,24 @@ impl Dedup {
         let mut sources = event
             .created_objects(&[self.settings.output_bucket.as_str()])
             .map_err(|error| ProcessError::permanent(error.code(), error.to_string()))?;
+        let origin = Origin {
+            topic: delivery.topic.clone(),
+            partition: delivery.partition,
+            offset: delivery.offset,
+        };
         if reconcile::is_reemitted(&event) {
             let ids: Vec<String> = sources.iter().map(claims::ledger_id).collect();
-            let handled = self.index.handled(&ids).await.map_err(index_unavailable)?;
-            sources.retain(|source| !handled.contains(&claims::ledger_id(source)));
+            // Handled from this very event: it is being redelivered, its messages may not be out.
+            let handled_elsewhere: HashSet<String> = self
+                .index
+                .handled(&ids)
+                .await
+                .map_err(index_unavailable)?
+                .into_iter()
+                .filter(|record| record.origin != origin)
+                .map(|record| record.id)
+                .collect();
+            sources.retain(|source| !handled_elsewhere.contains(&claims::ledger_id(source)));
             if sources.is_empty() {
                 tracing::info!(
                     offset = delivery.offset,
@@ -145,19 +158,16 @@ impl Dedup {
                 )),
             }
         }
-        // A failure from here on retries the whole event: at least once, as the loop would.
-        for publication in &publications {
-            self.publisher
-                .publish(publication)
-                .await
-                .map_err(|error| ProcessError::transient("bus_unavailable", error.to_string()))?;
-        }
-        let handled: Vec<HandledUpload> = sources.iter().map(HandledUpload::new).collect();
+        // Recorded before the loop publishes: should that fail, this event comes again.
+        let handled: Vec<HandledUpload> = sources
+            .iter()
+            .map(|source| HandledUpload::new(source, &origin))
+            .collect();
         self.index
             .record_handled(&handled)
             .await
             .map_err(index_unavailable)?;
-        Ok(Vec::new())
+        Ok(publications)
     }
 }
 
@@ -183,7 +193,11 @@ impl Processor for Dedup {
 /// Runs the dedup service against Kafka, S3 and CouchDB until `shutdown`.
 pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let backends = Backends::connect(&settings).await?;
-    let dedup = Dedup::new(settings.clone(), &backends);
+    let dedup = Dedup::new(
+        settings.clone(),
+        backends.buckets.clone(),
+        backends.index.clone(),
+    );
     service::serve(
         &settings,
         &backends,
@@ -197,37 +211,26 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prism_shared::bus::BusError;
-    use prism_shared::bus::memory::MemoryBus;
     use prism_shared::claims::memory::MemoryIndex;
     use prism_shared::reconcile::reemission;
 
     struct Fixture {
         dedup: Dedup,
-        bus: MemoryBus,
         index: Arc<MemoryIndex>,
         buckets: Buckets,
-        jobs_topic: String,
     }
 
-    fn fixture(publisher: Option<Arc<dyn Publisher>>) -> Fixture {
+    fn fixture() -> Fixture {
         let settings = Settings {
             enabled_stages: vec![StageName::Thumbnail],
             ..Settings::default()
         };
-        let bus = MemoryBus::default();
         let index = Arc::new(MemoryIndex::default());
-        let backends = Backends {
-            publisher: publisher.unwrap_or_else(|| Arc::new(bus.clone())),
-            buckets: Buckets::memory(),
-            index: index.clone(),
-        };
+        let buckets = Buckets::memory();
         Fixture {
-            jobs_topic: settings.topics.thumbnail_jobs.clone(),
-            dedup: Dedup::new(settings, &backends),
-            bus,
+            dedup: Dedup::new(settings, buckets.clone(), index.clone()),
             index,
-            buckets: backends.buckets,
+            buckets,
         }
     }
 
@@ -244,76 +247,70 @@ mod tests {
         }
     }
 
-    fn delivery(event: &UploadEvent) -> Delivery {
+    fn delivery(event: &UploadEvent, offset: i64) -> Delivery {
         Delivery {
             topic: "uploads".into(),
             partition: 0,
-            offset: 0,
+            offset,
             key: None,
             payload: serde_json::to_vec(event).unwrap(),
         }
     }
 
-    fn notification(object: &SourceObject) -> Delivery {
-        delivery(&UploadEvent::for_object(object, None, Utc::now()))
+    fn notification(object: &SourceObject, offset: i64) -> Delivery {
+        delivery(&UploadEvent::for_object(object, None, Utc::now()), offset)
     }
 
-    async fn handled(index: &MemoryIndex, object: &SourceObject) -> bool {
-        let id = claims::ledger_id(object);
-        index
-            .handled(std::slice::from_ref(&id))
-            .await
-            .unwrap()
-            .contains(&id)
+    fn reemitted(object: &SourceObject, offset: i64) -> Delivery {
+        delivery(&reemission(object, Utc::now()), offset)
+    }
+
+    async fn publications(dedup: &Dedup, delivery: Delivery) -> Vec<Publication> {
+        dedup.process(&[delivery]).await.pop().unwrap().unwrap()
     }
 
     #[tokio::test]
-    async fn uploads_are_recorded_once_their_messages_are_published() {
-        let f = fixture(None);
+    async fn a_re_emission_of_an_upload_handled_meanwhile_is_dropped() {
+        let f = fixture();
         let a = upload(&f.buckets, "a.jpg", b"first").await;
-        let outcome = f.dedup.process(&[notification(&a)]).await.pop().unwrap();
-        assert_eq!(
-            outcome,
-            Ok(Vec::new()),
-            "dedup publishes its messages itself"
-        );
-        assert_eq!(f.bus.messages(&f.jobs_topic).len(), 1);
-        assert!(handled(&f.index, &a).await);
+        assert_eq!(publications(&f.dedup, notification(&a, 0)).await.len(), 1);
+        let records = f.index.handled(&[claims::ledger_id(&a)]).await.unwrap();
+        assert_eq!(records.len(), 1, "admitted uploads are in the ledger");
+        assert_eq!(records[0].origin.offset, 0);
 
-        // Re-emitted by reconcile after its notification was handled: dropped.
-        let again = delivery(&reemission(&a, Utc::now()));
-        f.dedup.process(&[again]).await.pop().unwrap().unwrap();
-        assert_eq!(f.bus.messages(&f.jobs_topic).len(), 1);
+        // Reconcile listed the bucket before dedup had handled it.
+        assert!(publications(&f.dedup, reemitted(&a, 1)).await.is_empty());
 
-        // Re-emitted and never handled (its notification was lost): admitted and recorded.
+        // Never handled (its notification was lost): admitted, and recorded.
         let b = upload(&f.buckets, "b.jpg", b"second").await;
-        let lost = delivery(&reemission(&b, Utc::now()));
-        f.dedup.process(&[lost]).await.pop().unwrap().unwrap();
-        assert_eq!(f.bus.messages(&f.jobs_topic).len(), 2);
-        assert!(handled(&f.index, &b).await);
-    }
-
-    struct DownBus;
-
-    #[async_trait]
-    impl Publisher for DownBus {
-        async fn publish(&self, _: &Publication) -> Result<(), BusError> {
-            Err(BusError::Closed)
-        }
+        assert_eq!(publications(&f.dedup, reemitted(&b, 2)).await.len(), 1);
+        // Two reconciles in a row: the second re-emission is dropped.
+        assert!(publications(&f.dedup, reemitted(&b, 3)).await.is_empty());
+        assert_eq!(
+            f.index.handled(&[claims::ledger_id(&b)]).await.unwrap()[0]
+                .origin
+                .offset,
+            2
+        );
     }
 
     #[tokio::test]
-    async fn an_upload_whose_messages_did_not_go_out_is_not_recorded() {
-        let f = fixture(Some(Arc::new(DownBus)));
+    async fn a_redelivered_re_emission_is_admitted_again() {
+        let f = fixture();
         let a = upload(&f.buckets, "a.jpg", b"first").await;
-        let error = f
-            .dedup
-            .process(&[notification(&a)])
-            .await
-            .pop()
-            .unwrap()
-            .unwrap_err();
-        assert!(error.is_transient(), "{error:?}");
-        assert!(!handled(&f.index, &a).await, "reconcile must still see it");
+        let first = publications(&f.dedup, reemitted(&a, 7)).await;
+        // The loop did not get to publish or acknowledge it (a crash): Kafka delivers it again.
+        let again = publications(&f.dedup, reemitted(&a, 7)).await;
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].payload, first[0].payload, "the same job");
+    }
+
+    #[tokio::test]
+    async fn notifications_are_always_admitted() {
+        // MinIO announces every PUT, even of the same bytes to the same key: each is an upload.
+        let f = fixture();
+        let a = upload(&f.buckets, "a.jpg", b"first").await;
+        assert_eq!(publications(&f.dedup, notification(&a, 0)).await.len(), 1);
+        assert_eq!(publications(&f.dedup, notification(&a, 1)).await.len(), 1);
     }
 }

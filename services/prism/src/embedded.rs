@@ -55,7 +55,11 @@ pub async fn run(
 
     let mut processors: Vec<(String, Arc<dyn Processor>, ConsumerSettings)> = vec![(
         settings.topics.uploads.clone(),
-        Arc::new(prism_dedup::Dedup::new(settings.clone(), &backends)),
+        Arc::new(prism_dedup::Dedup::new(
+            settings.clone(),
+            buckets.clone(),
+            backends.index.clone(),
+        )),
         settings.consumer.clone(),
     )];
     for &stage in stages {

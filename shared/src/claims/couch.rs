@@ -7,7 +7,6 @@ use async_trait::async_trait;
 use couch_rs::{Client, database::Database, document::TypedCouchDocument, error::CouchError};
 use http::StatusCode;
 use std::borrow::Cow;
-use std::collections::HashSet;
 
 /// Both document types carry `_id` and `_rev` as `id` and `rev`.
 macro_rules! couch_document {
@@ -165,15 +164,15 @@ impl ClaimIndex for CouchIndex {
         Ok(())
     }
 
-    async fn handled(&self, ids: &[String]) -> Result<HashSet<String>, IndexError> {
-        let mut found = HashSet::new();
+    async fn handled(&self, ids: &[String]) -> Result<Vec<HandledUpload>, IndexError> {
+        let mut found = Vec::new();
         for chunk in ids.chunks(LEDGER_IDS_PER_REQUEST) {
             let documents = self
                 .db
                 .get_bulk::<HandledUpload>(chunk.to_vec())
                 .await
                 .map_err(unavailable)?;
-            found.extend(documents.rows.into_iter().map(|upload| upload.id));
+            found.extend(documents.rows);
         }
         Ok(found)
     }

@@ -2,7 +2,7 @@
 
 use super::{Claim, ClaimIndex, ClaimStatus, HandledUpload, IndexError};
 use async_trait::async_trait;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// Claims, saved between runs, and the ledger of handled uploads, kept for one run only: each
@@ -70,11 +70,11 @@ impl ClaimIndex for MemoryIndex {
         Ok(())
     }
 
-    async fn handled(&self, ids: &[String]) -> Result<HashSet<String>, IndexError> {
+    async fn handled(&self, ids: &[String]) -> Result<Vec<HandledUpload>, IndexError> {
         let handled = self.handled.lock().expect("ledger lock");
         Ok(ids
             .iter()
-            .filter(|id| handled.contains_key(*id))
+            .filter_map(|id| handled.get(id))
             .cloned()
             .collect())
     }
@@ -117,7 +117,7 @@ impl MemoryIndex {
 mod tests {
     use super::*;
     use crate::claims::ledger_id;
-    use crate::contract::SourceObject;
+    use crate::contract::{Origin, SourceObject};
 
     fn upload(key: &str, etag: &str) -> SourceObject {
         SourceObject {
@@ -128,22 +128,25 @@ mod tests {
         }
     }
 
+    fn origin(offset: i64) -> Origin {
+        Origin {
+            topic: "uploads".into(),
+            partition: 0,
+            offset,
+        }
+    }
+
     #[tokio::test]
     async fn the_ledger_knows_each_handled_upload_by_bucket_key_and_etag() {
         let index = MemoryIndex::default();
-        let first = HandledUpload::new(&upload("a.jpg", "e1"));
+        let first = HandledUpload::new(&upload("a.jpg", "e1"), &origin(1));
         index
             .record_handled(std::slice::from_ref(&first))
             .await
             .unwrap();
-        // Recording again (a redelivered event) keeps the first record.
-        let mut again = HandledUpload::new(&upload("a.jpg", "e1"));
-        again.handled_at += chrono::Duration::seconds(5);
+        // Recording again (another event for the same upload) keeps the first record.
+        let again = HandledUpload::new(&upload("a.jpg", "e1"), &origin(2));
         index.record_handled(&[again]).await.unwrap();
-        assert_eq!(
-            index.handled.lock().unwrap()[&first.id].handled_at,
-            first.handled_at
-        );
 
         let asked = [
             ledger_id(&upload("a.jpg", "e1")),
@@ -151,31 +154,30 @@ mod tests {
             ledger_id(&upload("a.jpg", "e2")),
             ledger_id(&upload("b.jpg", "e1")),
         ];
-        let handled = index.handled(&asked).await.unwrap();
-        assert_eq!(handled, HashSet::from([asked[0].clone()]));
+        assert_eq!(index.handled(&asked).await.unwrap(), [first]);
         assert!(index.handled(&[]).await.unwrap().is_empty());
     }
 
     #[test]
     fn ledger_ids_never_collide_across_field_boundaries() {
-        let mut shifted = upload("a", "bc");
-        shifted.bucket = "in".into();
-        let other = upload("ab", "c");
-        assert_ne!(ledger_id(&shifted), ledger_id(&other));
+        assert_ne!(ledger_id(&upload("a", "bc")), ledger_id(&upload("ab", "c")));
         let id = ledger_id(&upload("_design/evil", "e"));
         assert!(id.starts_with("upload:") && id.len() == "upload:".len() + 64);
     }
 
-    #[test]
-    fn the_ledger_is_not_saved_between_runs() {
+    #[tokio::test]
+    async fn the_ledger_is_not_saved_between_runs() {
         let dir = std::env::temp_dir().join(format!("prism-ledger-{}", uuid::Uuid::new_v4()));
         let path = dir.join("claims.json");
         let index = MemoryIndex::default();
-        futures::executor::block_on(index.record_handled(&[HandledUpload::new(&upload("a", "e"))]))
+        let handled = HandledUpload::new(&upload("a", "e"), &origin(0));
+        index
+            .record_handled(std::slice::from_ref(&handled))
+            .await
             .unwrap();
         index.save(&path).unwrap();
         let loaded = MemoryIndex::load(&path).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(loaded.handled.lock().unwrap().is_empty());
+        assert!(loaded.handled(&[handled.id]).await.unwrap().is_empty());
     }
 }

@@ -22,10 +22,12 @@ use std::time::Duration;
 /// Re-emissions awaiting Kafka's acknowledgement at once.
 const PUBLISHES_IN_FLIGHT: usize = 64;
 
-/// `eventSource` of the events reconcile emits (MinIO writes `minio:s3`).
-pub const EVENT_SOURCE: &str = "prism:reconcile";
+/// `eventSource` of re-announcements: reconcile's events and a starting watcher's first listing
+/// (MinIO writes `minio:s3`).
+pub const EVENT_SOURCE: &str = "prism:reannounce";
 
-/// Whether reconcile emitted this event (rather than MinIO or the bucket watcher).
+/// Whether this event re-announces an upload that may have been handled (rather than announcing a
+/// new one).
 pub fn is_reemitted(event: &UploadEvent) -> bool {
     !event.records.is_empty()
         && event
@@ -34,7 +36,7 @@ pub fn is_reemitted(event: &UploadEvent) -> bool {
             .all(|record| record.event_source == EVENT_SOURCE)
 }
 
-/// The event reconcile emits for `object`.
+/// The event re-announcing `object`.
 pub fn reemission(object: &SourceObject, now: DateTime<Utc>) -> UploadEvent {
     let mut event = UploadEvent::for_object(object, None, now);
     for record in &mut event.records {

@@ -62,7 +62,8 @@ pub fn object_path(key: &str) -> Result<Path, StoreError> {
 
 /// Where buckets live.
 enum Backend {
-    S3(S3Settings),
+    /// With the HTTP client of the listings, kept so repeated listings reuse its connections.
+    S3(S3Settings, reqwest::Client),
     /// Each bucket a folder on disk (the embedded mode's store).
     Folders(HashMap<String, std::path::PathBuf>),
     Memory,
@@ -115,7 +116,7 @@ impl Buckets {
 
     /// S3 or MinIO. Credentials come from the standard `AWS_*` variables (or the instance role).
     pub fn s3(settings: &S3Settings) -> Self {
-        Buckets::new(Backend::S3(settings.clone()))
+        Buckets::new(Backend::S3(settings.clone(), reqwest::Client::new()))
     }
 
     /// Each bucket is a folder on disk (the embedded mode's store); other bucket names are refused.
@@ -130,7 +131,7 @@ impl Buckets {
 
     fn open(&self, bucket: &str) -> Result<Opened, StoreError> {
         Ok(match &*self.backend {
-            Backend::S3(settings) => {
+            Backend::S3(settings, _) => {
                 let mut builder = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
                     .with_region(&settings.region)
@@ -184,8 +185,8 @@ impl Buckets {
     pub async fn list(&self, bucket: &str) -> Result<Listing, StoreError> {
         let opened = self.opened(bucket)?;
         let mut listing = match (&*self.backend, opened.s3_credentials) {
-            (Backend::S3(settings), Some(credentials)) => {
-                list_s3(settings, &credentials, bucket).await?
+            (Backend::S3(settings, client), Some(credentials)) => {
+                list_s3(settings, client, &credentials, bucket).await?
             }
             (Backend::Folders(folders), _) => {
                 let dir = folder(folders, bucket)?.clone();
@@ -436,6 +437,7 @@ fn s3_error(error: impl std::error::Error + Send + Sync + 'static) -> StoreError
 /// for URL-encoded keys (any key survives XML), then sets aside the ones Prism cannot read back.
 async fn list_s3(
     settings: &S3Settings,
+    client: &reqwest::Client,
     credentials: &AwsCredentialProvider,
     bucket: &str,
 ) -> Result<Listing, StoreError> {
@@ -460,7 +462,6 @@ async fn list_s3(
     let target =
         rusty_s3::Bucket::new(endpoint, style, bucket.to_string(), settings.region.clone())
             .map_err(s3_error)?;
-    let client = reqwest::Client::new();
     let mut listing = Listing::default();
     let mut continuation: Option<String> = None;
     loop {

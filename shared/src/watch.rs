@@ -4,10 +4,15 @@
 //! them the same contract: one `s3:ObjectCreated:Put` event per new (key, ETag), so an overwritten
 //! object is announced again and an unchanged one never twice. It is also how the embedded mode
 //! turns a folder of images into uploads.
+//!
+//! A watcher cannot know what an earlier one announced before it restarted, so the events of its
+//! first listing are marked as re-announcements ([`crate::reconcile::reemission`]): dedup drops
+//! those whose upload it has handled, and a restart costs no duplicate results.
 
 use crate::bus::{Publication, Publisher};
 use crate::contract::SourceObject;
 use crate::ingest::UploadEvent;
+use crate::reconcile::reemission;
 use crate::store::{Buckets, StoreError, Unlisted};
 use chrono::Utc;
 use std::collections::{HashMap, HashSet};
@@ -39,6 +44,8 @@ pub struct Watcher {
     announced: HashMap<String, String>,
     /// Objects set aside by a listing, already warned about.
     unlisted: HashSet<Unlisted>,
+    /// Whether the bucket was listed before: until then every object may have been announced.
+    listed: bool,
 }
 
 impl Watcher {
@@ -50,6 +57,7 @@ impl Watcher {
             topic: topic.to_string(),
             announced: HashMap::new(),
             unlisted: HashSet::new(),
+            listed: false,
         }
     }
 
@@ -61,6 +69,7 @@ impl Watcher {
     /// Lists the bucket: what is new or changed since the last listing.
     async fn changed_objects(&mut self) -> Result<Vec<SourceObject>, StoreError> {
         let listing = self.buckets.list(&self.bucket).await?;
+        self.listed = true;
         warn_unlisted(&self.bucket, &listing.unlisted, &mut self.unlisted);
         let mut changed = Vec::new();
         for object in listing.objects {
@@ -81,9 +90,14 @@ impl Watcher {
 
     /// One listing: publishes an event per new object and returns them.
     pub async fn poll(&mut self) -> anyhow::Result<Vec<SourceObject>> {
+        let first_listing = !self.listed;
         let changed = self.changed_objects().await?;
         for object in &changed {
-            let event = UploadEvent::for_object(object, None, Utc::now());
+            let event = if first_listing {
+                reemission(object, Utc::now())
+            } else {
+                UploadEvent::for_object(object, None, Utc::now())
+            };
             let publication = announcement(&self.topic, object, &event);
             if let Err(error) = self.publisher.publish(&publication).await {
                 // Forget it so the next poll tries again.
@@ -137,6 +151,7 @@ mod tests {
         };
         put("old.jpg", b"old").await;
         assert_eq!(watcher.skip_existing().await.unwrap(), 1);
+        // Started after the first listing: what it finds is new, not re-announced.
 
         put("a b/c.jpg", b"one").await;
         put("d.jpg", b"two").await;
@@ -159,6 +174,7 @@ mod tests {
         assert_eq!(events.len(), 3);
         let first = UploadEvent::parse(&events[0].payload).unwrap();
         assert_eq!(first.created_objects(&[]).unwrap()[0].key, "a b/c.jpg");
+        assert!(!crate::reconcile::is_reemitted(&first));
         // Keyed as MinIO keys its events, so every announcement of an object shares a partition.
         assert_eq!(events[0].key, Some(b"in/a b/c.jpg".to_vec()));
     }
@@ -181,6 +197,9 @@ mod tests {
             .map(|o| o.key)
             .collect();
         assert_eq!(keys, ["a.jpg", "z.jpg"]);
+        // A first listing re-announces: an earlier watcher may have announced these.
+        let event = UploadEvent::parse(&bus.messages("uploads")[0].payload).unwrap();
+        assert!(crate::reconcile::is_reemitted(&event));
         assert_eq!(watcher.unlisted(), 2);
         assert!(watcher.poll().await.unwrap().is_empty());
         assert_eq!(watcher.unlisted(), 2, "set aside once, not once per poll");

@@ -1,7 +1,7 @@
 //! `prism reconcile` over real servers (`deploy/local/servers.sh`): uploads whose notification was
 //! lost are found by listing the input bucket against dedup's ledger, re-emitted, and handled
-//! exactly once; uploads already handled are never re-emitted, and a re-emission that races the
-//! upload's own notification is dropped by dedup.
+//! exactly once; uploads already handled are never re-emitted, and when a restarted watcher
+//! re-announces the whole bucket, dedup drops every upload it has handled.
 //!
 //! Notifications are "lost" by uploading while no watcher runs. The bucket also holds keys Prism
 //! cannot read back (`a//b`, a tab, a newline), put there with a raw S3 request: the listing must
@@ -10,13 +10,10 @@
 use bytes::Bytes;
 use futures::StreamExt;
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
-use prism_shared::bus::Publisher;
-use prism_shared::bus::kafka::KafkaPublisher;
 use prism_shared::config::{self, Settings};
-use prism_shared::contract::{DeadLetter, SourceObject, StageResult};
-use prism_shared::reconcile::reemission;
+use prism_shared::contract::{DeadLetter, StageResult};
+use prism_shared::ingest::UploadEvent;
 use prism_shared::store::Buckets;
-use prism_shared::watch::announcement;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -184,20 +181,25 @@ async fn put_raw(settings: &Settings, key: &str) {
     );
 }
 
-/// Results and dead letters per upload key.
+/// Results, dead letters and upload events, per upload key.
 #[derive(Default)]
 struct Outcomes {
     results: BTreeMap<String, Vec<StageResult>>,
     dead_letters: Vec<DeadLetter>,
+    announcements: BTreeMap<String, usize>,
 }
 
 impl Outcomes {
-    /// Reads until every key in `keys` has a result, then `QUIET_PERIOD` more for duplicates.
+    fn have_results(&self, keys: &[String]) -> bool {
+        keys.iter().all(|k| self.results.contains_key(k))
+    }
+
+    /// Reads until `done`, then `QUIET_PERIOD` more for duplicates.
     async fn collect(
         &mut self,
         consumer: &StreamConsumer,
         settings: &Settings,
-        keys: &[String],
+        done: impl Fn(&Outcomes) -> bool,
         services: &mut [Service],
     ) {
         let started = Instant::now();
@@ -211,13 +213,11 @@ impl Outcomes {
             }
             assert!(
                 started.elapsed() < DEADLINE,
-                "results for only {} of {} uploads within {DEADLINE:?}",
-                keys.iter()
-                    .filter(|k| self.results.contains_key(*k))
-                    .count(),
-                keys.len()
+                "not done within {DEADLINE:?}: results {:?}, upload events {:?}",
+                self.results.keys().collect::<Vec<_>>(),
+                self.announcements
             );
-            if settled.is_none() && keys.iter().all(|k| self.results.contains_key(k)) {
+            if settled.is_none() && done(self) {
                 settled = Some(Instant::now());
             }
             let Ok(Some(message)) =
@@ -230,6 +230,11 @@ impl Outcomes {
             if message.topic() == settings.topics.deadletter {
                 self.dead_letters
                     .push(serde_json::from_slice(payload).unwrap());
+            } else if message.topic() == settings.topics.uploads {
+                let event = UploadEvent::parse(payload).unwrap();
+                for object in event.created_objects(&[]).unwrap() {
+                    *self.announcements.entry(object.key).or_default() += 1;
+                }
             } else {
                 let result: StageResult = serde_json::from_slice(payload).unwrap();
                 self.results
@@ -264,6 +269,7 @@ async fn lost_notifications_are_re_emitted_and_handled_exactly_once() {
         .unwrap();
     consumer
         .subscribe(&[
+            settings.topics.uploads.as_str(),
             settings.topics.thumbnail_results.as_str(),
             settings.topics.deadletter.as_str(),
         ])
@@ -285,7 +291,12 @@ async fn lost_notifications_are_re_emitted_and_handled_exactly_once() {
     let announced_keys: Vec<String> = announced.iter().map(|(k, _)| k.clone()).collect();
     let mut outcomes = Outcomes::default();
     outcomes
-        .collect(&consumer, &settings, &announced_keys, &mut services)
+        .collect(
+            &consumer,
+            &settings,
+            |o| o.have_results(&announced_keys),
+            &mut services,
+        )
         .await;
     drop(watcher);
 
@@ -333,7 +344,12 @@ async fn lost_notifications_are_re_emitted_and_handled_exactly_once() {
     );
     let lost_keys: Vec<String> = lost.iter().map(|(k, _)| k.clone()).collect();
     outcomes
-        .collect(&consumer, &settings, &lost_keys, &mut services)
+        .collect(
+            &consumer,
+            &settings,
+            |o| o.have_results(&lost_keys),
+            &mut services,
+        )
         .await;
     println!(
         "{} re-emitted uploads handled {:.1} s after reconcile started",
@@ -341,28 +357,24 @@ async fn lost_notifications_are_re_emitted_and_handled_exactly_once() {
         (emitted_at.elapsed() - QUIET_PERIOD).as_secs_f64()
     );
 
-    // A re-emission racing the upload's own notification (it arrives after dedup handled the
-    // upload) is dropped by dedup, not turned into a second result.
-    let publisher = KafkaPublisher::new(&settings.kafka).unwrap();
-    for key in [&announced_keys[0], &lost_keys[0]] {
-        let object = buckets
-            .list(&settings.input_bucket)
-            .await
-            .unwrap()
-            .objects
-            .into_iter()
-            .map(|o| o.source)
-            .find(|o: &SourceObject| &o.key == key)
-            .unwrap();
-        let event = reemission(&object, chrono::Utc::now());
-        publisher
-            .publish(&announcement(&settings.topics.uploads, &object, &event))
-            .await
-            .unwrap();
-    }
+    // A restarted watcher cannot know what it announced before: its first listing re-announces
+    // every object, and dedup must drop each one (all handled) instead of giving a second result.
+    let before = outcomes.announcements.clone();
+    let all_keys: Vec<String> = announced_keys.iter().chain(&lost_keys).cloned().collect();
+    let watcher = Service::start(&environment, &["watch", "--interval-ms", "200"]);
     outcomes
-        .collect(&consumer, &settings, &lost_keys, &mut services)
+        .collect(
+            &consumer,
+            &settings,
+            |o| {
+                all_keys
+                    .iter()
+                    .all(|k| o.announcements.get(k) > before.get(k))
+            },
+            &mut services,
+        )
         .await;
+    drop(watcher);
 
     for key in announced_keys.iter().chain(&lost_keys) {
         let results = &outcomes.results[key];

@@ -28,6 +28,10 @@ pub enum StoreError {
         "object key {key:?} cannot be stored safely (empty, `.`/`..` segments, control characters or surrounding slashes)"
     )]
     UnsupportedKey { key: String },
+    #[error(
+        "object {key:?} is a symbolic link, or lies under one, in a folder bucket: links are not followed, since they may lead anywhere on the machine"
+    )]
+    SymbolicLink { key: String },
     #[error("object is over the {limit}-byte limit (it is at least {size} bytes)")]
     TooLarge { size: u64, limit: u64 },
     #[error("object store: {0}")]
@@ -44,6 +48,7 @@ impl StoreError {
         match self {
             StoreError::NotFound { .. } => "object_not_found",
             StoreError::UnsupportedKey { .. } => "unsupported_key",
+            StoreError::SymbolicLink { .. } => "symbolic_link",
             StoreError::TooLarge { .. } => "too_many_bytes",
             StoreError::Unavailable(_) => "object_store_unavailable",
         }
@@ -232,6 +237,15 @@ impl Buckets {
     ) -> Result<u64, StoreError> {
         let store = self.bucket(bucket)?;
         let path = object_path(key)?;
+        if let Backend::Folders(folders) = &*self.backend
+            && leads_through_link(folder(folders, bucket)?, key).map_err(local_error)?
+        {
+            // The listing sets links aside; this holds for any event naming one, or a file
+            // replaced by a link since it was listed.
+            return Err(StoreError::SymbolicLink {
+                key: key.to_string(),
+            });
+        }
         let result = store.get(&path).await.map_err(|error| match error {
             object_store::Error::NotFound { .. } => StoreError::NotFound {
                 bucket: bucket.to_string(),
@@ -420,6 +434,22 @@ fn list_folder(dir: &std::path::Path, bucket: &str) -> Result<Listing, StoreErro
         }
     }
     Ok(listing)
+}
+
+/// Whether `key` in the folder `dir`, or a folder on the way to it, is a symbolic link.
+fn leads_through_link(dir: &std::path::Path, key: &str) -> std::io::Result<bool> {
+    let mut path = dir.to_path_buf();
+    for segment in key.split('/') {
+        path.push(segment);
+        match std::fs::symlink_metadata(&path) {
+            Ok(metadata) if metadata.file_type().is_symlink() => return Ok(true),
+            Ok(_) => {}
+            // Reading it will say it is not there.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(false)
 }
 
 /// How long a signed listing request stays valid; it is sent at once.
@@ -641,9 +671,14 @@ pub(crate) mod tests {
                 ("upload.jpg#1", NOT_A_KEY),
             ]
         );
-        // Every listed key reads back.
+        // Every listed key reads back; an event naming a link is refused, not followed.
         for object in &listing.objects {
             buckets.read("in", &object.source.key, 100).await.unwrap();
+        }
+        for link in ["passwd.jpg", "etc/passwd", "inside-link.jpg"] {
+            let error = buckets.read("in", link, 1 << 20).await.unwrap_err();
+            assert_eq!(error.code(), "symbolic_link", "{link}: {error}");
+            assert!(!error.is_transient());
         }
         // A rewrite changes the ETag, so the watcher announces it again.
         std::thread::sleep(std::time::Duration::from_millis(10));

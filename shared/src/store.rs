@@ -154,10 +154,7 @@ impl Buckets {
             }
             Backend::Folders(folders) => {
                 let dir = folder(folders, bucket)?;
-                std::fs::create_dir_all(dir).map_err(|error| object_store::Error::Generic {
-                    store: "local",
-                    source: Box::new(error),
-                })?;
+                std::fs::create_dir_all(dir).map_err(local_error)?;
                 Opened {
                     store: Arc::new(LocalFileSystem::new_with_prefix(dir)?),
                     s3_credentials: None,
@@ -189,18 +186,21 @@ impl Buckets {
     /// [`Listing::unlisted`] instead of failing the listing: one odd object must not hide the rest.
     pub async fn list(&self, bucket: &str) -> Result<Listing, StoreError> {
         let opened = self.opened(bucket)?;
-        let mut listing = match (&*self.backend, opened.s3_credentials) {
-            (Backend::S3(settings, client), Some(credentials)) => {
+        let mut listing = match &*self.backend {
+            Backend::S3(settings, client) => {
+                let credentials = opened
+                    .s3_credentials
+                    .expect("S3 buckets are opened with their credentials");
                 list_s3(settings, client, &credentials, bucket).await?
             }
-            (Backend::Folders(folders), _) => {
+            Backend::Folders(folders) => {
                 let dir = folder(folders, bucket)?.clone();
                 let name = bucket.to_string();
                 tokio::task::spawn_blocking(move || list_folder(&dir, &name))
                     .await
                     .map_err(|error| local_error(std::io::Error::other(error)))??
             }
-            _ => {
+            Backend::Memory => {
                 // In memory every key was a valid path when it was written.
                 let metas: Vec<_> = opened.store.list(None).try_collect().await?;
                 let objects = metas
@@ -368,6 +368,18 @@ fn list_folder(dir: &std::path::Path, bucket: &str) -> Result<Listing, StoreErro
             Ok(entries) => entries,
             // Removed while we walked: nothing left to list there.
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            // One folder we may not read must not hide the rest of the bucket.
+            Err(_) if &current != dir => {
+                listing.unlisted.push(Unlisted {
+                    name: current
+                        .strip_prefix(dir)
+                        .expect("walked under dir")
+                        .to_string_lossy()
+                        .into_owned(),
+                    reason: "folder cannot be read",
+                });
+                continue;
+            }
             Err(error) => return Err(local_error(error)),
         };
         for entry in entries {

@@ -6,8 +6,8 @@
 //! flight makes the upload wait for its twin's result.
 //!
 //! Every admitted upload is recorded in the ledger `prism reconcile` checks the bucket against. An
-//! event reconcile re-emitted is dropped if another event put its upload in the ledger meanwhile,
-//! so an upload never gets a second result that way.
+//! event re-announcing an upload (reconcile's, or a starting watcher's first listing) is dropped if
+//! another event put the upload in the ledger, so an upload never gets a second result that way.
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -124,7 +124,8 @@ impl Dedup {
         };
         if reconcile::is_reemitted(&event) {
             let ids: Vec<String> = sources.iter().map(claims::ledger_id).collect();
-            // Handled from this very event: it is being redelivered, its messages may not be out.
+            // A record made from this very event means it is being redelivered, perhaps before its
+            // messages went out: admit it again.
             let handled_elsewhere: HashSet<String> = self
                 .index
                 .handled(&ids)

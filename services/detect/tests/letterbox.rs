@@ -115,13 +115,32 @@ fn same_size_image_is_copied_unchanged() {
 #[test]
 fn resize_is_bilinear_with_aligned_pixel_centres() {
     // A 2x1 ramp doubled to 4x2 (size 4, one grey row above and below): samples at source
-    // x = -0.25, 0.25, 0.75, 1.25 give 0, 63.75, 191.25, 255, rounded as OpenCV does.
+    // x = -0.25, 0.25, 0.75, 1.25 give 0, 63.75, 191.25, 255 (edge taps renormalised).
     let image = RgbImage::from_fn(2, 1, |x, _| Rgb([(x * 255) as u8, 0, 0]));
     let (letterbox, input) = letterboxed(&image, 4);
     assert_eq!((letterbox.pad_top, letterbox.resized_height), (1, 2));
     assert_eq!(row_bytes(&input, 4, 0, 1), [0, 64, 191, 255]);
     assert_eq!(row_bytes(&input, 4, 0, 2), [0, 64, 191, 255]);
     assert_eq!(row_bytes(&input, 4, 0, 0), [PAD_VALUE; 4]);
+}
+
+#[test]
+fn downscaling_averages_fine_detail_instead_of_sampling_it() {
+    // One-pixel stripes shrunk 3x: a two-tap resize would land on single stripes and keep them
+    // (0 or 255); a filter as wide as the scale factor averages them to mid grey.
+    let stripes = RgbImage::from_fn(48, 48, |x, _| Rgb([if x % 2 == 1 { 255 } else { 0 }; 3]));
+    let (letterbox, input) = letterboxed(&stripes, 16);
+    assert_eq!(
+        (letterbox.resized_width, letterbox.resized_height),
+        (16, 16)
+    );
+    for y in 0..16 {
+        let reds = row_bytes(&input, 16, 0, y);
+        assert!(
+            reds.iter().all(|&v| (100..=155).contains(&v)),
+            "row {y}: {reds:?}"
+        );
+    }
 }
 
 #[test]

@@ -1,16 +1,16 @@
-//! The real YOLOv8n weights against onnxruntime on the same ONNX file.
+//! The real YOLOv8n weights against onnxruntime on the same ONNX file, and against the reference
+//! detections in shared/MODELS.md.
 //!
 //! Needs `deploy/local/fetch-assets.sh` to have filled `$PRISM_HOME` (default
 //! `~/.cache/prism`); fails, never skips, when it has not.
 //!
-//! Where the reference numbers come from: onnxruntime 1.32 running `yolov8n.onnx` with
-//! Ultralytics' own pre- and post-processing (OpenCV `INTER_LINEAR` letterbox, conf 0.25, NMS
-//! IoU 0.7) on the very pixels the `image` crate decodes from the JPEGs; regenerate them with
-//! `cargo bench -p prism-detect --bench detect_vs_onnxruntime`, which prints both sides.
-//! The pixels matter: the bus box touches the image edge and moves by up to 4 px between JPEG
-//! decoders (libjpeg-turbo vs the image crate's). The numbers in shared/MODELS.md (person 0.903,
-//! bus [34.7, 229.9, 794.7, 768.4]) could not be reproduced by onnxruntime with any common
-//! decoder and resize tried (OpenCV, PIL, image, fast_image_resize; best within 1.7 px, 0.018).
+//! Where the onnxruntime numbers come from: onnxruntime 1.32 running `yolov8n.onnx` on the very
+//! network input Prism builds (the `image` crate's decode, its letterbox), then Ultralytics'
+//! post-processing (conf 0.25, NMS IoU 0.7, scale_boxes); regenerate them with
+//! `cargo bench -p prism-detect --bench detect_vs_onnxruntime`, which prints them.
+//! The shared/MODELS.md numbers come from the full-quality `bus-original.jpg` (the yolov5 wheel's
+//! copy; the Ultralytics wheels ship a recompressed one whose bus box differs by up to 10 px) with
+//! an antialiasing bilinear resize (Pillow's `BILINEAR`), which Prism's letterbox also uses.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -25,17 +25,26 @@ const CONFIDENCE_TOLERANCE: f32 = 0.002;
 type Reference = (&'static str, f32, [f32; 4]);
 
 const BUS: [Reference; 5] = [
-    ("person", 0.88924, [670.412, 380.204, 809.932, 879.561]),
-    ("person", 0.88263, [221.703, 407.493, 343.803, 856.202]),
-    ("person", 0.87919, [50.656, 397.286, 244.431, 905.415]),
-    ("bus", 0.84135, [34.684, 229.548, 797.432, 767.172]),
-    ("person", 0.43452, [0.460, 549.837, 57.994, 868.331]),
+    ("person", 0.89544, [671.031, 384.444, 810.000, 879.887]),
+    ("person", 0.88235, [221.509, 407.282, 343.752, 856.185]),
+    ("person", 0.87272, [50.272, 397.692, 244.410, 905.357]),
+    ("bus", 0.83618, [31.253, 231.200, 800.940, 777.108]),
+    ("person", 0.42510, [0.468, 549.000, 59.461, 868.246]),
+];
+
+/// shared/MODELS.md's reference for the full-quality bus photo (`bus-original.jpg`).
+const MODELS_MD_BUS: [Reference; 5] = [
+    ("person", 0.903, [671.1, 384.2, 810.0, 880.6]),
+    ("person", 0.884, [221.3, 407.2, 343.6, 856.1]),
+    ("person", 0.872, [50.4, 398.2, 243.8, 905.2]),
+    ("bus", 0.836, [34.7, 229.9, 794.7, 768.4]),
+    ("person", 0.415, [0.3, 549.5, 60.8, 866.9]),
 ];
 
 const ZIDANE: [Reference; 3] = [
-    ("person", 0.82559, [113.210, 197.046, 1112.588, 711.244]),
-    ("person", 0.82471, [748.773, 41.975, 1143.794, 711.061]),
-    ("tie", 0.28897, [435.723, 437.424, 523.676, 714.785]),
+    ("person", 0.82457, [112.878, 197.277, 1112.408, 711.113]),
+    ("person", 0.82195, [748.631, 41.664, 1143.623, 710.947]),
+    ("tie", 0.30374, [436.279, 437.529, 522.872, 714.592]),
 ];
 
 fn fetched(relative: &str) -> PathBuf {
@@ -79,7 +88,7 @@ fn describe(detections: &[Detection]) -> String {
 
 fn assert_matches(name: &str, detections: &[Detection], reference: &[Reference]) {
     let report = format!(
-        "{name}: got\n{}expected (onnxruntime)\n{reference:#?}",
+        "{name}: got\n{}expected\n{reference:#?}",
         describe(detections)
     );
     assert_eq!(detections.len(), reference.len(), "{report}");
@@ -114,6 +123,14 @@ fn bus_and_zidane_in_one_batch_match_onnxruntime() {
     assert_eq!(detections.len(), 2);
     assert_matches("bus.jpg", &detections[0], &BUS);
     assert_matches("zidane.jpg", &detections[1], &ZIDANE);
+}
+
+#[test]
+fn original_bus_photo_gives_the_detections_in_models_md() {
+    let detections = detector()
+        .detect(&[image("bus-original.jpg")])
+        .expect("detects");
+    assert_matches("bus-original.jpg", &detections[0], &MODELS_MD_BUS);
 }
 
 #[test]

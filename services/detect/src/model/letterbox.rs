@@ -1,8 +1,10 @@
-//! Letterboxing exactly as Ultralytics does it for prediction: scale to fit the square input
-//! keeping the aspect ratio, bilinear resize (reproducing OpenCV's `INTER_LINEAR` byte for byte),
-//! centre on a grey canvas. The same numbers map boxes back to source pixels.
+//! Letterboxing as Ultralytics does it for prediction: scale to fit the square input keeping the
+//! aspect ratio (Ultralytics' rounding), bilinear resize, centre on a grey canvas. The same numbers
+//! map boxes back to source pixels.
 
 use super::BoundingBox;
+use fast_image_resize::images::Image;
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
 /// The grey Ultralytics pads letterboxed images with.
 pub const PAD_VALUE: u8 = 114;
@@ -64,6 +66,11 @@ impl Letterbox {
 
 /// Writes `image` letterboxed into `input`: three planes (R, G, B) of `size * size` values in
 /// 0..=1, the layout the network takes.
+///
+/// The resize is a bilinear convolution whose support widens with the downscale factor (Pillow's
+/// `BILINEAR`, the preprocessing behind the reference detections in shared/MODELS.md), not
+/// OpenCV's two-tap `INTER_LINEAR`: a 12 MP photo shrunk to 640 is averaged, not sampled, so
+/// fine texture does not alias into patterns the network was never trained on.
 pub fn fill_letterboxed(image: &image::RgbImage, letterbox: &Letterbox, input: &mut [f32]) {
     let size = letterbox.size as usize;
     let plane = size * size;
@@ -74,112 +81,29 @@ pub fn fill_letterboxed(image: &image::RgbImage, letterbox: &Letterbox, input: &
     );
     input.fill(f32::from(PAD_VALUE) / 255.0);
 
-    let columns = taps(image.width(), letterbox.resized_width, Edge::Hold);
-    let rows = taps(image.height(), letterbox.resized_height, Edge::Clamp);
-    let mut upper = ResizedRow::new(columns.len());
-    let mut lower = ResizedRow::new(columns.len());
+    let mut resized = Image::new(
+        letterbox.resized_width,
+        letterbox.resized_height,
+        PixelType::U8x3,
+    );
+    // Cannot fail: both sides are RGB with at least one pixel (Letterbox keeps sides >= 1 and
+    // the detector refuses empty images before letterboxing).
+    Resizer::new()
+        .resize(
+            image,
+            &mut resized,
+            &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
+        )
+        .expect("an RGB image resizes into an RGB image of at least 1x1");
+
     let (left, top) = (letterbox.pad_left as usize, letterbox.pad_top as usize);
-    for (dy, row) in rows.iter().enumerate() {
-        if lower.source_row == Some(row.first) {
-            std::mem::swap(&mut upper, &mut lower);
-        }
-        upper.resize_from(image, row.first, &columns);
-        lower.resize_from(image, row.second, &columns);
+    let row_len = letterbox.resized_width as usize * 3;
+    for (dy, row) in resized.buffer().chunks_exact(row_len).enumerate() {
         let offset = (top + dy) * size + left;
-        for (dx, (upper, lower)) in upper
-            .values
-            .chunks_exact(3)
-            .zip(lower.values.chunks_exact(3))
-            .enumerate()
-        {
-            for channel in 0..3 {
-                let value = blend_vertically(upper[channel], lower[channel], row);
-                input[channel * plane + offset + dx] = f32::from(value) / 255.0;
+        for (dx, pixel) in row.chunks_exact(3).enumerate() {
+            for (channel, value) in pixel.iter().enumerate() {
+                input[channel * plane + offset + dx] = f32::from(*value) / 255.0;
             }
         }
     }
-}
-
-/// OpenCV's fixed point: weights in 1/2048ths.
-const WEIGHT_ONE: f32 = 2048.0;
-
-/// Rounds like OpenCV's vectorised vertical pass (the path its x86 and ARM builds take), so the
-/// resized bytes are exactly those Ultralytics feeds the model.
-fn blend_vertically(upper: i32, lower: i32, row: &Tap) -> u8 {
-    let value =
-        ((row.weight_first * (upper >> 4)) >> 16) + ((row.weight_second * (lower >> 4)) >> 16);
-    ((value + 2) >> 2).clamp(0, 255) as u8
-}
-
-/// One source row resized horizontally, kept in fixed point for the vertical pass.
-struct ResizedRow {
-    source_row: Option<usize>,
-    values: Vec<i32>,
-}
-
-impl ResizedRow {
-    fn new(width: usize) -> Self {
-        Self {
-            source_row: None,
-            values: vec![0; width * 3],
-        }
-    }
-
-    fn resize_from(&mut self, image: &image::RgbImage, source_row: usize, columns: &[Tap]) {
-        if self.source_row == Some(source_row) {
-            return;
-        }
-        let stride = image.width() as usize * 3;
-        let pixels = &image.as_raw()[source_row * stride..(source_row + 1) * stride];
-        for (resized, column) in self.values.chunks_exact_mut(3).zip(columns) {
-            for (channel, value) in resized.iter_mut().enumerate() {
-                let first = i32::from(pixels[column.first * 3 + channel]);
-                let second = i32::from(pixels[column.second * 3 + channel]);
-                *value = first * column.weight_first + second * column.weight_second;
-            }
-        }
-        self.source_row = Some(source_row);
-    }
-}
-
-/// The two source pixels (and their fixed-point weights) one resized pixel comes from.
-struct Tap {
-    first: usize,
-    second: usize,
-    weight_first: i32,
-    weight_second: i32,
-}
-
-/// What OpenCV does where the sampling position falls outside the source.
-#[derive(Clone, Copy, PartialEq)]
-enum Edge {
-    /// Horizontally: take the edge pixel at full weight.
-    Hold,
-    /// Vertically: keep the weights, read the edge row for both.
-    Clamp,
-}
-
-/// OpenCV `INTER_LINEAR` sampling: pixel centres aligned (half-pixel offsets), positions computed
-/// in single precision, weights rounded to 1/2048ths.
-fn taps(source_len: u32, resized_len: u32, edge: Edge) -> Vec<Tap> {
-    let scale = 1.0 / (f64::from(resized_len) / f64::from(source_len));
-    let last = source_len as i64 - 1;
-    (0..resized_len)
-        .map(|index| {
-            let position = ((f64::from(index) + 0.5) * scale - 0.5) as f32;
-            let mut first = position.floor() as i64;
-            let mut fraction = position - first as f32;
-            if edge == Edge::Hold && (first < 0 || first >= last) {
-                first = first.clamp(0, last);
-                fraction = 0.0;
-            }
-            let weight = |w: f32| (w * WEIGHT_ONE).round_ties_even() as i32;
-            Tap {
-                first: first.clamp(0, last) as usize,
-                second: (first + 1).clamp(0, last) as usize,
-                weight_first: weight(1.0 - fraction),
-                weight_second: weight(fraction),
-            }
-        })
-        .collect()
 }

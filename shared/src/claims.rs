@@ -101,8 +101,8 @@ impl HandledUpload {
 }
 
 /// `upload:<blake3 of bucket, key and ETag>`: short and safe as a CouchDB `_id` whatever the key
-/// (keys may be 1 KiB long or start with `_`, which CouchDB reserves). The ETag makes an overwritten
-/// object a new upload.
+/// (keys may be 1 KiB long or start with `_`, which CouchDB reserves). The ETag makes an
+/// overwritten object a new upload.
 pub fn ledger_id(upload: &SourceObject) -> String {
     let mut hasher = blake3::Hasher::new();
     for part in [&upload.bucket, &upload.key, &upload.etag] {

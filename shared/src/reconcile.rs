@@ -175,7 +175,7 @@ mod tests {
         assert_eq!(keys, ["d.jpg", "dir/b c.jpg"]);
         assert_eq!(events[1].key, Some(b"in/dir/b c.jpg".to_vec()));
 
-        // Uploaded just now: their own notification may still come, so a minute's grace spares them.
+        // Uploaded just now: their own notification may still come; a minute's grace spares them.
         let patient = reconcile(
             &buckets,
             "in",

@@ -433,7 +433,7 @@ fn list_folder(dir: &std::path::Path, bucket: &str) -> Result<Listing, StoreErro
                 source: SourceObject {
                     bucket: bucket.to_string(),
                     key,
-                    // Changes whenever the file is rewritten, which is all an ETag is used for here.
+                    // Changes whenever the file is rewritten: all an ETag is used for here.
                     etag: format!(
                         "{:x}-{:x}",
                         last_modified.timestamp_nanos_opt().unwrap_or_default(),

@@ -30,7 +30,12 @@ pub fn announcement(topic: &str, object: &SourceObject, event: &UploadEvent) -> 
 pub fn warn_unlisted(bucket: &str, unlisted: &[Unlisted], warned: &mut HashSet<Unlisted>) {
     for entry in unlisted {
         if warned.insert(entry.clone()) {
-            tracing::warn!(%bucket, name = ?entry.name, reason = entry.reason, "skipping an object that cannot be processed");
+            tracing::warn!(
+                %bucket,
+                name = ?entry.name,
+                reason = entry.reason,
+                "skipping an object that cannot be processed"
+            );
         }
     }
 }

@@ -119,6 +119,17 @@ fn wait_with_peak_rss(mut child: Child, deadline: Duration) -> Option<(ExitStatu
 
 /// Writes `inputs` into a fresh folder and runs `prism run` over it, measuring its peak RSS.
 fn run_prism(case: &str, inputs: &[Input], stages: &str, env: &[(&str, &str)]) -> (Scratch, Run) {
+    run_prism_with_links(case, inputs, &[], stages, env)
+}
+
+/// [`run_prism`] with symbolic links (name in the folder, target) beside the inputs.
+fn run_prism_with_links(
+    case: &str,
+    inputs: &[Input],
+    links: &[(&str, &Path)],
+    stages: &str,
+    env: &[(&str, &str)],
+) -> (Scratch, Run) {
     let scratch = Scratch::new(case);
     let input_dir = scratch.0.join("in");
     let out = scratch.0.join("out");
@@ -126,6 +137,9 @@ fn run_prism(case: &str, inputs: &[Input], stages: &str, env: &[(&str, &str)]) -
         let path = input_dir.join(&input.key);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &input.bytes).unwrap();
+    }
+    for (name, target) in links {
+        std::os::unix::fs::symlink(target, input_dir.join(name)).unwrap();
     }
     let log_path = scratch.0.join("prism.log");
     let log = std::fs::File::create(&log_path).unwrap();
@@ -785,6 +799,28 @@ fn upload_over_the_byte_limit_is_dead_lettered_by_dedup_unread() {
             },
         ),
         &[("PRISM_STAGES__LIMITS__MAX_BYTES", &limit)],
+    );
+}
+
+#[test]
+fn symbolic_links_out_of_the_input_folder_are_never_followed() {
+    let case = "symlinks";
+    let inputs = [good_neighbour()];
+    let links = [
+        ("passwd.jpg", Path::new("/etc/passwd")),
+        ("etc", Path::new("/etc")),
+    ];
+    let (_scratch, run) = run_prism_with_links(case, &inputs, &links, "thumbnail", &[]);
+    // No outcome names a link or anything under one: assert_outcomes refuses keys not in inputs.
+    assert_outcomes(case, &inputs, &["thumbnail"], &run);
+    assert!(
+        run.logs.contains("2 entries not read"),
+        "{case}: the summary counts both links:\n{}",
+        run.logs
+    );
+    assert!(
+        !run.logs.contains("root:x:0:0"),
+        "{case}: /etc/passwd leaked into the logs"
     );
 }
 

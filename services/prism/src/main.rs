@@ -56,6 +56,10 @@ enum Command {
         /// be on its way.
         #[arg(long, default_value_t = 60)]
         min_age_secs: u64,
+        /// Keep running and reconcile every this many seconds (a sidecar next to the services);
+        /// a failed round is logged and tried again at the next one. Without it: one round.
+        #[arg(long)]
+        every_secs: Option<u64>,
     },
     /// Run one service against Kafka, S3 and CouchDB (same as its own binary).
     Serve { service: Service },
@@ -104,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Reconcile {
             dry_run,
             min_age_secs,
+            every_secs,
         } => {
             let index = CouchIndex::connect(&settings.couchdb).await?;
             let publisher = if dry_run {
@@ -112,27 +117,36 @@ async fn main() -> anyhow::Result<()> {
                 ensure_topics(&settings.kafka, &[settings.topics.uploads.as_str()]).await?;
                 Some(KafkaPublisher::new(&settings.kafka)?)
             };
-            let report = reconcile::reconcile(
-                &Buckets::s3(&settings.s3),
-                &settings.input_bucket,
-                &index,
-                publisher.as_ref().map(|p| p as &dyn Publisher),
-                &settings.topics.uploads,
-                Duration::from_secs(min_age_secs),
-            )
-            .await?;
-            let verb = if dry_run { "missing" } else { "re-emitted" };
-            for upload in &report.missing {
-                println!("{verb}\t{}\t{}\t{}", upload.key, upload.etag, upload.size);
+            let buckets = Buckets::s3(&settings.s3);
+            let min_age = Duration::from_secs(min_age_secs);
+            let round = || async {
+                let report = reconcile::reconcile(
+                    &buckets,
+                    &settings.input_bucket,
+                    &index,
+                    publisher.as_ref().map(|p| p as &dyn Publisher),
+                    &settings.topics.uploads,
+                    min_age,
+                )
+                .await?;
+                print_reconcile_report(&report, dry_run, min_age_secs);
+                anyhow::Ok(())
+            };
+            let Some(every_secs) = every_secs else {
+                return round().await;
+            };
+            while !shutdown.is_cancelled() {
+                if let Err(error) = round().await {
+                    tracing::warn!(
+                        error = %error,
+                        "reconcile failed, trying again next round"
+                    );
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(every_secs)) => {}
+                }
             }
-            println!(
-                "listed {}, handled {}, {verb} {}, recent {} (changed in the last {min_age_secs} s), unlisted {}",
-                report.listed,
-                report.handled,
-                report.missing.len(),
-                report.recent,
-                report.unlisted
-            );
             Ok(())
         }
         Command::Serve { service } => match service {
@@ -141,4 +155,20 @@ async fn main() -> anyhow::Result<()> {
             Service::Detect => prism_detect::serve(settings, shutdown).await,
         },
     }
+}
+
+/// One line per missing upload (tab-separated: key, ETag, size), then the counts.
+fn print_reconcile_report(report: &reconcile::Report, dry_run: bool, min_age_secs: u64) {
+    let verb = if dry_run { "missing" } else { "re-emitted" };
+    for upload in &report.missing {
+        println!("{verb}\t{}\t{}\t{}", upload.key, upload.etag, upload.size);
+    }
+    println!(
+        "listed {}, handled {}, {verb} {}, recent {} (changed in the last {min_age_secs} s), unlisted {}",
+        report.listed,
+        report.handled,
+        report.missing.len(),
+        report.recent,
+        report.unlisted
+    );
 }

@@ -84,7 +84,7 @@ fn main() -> anyhow::Result<()> {
     );
     println!(
         "{:<34} {:>16} {:>18} {:>8}",
-        "", "Prism (candle)", onnxruntime.runtime, "ratio"
+        "", "Prism", onnxruntime.runtime, "ratio"
     );
     let row = |label: &str, prism: f64, other: f64| {
         println!(

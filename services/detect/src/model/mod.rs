@@ -1,5 +1,5 @@
-//! Prism's own YOLOv8n object detector: the Ultralytics network written on candle (CPU), loaded
-//! straight from the official ONNX export's weights, with Ultralytics-compatible pre- and
+//! Prism's own YOLOv8n object detector: the Ultralytics network on its own CPU kernels (im2col +
+//! gemm, see `kernels`), loaded straight from the official ONNX export's weights, with Ultralytics-compatible pre- and
 //! post-processing so its detections match onnxruntime's on the same file.
 //!
 //! The pieces, each usable (and tested) on its own:
@@ -12,6 +12,7 @@
 
 mod annotate;
 mod classes;
+mod kernels;
 mod letterbox;
 pub mod onnx;
 mod postprocess;
@@ -20,7 +21,8 @@ mod yolo;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -163,7 +165,6 @@ pub struct Detector {
     network: YoloV8,
     config: DetectorConfig,
     weights_digest: String,
-    device: Device,
 }
 
 impl std::fmt::Debug for Detector {
@@ -188,13 +189,11 @@ impl Detector {
                 path: config.weights.clone(),
                 source,
             })?;
-        let device = Device::Cpu;
-        let network = YoloV8::load(Weights::new(initializers, device.clone()))?;
+        let network = YoloV8::load(Weights::new(initializers, Device::Cpu))?;
         Ok(Self {
             network,
             config: config.clone(),
             weights_digest,
-            device,
         })
     }
 
@@ -233,14 +232,12 @@ impl Detector {
         let side = size as usize;
         let plane = 3 * side * side;
         let mut input = vec![0f32; images.len() * plane];
-        for ((image, letterbox), slot) in
-            images.iter().zip(&letterboxes).zip(input.chunks_mut(plane))
-        {
-            fill_letterboxed(image, letterbox, slot);
-        }
-        let input = Tensor::from_vec(input, (images.len(), 3, side, side), &self.device)?;
+        input
+            .par_chunks_mut(plane)
+            .zip(images.par_iter().zip(&letterboxes))
+            .for_each(|(slot, (image, letterbox))| fill_letterboxed(image, letterbox, slot));
 
-        let heads = self.network.forward(&input)?;
+        let heads = self.network.forward(&input, side, side);
         let detections = letterboxes
             .iter()
             .enumerate()

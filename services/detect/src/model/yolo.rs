@@ -1,10 +1,10 @@
 //! The YOLOv8n network (Ultralytics `yolov8.yaml`, scale n: width 0.25, depth 0.33), with
 //! BatchNorm already folded into each convolution's bias as in the ONNX export. Layer numbers in
-//! the comments are the `model.N` prefixes of the weight names.
+//! the comments are the `model.N` prefixes of the weight names. Runs on the [`super::kernels`].
 
-use candle_core::Tensor;
-use candle_nn::{Conv2d, Conv2dConfig, Module};
+use rayon::prelude::*;
 
+use super::kernels::{Activation, Conv2d, FeatureMap, Shape, max_pool_same};
 use super::{COCO_CLASSES, ModelError, Weights};
 
 /// Output channels of the five backbone stages at scale n.
@@ -32,23 +32,23 @@ pub struct HeadOutput {
 }
 
 pub struct YoloV8 {
-    stem: ConvBlock,              // 0
-    down1: ConvBlock,             // 1
-    stage1: C2f,                  // 2
-    down2: ConvBlock,             // 3
-    stage2: C2f,                  // 4: P3 skip
-    down3: ConvBlock,             // 5
-    stage3: C2f,                  // 6: P4 skip
-    down4: ConvBlock,             // 7
-    stage4: C2f,                  // 8
-    sppf: Sppf,                   // 9: P5
-    top_down_p4: C2f,             // 12 (after upsample 10, concat 11)
-    top_down_p3: C2f,             // 15 (after upsample 13, concat 14): P3 out
-    bottom_up_down_p3: ConvBlock, // 16
-    bottom_up_p4: C2f,            // 18 (after concat 17): P4 out
-    bottom_up_down_p4: ConvBlock, // 19
-    bottom_up_p5: C2f,            // 21 (after concat 20): P5 out
-    head: DetectHead,             // 22
+    stem: Conv2d,              // 0
+    down1: Conv2d,             // 1
+    stage1: C2f,               // 2
+    down2: Conv2d,             // 3
+    stage2: C2f,               // 4: P3 skip
+    down3: Conv2d,             // 5
+    stage3: C2f,               // 6: P4 skip
+    down4: Conv2d,             // 7
+    stage4: C2f,               // 8
+    sppf: Sppf,                // 9: P5
+    top_down_p4: C2f,          // 12 (after upsample 10, concat 11)
+    top_down_p3: C2f,          // 15 (after upsample 13, concat 14): P3 out
+    bottom_up_down_p3: Conv2d, // 16
+    bottom_up_p4: C2f,         // 18 (after concat 17): P4 out
+    bottom_up_down_p4: Conv2d, // 19
+    bottom_up_p5: C2f,         // 21 (after concat 20): P5 out
+    head: DetectHead,          // 22
 }
 
 impl YoloV8 {
@@ -57,21 +57,21 @@ impl YoloV8 {
         let w = &mut weights;
         let [c1, c2, c3, c4, c5] = CHANNELS;
         let network = Self {
-            stem: ConvBlock::load(w, "model.0", 3, c1, 3, 2)?,
-            down1: ConvBlock::load(w, "model.1", c1, c2, 3, 2)?,
+            stem: conv_block(w, "model.0", 3, c1, 3, 2)?,
+            down1: conv_block(w, "model.1", c1, c2, 3, 2)?,
             stage1: C2f::load(w, "model.2", c2, c2, 1, true)?,
-            down2: ConvBlock::load(w, "model.3", c2, c3, 3, 2)?,
+            down2: conv_block(w, "model.3", c2, c3, 3, 2)?,
             stage2: C2f::load(w, "model.4", c3, c3, 2, true)?,
-            down3: ConvBlock::load(w, "model.5", c3, c4, 3, 2)?,
+            down3: conv_block(w, "model.5", c3, c4, 3, 2)?,
             stage3: C2f::load(w, "model.6", c4, c4, 2, true)?,
-            down4: ConvBlock::load(w, "model.7", c4, c5, 3, 2)?,
+            down4: conv_block(w, "model.7", c4, c5, 3, 2)?,
             stage4: C2f::load(w, "model.8", c5, c5, 1, true)?,
             sppf: Sppf::load(w, "model.9", c5, c5)?,
             top_down_p4: C2f::load(w, "model.12", c5 + c4, c4, 1, false)?,
             top_down_p3: C2f::load(w, "model.15", c4 + c3, c3, 1, false)?,
-            bottom_up_down_p3: ConvBlock::load(w, "model.16", c3, c3, 3, 2)?,
+            bottom_up_down_p3: conv_block(w, "model.16", c3, c3, 3, 2)?,
             bottom_up_p4: C2f::load(w, "model.18", c3 + c4, c4, 1, false)?,
-            bottom_up_down_p4: ConvBlock::load(w, "model.19", c4, c4, 3, 2)?,
+            bottom_up_down_p4: conv_block(w, "model.19", c4, c4, 3, 2)?,
             bottom_up_p5: C2f::load(w, "model.21", c4 + c5, c5, 1, false)?,
             head: DetectHead::load(w, "model.22", [c3, c4, c5])?,
         };
@@ -79,29 +79,78 @@ impl YoloV8 {
         Ok(network)
     }
 
-    /// Runs a `[batch, 3, size, size]` input (RGB in 0..=1, size a multiple of 32).
-    pub fn forward(&self, input: &Tensor) -> Result<Vec<HeadOutput>, ModelError> {
-        let x = self.down1.forward(&self.stem.forward(input)?)?;
-        let x = self.down2.forward(&self.stage1.forward(&x)?)?;
-        let p3 = self.stage2.forward(&x)?;
-        let p4 = self.stage3.forward(&self.down3.forward(&p3)?)?;
-        let x = self.stage4.forward(&self.down4.forward(&p4)?)?;
-        let p5 = self.sppf.forward(&x)?;
+    /// Runs a batch of RGB images (values in 0..=1), each `3 x height x width` planes one after
+    /// another in `pixels`; `height` and `width` are multiples of 32. The images run in parallel.
+    ///
+    /// # Panics
+    /// When `pixels` is not a whole number of such images, or the sizes are not multiples of 32.
+    pub fn forward(&self, pixels: &[f32], height: usize, width: usize) -> Vec<HeadOutput> {
+        let shape = Shape {
+            channels: 3,
+            height,
+            width,
+        };
+        let largest_stride = STRIDES[STRIDES.len() - 1] as usize;
+        assert!(
+            height.is_multiple_of(largest_stride) && width.is_multiple_of(largest_stride),
+            "input {height}x{width} is not a multiple of {largest_stride}"
+        );
+        assert!(
+            !pixels.is_empty() && pixels.len().is_multiple_of(shape.count()),
+            "{} values are not whole {height}x{width} RGB images",
+            pixels.len()
+        );
+        let per_image: Vec<[FeatureMap; 3]> = pixels
+            .par_chunks(shape.count())
+            .map(|image| self.forward_image(FeatureMap::new(shape, image.to_vec())))
+            .collect();
+        STRIDES
+            .into_iter()
+            .enumerate()
+            .map(|(level, stride)| {
+                let Shape {
+                    channels,
+                    height,
+                    width,
+                } = per_image[0][level].shape;
+                HeadOutput {
+                    stride,
+                    height,
+                    width,
+                    channels,
+                    values: per_image
+                        .iter()
+                        .flat_map(|levels| &levels[level].values)
+                        .copied()
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// One image through backbone, neck and head: the head's output at each stride.
+    fn forward_image(&self, input: FeatureMap) -> [FeatureMap; 3] {
+        let x = self.down1.forward(&self.stem.forward(&input));
+        let x = self.down2.forward(&self.stage1.forward(&x));
+        let p3 = self.stage2.forward(&x);
+        let p4 = self.stage3.forward(&self.down3.forward(&p3));
+        let x = self.stage4.forward(&self.down4.forward(&p4));
+        let p5 = self.sppf.forward(&x);
 
         let n4 = self
             .top_down_p4
-            .forward(&Tensor::cat(&[&upsample(&p5)?, &p4], 1)?)?;
+            .forward(&FeatureMap::concat(&[&p5.upsample2(), &p4]));
         let out3 = self
             .top_down_p3
-            .forward(&Tensor::cat(&[&upsample(&n4)?, &p3], 1)?)?;
-        let down3 = self.bottom_up_down_p3.forward(&out3)?;
+            .forward(&FeatureMap::concat(&[&n4.upsample2(), &p3]));
+        let down3 = self.bottom_up_down_p3.forward(&out3);
         let out4 = self
             .bottom_up_p4
-            .forward(&Tensor::cat(&[&down3, &n4], 1)?)?;
-        let down4 = self.bottom_up_down_p4.forward(&out4)?;
+            .forward(&FeatureMap::concat(&[&down3, &n4]));
+        let down4 = self.bottom_up_down_p4.forward(&out4);
         let out5 = self
             .bottom_up_p5
-            .forward(&Tensor::cat(&[&down4, &p5], 1)?)?;
+            .forward(&FeatureMap::concat(&[&down4, &p5]));
 
         self.head.forward([&out3, &out4, &out5])
     }
@@ -117,58 +166,49 @@ impl YoloV8 {
 fn load_conv2d(
     weights: &mut Weights,
     prefix: &str,
-    in_channels: usize,
-    out_channels: usize,
+    [in_channels, out_channels]: [usize; 2],
     kernel: usize,
     stride: usize,
+    activation: Activation,
 ) -> Result<Conv2d, ModelError> {
     let weight = weights.take(
         &format!("{prefix}.weight"),
         &[out_channels, in_channels, kernel, kernel],
     )?;
     let bias = weights.take(&format!("{prefix}.bias"), &[out_channels])?;
-    let config = Conv2dConfig {
-        padding: kernel / 2,
+    Ok(Conv2d::new(
+        weight.flatten_all()?.to_vec1()?,
+        bias.to_vec1()?,
+        in_channels,
+        kernel,
         stride,
-        ..Default::default()
-    };
-    Ok(Conv2d::new(weight, Some(bias), config))
+        activation,
+    ))
 }
 
 /// Ultralytics `Conv`: convolution (BatchNorm folded in) then SiLU.
-struct ConvBlock {
-    conv: Conv2d,
-}
-
-impl ConvBlock {
-    fn load(
-        weights: &mut Weights,
-        prefix: &str,
-        in_channels: usize,
-        out_channels: usize,
-        kernel: usize,
-        stride: usize,
-    ) -> Result<Self, ModelError> {
-        let conv = load_conv2d(
-            weights,
-            &format!("{prefix}.conv"),
-            in_channels,
-            out_channels,
-            kernel,
-            stride,
-        )?;
-        Ok(Self { conv })
-    }
-
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.conv.forward(x)?.silu()
-    }
+fn conv_block(
+    weights: &mut Weights,
+    prefix: &str,
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+) -> Result<Conv2d, ModelError> {
+    load_conv2d(
+        weights,
+        &format!("{prefix}.conv"),
+        [in_channels, out_channels],
+        kernel,
+        stride,
+        Activation::Silu,
+    )
 }
 
 /// Two 3x3 convs, with a residual connection in the backbone.
 struct Bottleneck {
-    cv1: ConvBlock,
-    cv2: ConvBlock,
+    cv1: Conv2d,
+    cv2: Conv2d,
     residual: bool,
 }
 
@@ -180,23 +220,31 @@ impl Bottleneck {
         residual: bool,
     ) -> Result<Self, ModelError> {
         Ok(Self {
-            cv1: ConvBlock::load(weights, &format!("{prefix}.cv1"), channels, channels, 3, 1)?,
-            cv2: ConvBlock::load(weights, &format!("{prefix}.cv2"), channels, channels, 3, 1)?,
+            cv1: conv_block(weights, &format!("{prefix}.cv1"), channels, channels, 3, 1)?,
+            cv2: conv_block(weights, &format!("{prefix}.cv2"), channels, channels, 3, 1)?,
             residual,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.cv2.forward(&self.cv1.forward(x)?)?;
-        if self.residual { x + y } else { Ok(y) }
+    /// Runs `input` (of `shape`) into `output`, which has the same size.
+    fn run(&self, input: &[f32], shape: Shape, output: &mut [f32]) {
+        let mut hidden = vec![0.0; shape.count()];
+        self.cv1.run(input, shape, &mut hidden);
+        self.cv2.run(&hidden, shape, output);
+        if self.residual {
+            for (value, addend) in output.iter_mut().zip(input) {
+                *value += addend;
+            }
+        }
     }
 }
 
 /// CSP block with two convolutions: split in halves, chain bottlenecks on the second half, and
-/// fuse every intermediate result.
+/// fuse every intermediate result. The halves and the bottleneck outputs are written one after
+/// another into one map, so the split and the concatenation cost nothing.
 struct C2f {
-    cv1: ConvBlock,
-    cv2: ConvBlock,
+    cv1: Conv2d,
+    cv2: Conv2d,
     bottlenecks: Vec<Bottleneck>,
     hidden: usize,
 }
@@ -211,7 +259,7 @@ impl C2f {
         residual: bool,
     ) -> Result<Self, ModelError> {
         let hidden = out_channels / 2;
-        let cv1 = ConvBlock::load(
+        let cv1 = conv_block(
             weights,
             &format!("{prefix}.cv1"),
             in_channels,
@@ -224,7 +272,7 @@ impl C2f {
                 Bottleneck::load(weights, &format!("{prefix}.m.{index}"), hidden, residual)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let cv2 = ConvBlock::load(
+        let cv2 = conv_block(
             weights,
             &format!("{prefix}.cv2"),
             (2 + depth) * hidden,
@@ -240,24 +288,33 @@ impl C2f {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let x = self.cv1.forward(x)?;
-        let mut parts = vec![
-            x.narrow(1, 0, self.hidden)?,
-            x.narrow(1, self.hidden, self.hidden)?,
-        ];
-        for bottleneck in &self.bottlenecks {
-            let next = bottleneck.forward(&parts[parts.len() - 1])?;
-            parts.push(next);
+    fn forward(&self, input: &FeatureMap) -> FeatureMap {
+        let part = Shape {
+            channels: self.hidden,
+            ..input.shape
+        };
+        let mut parts = FeatureMap::zeros(Shape {
+            channels: (2 + self.bottlenecks.len()) * self.hidden,
+            ..input.shape
+        });
+        let part_len = part.count();
+        self.cv1.run(
+            &input.values,
+            input.shape,
+            &mut parts.values[..2 * part_len],
+        );
+        for (index, bottleneck) in self.bottlenecks.iter().enumerate() {
+            let (done, rest) = parts.values.split_at_mut((2 + index) * part_len);
+            bottleneck.run(&done[(1 + index) * part_len..], part, &mut rest[..part_len]);
         }
-        self.cv2.forward(&Tensor::cat(&parts, 1)?)
+        self.cv2.forward(&parts)
     }
 }
 
 /// Spatial pyramid pooling, fast: three chained 5x5 max-pools stand for 5, 9 and 13 windows.
 struct Sppf {
-    cv1: ConvBlock,
-    cv2: ConvBlock,
+    cv1: Conv2d,
+    cv2: Conv2d,
 }
 
 impl Sppf {
@@ -269,8 +326,8 @@ impl Sppf {
     ) -> Result<Self, ModelError> {
         let hidden = in_channels / 2;
         Ok(Self {
-            cv1: ConvBlock::load(weights, &format!("{prefix}.cv1"), in_channels, hidden, 1, 1)?,
-            cv2: ConvBlock::load(
+            cv1: conv_block(weights, &format!("{prefix}.cv1"), in_channels, hidden, 1, 1)?,
+            cv2: conv_block(
                 weights,
                 &format!("{prefix}.cv2"),
                 4 * hidden,
@@ -281,45 +338,33 @@ impl Sppf {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let x = self.cv1.forward(x)?;
-        let pooled1 = max_pool_same(&x)?;
-        let pooled2 = max_pool_same(&pooled1)?;
-        let pooled3 = max_pool_same(&pooled2)?;
-        self.cv2
-            .forward(&Tensor::cat(&[&x, &pooled1, &pooled2, &pooled3], 1)?)
+    /// Pools into consecutive quarters of one map: `[x, pool(x), pool²(x), pool³(x)]`.
+    fn forward(&self, input: &FeatureMap) -> FeatureMap {
+        let part = self.cv1.output_shape(input.shape);
+        let part_len = part.count();
+        let mut pyramid = FeatureMap::zeros(Shape {
+            channels: 4 * part.channels,
+            ..part
+        });
+        self.cv1
+            .run(&input.values, input.shape, &mut pyramid.values[..part_len]);
+        for level in 1..4 {
+            let (done, rest) = pyramid.values.split_at_mut(level * part_len);
+            max_pool_same(
+                &done[(level - 1) * part_len..],
+                part,
+                SPPF_KERNEL,
+                &mut rest[..part_len],
+            );
+        }
+        self.cv2.forward(&pyramid)
     }
-}
-
-/// Stride-1 max-pool keeping the size. Pads with -inf like PyTorch's MaxPool2d: zero padding
-/// would beat the (possibly negative, SiLU goes down to -0.28) values at the border.
-fn max_pool_same(x: &Tensor) -> candle_core::Result<Tensor> {
-    let pad = SPPF_KERNEL / 2;
-    let (batch, channels, height, width) = x.dims4()?;
-    let columns = Tensor::full(
-        f32::NEG_INFINITY,
-        (batch, channels, height, pad),
-        x.device(),
-    )?;
-    let x = Tensor::cat(&[&columns, x, &columns], 3)?;
-    let rows = Tensor::full(
-        f32::NEG_INFINITY,
-        (batch, channels, pad, width + 2 * pad),
-        x.device(),
-    )?;
-    let x = Tensor::cat(&[&rows, &x, &rows], 2)?;
-    x.max_pool2d_with_stride(SPPF_KERNEL, 1)
-}
-
-fn upsample(x: &Tensor) -> candle_core::Result<Tensor> {
-    let (_, _, height, width) = x.dims4()?;
-    x.upsample_nearest2d(2 * height, 2 * width)
 }
 
 /// Conv, conv, then a plain 1x1 projection (no activation): one head branch at one stride.
 struct Branch {
-    first: ConvBlock,
-    second: ConvBlock,
+    first: Conv2d,
+    second: Conv2d,
     projection: Conv2d,
 }
 
@@ -332,15 +377,23 @@ impl Branch {
         out_channels: usize,
     ) -> Result<Self, ModelError> {
         Ok(Self {
-            first: ConvBlock::load(weights, &format!("{prefix}.0"), in_channels, hidden, 3, 1)?,
-            second: ConvBlock::load(weights, &format!("{prefix}.1"), hidden, hidden, 3, 1)?,
-            projection: load_conv2d(weights, &format!("{prefix}.2"), hidden, out_channels, 1, 1)?,
+            first: conv_block(weights, &format!("{prefix}.0"), in_channels, hidden, 3, 1)?,
+            second: conv_block(weights, &format!("{prefix}.1"), hidden, hidden, 3, 1)?,
+            projection: load_conv2d(
+                weights,
+                &format!("{prefix}.2"),
+                [hidden, out_channels],
+                1,
+                1,
+                Activation::Identity,
+            )?,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.projection
-            .forward(&self.second.forward(&self.first.forward(x)?)?)
+    /// Runs `input` into `output`, the branch's channels at the input's size.
+    fn run(&self, input: &FeatureMap, output: &mut [f32]) {
+        let hidden = self.second.forward(&self.first.forward(input));
+        self.projection.run(&hidden.values, hidden.shape, output);
     }
 }
 
@@ -390,23 +443,19 @@ impl DetectHead {
         })
     }
 
-    fn forward(&self, levels: [&Tensor; 3]) -> Result<Vec<HeadOutput>, ModelError> {
-        levels
-            .into_iter()
-            .zip(&self.box_branches)
-            .zip(&self.class_branches)
-            .zip(STRIDES)
-            .map(|(((x, box_branch), class_branch), stride)| {
-                let output = Tensor::cat(&[&box_branch.forward(x)?, &class_branch.forward(x)?], 1)?;
-                let (_, channels, height, width) = output.dims4()?;
-                Ok(HeadOutput {
-                    stride,
-                    height,
-                    width,
-                    channels,
-                    values: output.flatten_all()?.to_vec1()?,
-                })
-            })
-            .collect()
+    /// Per stride, the box logits then the class logits, as channels of one map.
+    fn forward(&self, levels: [&FeatureMap; 3]) -> [FeatureMap; 3] {
+        std::array::from_fn(|level| {
+            let (x, box_branch) = (levels[level], &self.box_branches[level]);
+            let box_channels = box_branch.projection.out_channels();
+            let mut output = FeatureMap::zeros(Shape {
+                channels: box_channels + self.class_branches[level].projection.out_channels(),
+                ..x.shape
+            });
+            let (boxes, classes) = output.values.split_at_mut(box_channels * x.shape.plane());
+            box_branch.run(x, boxes);
+            self.class_branches[level].run(x, classes);
+            output
+        })
     }
 }

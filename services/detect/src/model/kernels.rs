@@ -319,6 +319,11 @@ impl Conv2d {
             for ky in 0..kernel {
                 for kx in 0..kernel {
                     let tap = taps.next().expect("one column row per tap");
+                    if stride == 1 {
+                        let first_y = (first_row + ky) as isize - padding as isize;
+                        shifted_copy(plane, width, first_y, kx as isize - padding as isize, tap);
+                        continue;
+                    }
                     // Output x whose input x (x * stride + kx - padding) is inside the row.
                     let first_x = padding.saturating_sub(kx).div_ceil(stride);
                     let end_x = (width + padding - kx).div_ceil(stride).min(out_width);
@@ -334,19 +339,43 @@ impl Conv2d {
                         target[..first_x].fill(0.0);
                         target[end_x..].fill(0.0);
                         let source = &source[first_x * stride + kx - padding..];
-                        if stride == 1 {
-                            target[first_x..end_x].copy_from_slice(&source[..end_x - first_x]);
-                        } else {
-                            for (value, &pixel) in target[first_x..end_x]
-                                .iter_mut()
-                                .zip(source.iter().step_by(stride))
-                            {
-                                *value = pixel;
-                            }
+                        for (value, &pixel) in target[first_x..end_x]
+                            .iter_mut()
+                            .zip(source.iter().step_by(stride))
+                        {
+                            *value = pixel;
                         }
                     }
                 }
             }
+        }
+    }
+}
+
+/// One stride-1 im2col row: `target[(y, x)] = plane[(first_y + y, x + dx)]`, 0 outside the plane.
+/// Output and input rows have the same width, so this is one copy of the plane shifted by
+/// `first_y * width + dx` instead of a copy per row.
+fn shifted_copy(plane: &[f32], width: usize, first_y: isize, dx: isize, target: &mut [f32]) {
+    let shift = first_y * width as isize + dx;
+    let len = target.len() as isize;
+    let start = (-shift).clamp(0, len);
+    let end = (plane.len() as isize - shift).clamp(start, len);
+    target[..start as usize].fill(0.0);
+    target[end as usize..].fill(0.0);
+    if start < end {
+        target[start as usize..end as usize]
+            .copy_from_slice(&plane[(shift + start) as usize..(shift + end) as usize]);
+    }
+    // Zero what lies outside the plane: rows above or below it, and in the others the edge
+    // columns that picked up the neighbouring row's end.
+    for (row, target) in target.chunks_exact_mut(width).enumerate() {
+        let y = first_y + row as isize;
+        if y < 0 || y >= (plane.len() / width) as isize {
+            target.fill(0.0);
+        } else if dx < 0 {
+            target[..dx.unsigned_abs()].fill(0.0);
+        } else if dx > 0 {
+            target[width - dx as usize..].fill(0.0);
         }
     }
 }
@@ -480,33 +509,37 @@ mod tests {
 
     #[test]
     fn convolutions_match_the_definition() {
-        // Odd sizes and several tiles, so padding, strides and tile edges all show.
-        let shape = Shape {
-            channels: 5,
-            height: 37,
-            width: 23,
-        };
-        let input = values(shape.count(), 1);
-        for (kernel, stride) in [(1, 1), (3, 1), (3, 2), (1, 2)] {
-            let out_channels = 7;
-            let weight = values(out_channels * shape.channels * kernel * kernel, 2);
-            let bias = values(out_channels, 3);
-            let conv = Conv2d::new(
-                weight.clone(),
-                bias.clone(),
-                shape.channels,
-                kernel,
-                stride,
-                Activation::Identity,
-            );
-            let output = conv.forward(&FeatureMap::new(shape, input.clone()));
-            let expected = reference_conv(&weight, &bias, &input, shape, kernel, stride);
-            assert_eq!(output.values.len(), expected.len(), "k{kernel} s{stride}");
-            for (index, (got, want)) in output.values.iter().zip(&expected).enumerate() {
-                assert!(
-                    (got - want).abs() < 1e-4,
-                    "k{kernel} s{stride} at {index}: {got} vs {want}"
+        // Odd sizes and several tiles, so padding, strides and tile edges all show; and a map
+        // smaller than the kernel's reach.
+        for (channels, height, width) in [(5, 37, 23), (3, 1, 2)] {
+            let shape = Shape {
+                channels,
+                height,
+                width,
+            };
+            let input = values(shape.count(), 1);
+            for (kernel, stride) in [(1, 1), (3, 1), (3, 2), (1, 2)] {
+                let out_channels = 7;
+                let weight = values(out_channels * shape.channels * kernel * kernel, 2);
+                let bias = values(out_channels, 3);
+                let conv = Conv2d::new(
+                    weight.clone(),
+                    bias.clone(),
+                    shape.channels,
+                    kernel,
+                    stride,
+                    Activation::Identity,
                 );
+                let output = conv.forward(&FeatureMap::new(shape, input.clone()));
+                let expected = reference_conv(&weight, &bias, &input, shape, kernel, stride);
+                let case = format!("{shape:?} k{kernel} s{stride}");
+                assert_eq!(output.values.len(), expected.len(), "{case}");
+                for (index, (got, want)) in output.values.iter().zip(&expected).enumerate() {
+                    assert!(
+                        (got - want).abs() < 1e-4,
+                        "{case} at {index}: {got} vs {want}"
+                    );
+                }
             }
         }
     }

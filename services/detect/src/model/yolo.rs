@@ -102,7 +102,7 @@ impl YoloV8 {
         );
         let per_image: Vec<[FeatureMap; 3]> = pixels
             .par_chunks(shape.count())
-            .map(|image| self.forward_image(FeatureMap::new(shape, image.to_vec())))
+            .map(|image| self.forward_image(image, shape))
             .collect();
         STRIDES
             .into_iter()
@@ -129,8 +129,10 @@ impl YoloV8 {
     }
 
     /// One image through backbone, neck and head: the head's output at each stride.
-    fn forward_image(&self, input: FeatureMap) -> [FeatureMap; 3] {
-        let x = self.down1.forward(&self.stem.forward(&input));
+    fn forward_image(&self, image: &[f32], shape: Shape) -> [FeatureMap; 3] {
+        let mut x = FeatureMap::zeros(self.stem.output_shape(shape));
+        self.stem.run(image, shape, &mut x.values);
+        let x = self.down1.forward(&x);
         let x = self.down2.forward(&self.stage1.forward(&x));
         let p3 = self.stage2.forward(&x);
         let p4 = self.stage3.forward(&self.down3.forward(&p3));

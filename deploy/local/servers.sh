@@ -10,6 +10,10 @@
 #                                                           AWS_ENDPOINT_URL lets aws/boto3 find S3 unaided)
 #        servers.sh log NAME                               (last lines of its log)
 #
+# A private set beside the shared one (the fault test kills and restarts its own):
+# PRISM_RUN_DIR=DIR plus other ports in PRISM_KAFKA_PORT, PRISM_S3_PORT,
+# PRISM_S3_RPC_PORT and PRISM_COUCHDB_PORT.
+#
 # Kafka storage: PRISM_KAFKA_STORAGE=memory (default; a restart loses every
 # topic) or s3 (topics kept in the Garage bucket prism-kafka, so they survive
 # a broker restart; needs s3 up first).
@@ -18,6 +22,12 @@
 # - Tansu: a new consumer group's first join waits about session.timeout.ms/2;
 #   use session.timeout.ms=6000 in tests. Create topics with the admin API
 #   before subscribing. Debian's kcat is too old to talk to it.
+# - Tansu 0.6 with PRISM_KAFKA_STORAGE=s3 keeps the topics across a restart
+#   but not the partitions' offsets: new messages are numbered from 0 again,
+#   below what consumers committed. Idempotent producers also break within
+#   seconds (OutOfOrderSequenceNumber, then ProducerFenced) and producers
+#   starting together may get the same producer id. So the fault test freezes
+#   the broker (kill -STOP, kill -CONT) instead of restarting it.
 # - Garage: the access key must look like GK + 24 hex digits (secrets.env has
 #   one). CreateBucket on an existing bucket answers BucketAlreadyOwnedByYou
 #   (409), like MinIO. PutObject ignores If-None-Match: * (it overwrites).

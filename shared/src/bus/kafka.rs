@@ -13,13 +13,17 @@ use rdkafka::{
     client::DefaultClientContext,
     consumer::{CommitMode, Consumer, StreamConsumer},
     error::{KafkaError, RDKafkaErrorCode},
-    producer::{FutureProducer, FutureRecord},
+    producer::{FutureProducer, FutureRecord, Producer},
     util::Timeout,
 };
+use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
 /// How long a publish may wait in librdkafka (broker down included) before it fails and the loop retries.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Pause after a consumer error while the broker is away, so the warnings don't flood the log.
+const CONSUME_RETRY: Duration = Duration::from_millis(500);
 
 /// Brokers and credentials; Prism's own choices are set by each client, then [`with_overrides`].
 fn client_config(settings: &KafkaSettings) -> Result<ClientConfig, BusError> {
@@ -48,7 +52,10 @@ fn with_overrides<'a>(
 }
 
 pub struct KafkaPublisher {
-    producer: FutureProducer,
+    config: ClientConfig,
+    /// Replaced after a fatal error: an idempotent producer that lost its sequence (e.g. a broker
+    /// that forgot or reassigned its producer id) refuses every later message until it is recreated.
+    producer: RwLock<FutureProducer>,
 }
 
 impl KafkaPublisher {
@@ -63,22 +70,63 @@ impl KafkaPublisher {
                 "message.timeout.ms",
                 PUBLISH_TIMEOUT.as_millis().to_string(),
             );
-        let producer = with_overrides(&mut config, settings).create()?;
-        Ok(KafkaPublisher { producer })
+        let config = with_overrides(&mut config, settings).clone();
+        let producer = RwLock::new(config.create()?);
+        Ok(KafkaPublisher { config, producer })
+    }
+
+    fn producer(&self) -> FutureProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// After a fatal error (or a fence: the broker gave our producer id to another producer),
+    /// puts a new producer with a new id in place of `failed`, unless another publish already did.
+    fn replace_if_dead(&self, failed: &FutureProducer, error: &BusError) -> Result<(), BusError> {
+        let fenced = matches!(
+            error,
+            BusError::Kafka(KafkaError::MessageProduction(
+                RDKafkaErrorCode::ProducerFenced
+            ))
+        );
+        let Some((code, reason)) = failed
+            .client()
+            .fatal_error()
+            .or_else(|| fenced.then(|| (RDKafkaErrorCode::ProducerFenced, error.to_string())))
+        else {
+            return Ok(());
+        };
+        let mut current = self
+            .producer
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if std::ptr::eq(current.client(), failed.client()) {
+            tracing::warn!(?code, %reason, "Kafka producer failed for good; starting a new one");
+            *current = self.config.create()?;
+        }
+        Ok(())
     }
 }
 
 #[async_trait]
 impl Publisher for KafkaPublisher {
     async fn publish(&self, publication: &Publication) -> Result<(), BusError> {
+        let producer = self.producer();
         let record = FutureRecord::to(&publication.topic)
             .key(&publication.key)
             .payload(&publication.payload);
-        self.producer
+        let sent = producer
             .send(record, Timeout::After(PUBLISH_TIMEOUT))
             .await
             .map(|_| ())
-            .map_err(|(error, _)| BusError::Kafka(error))
+            .map_err(|(error, _)| BusError::Kafka(error));
+        if let Err(error) = &sent {
+            // The caller retries; the retry must not meet the same dead producer.
+            self.replace_if_dead(&producer, error)?;
+        }
+        sent
     }
 }
 
@@ -109,7 +157,20 @@ impl KafkaSubscriber {
 #[async_trait]
 impl Subscriber for KafkaSubscriber {
     async fn next(&mut self) -> Result<Delivery, BusError> {
-        let message = self.consumer.recv().await?;
+        let message = loop {
+            match self.consumer.recv().await {
+                Ok(message) => break message,
+                // The broker is unreachable or restarting: librdkafka reconnects by itself.
+                Err(KafkaError::MessageConsumption(code)) => {
+                    tracing::warn!(
+                        ?code,
+                        "cannot consume for now; librdkafka keeps reconnecting"
+                    );
+                    tokio::time::sleep(CONSUME_RETRY).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        };
         Ok(Delivery {
             topic: message.topic().to_string(),
             partition: message.partition(),

@@ -22,6 +22,9 @@
 # - Tansu: a new consumer group's first join waits about session.timeout.ms/2;
 #   use session.timeout.ms=6000 in tests. Create topics with the admin API
 #   before subscribing. Debian's kcat is too old to talk to it.
+#   With partition.assignment.strategy=cooperative-sticky a member joining a
+#   running group gets no partitions and a leaving member's partitions are
+#   never reassigned (their messages stay unconsumed); range,roundrobin works.
 # - Tansu 0.6 with PRISM_KAFKA_STORAGE=s3 keeps the topics across a restart
 #   but not the partitions' offsets: new messages are numbered from 0 again,
 #   below what consumers committed. Idempotent producers also break within

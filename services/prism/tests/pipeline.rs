@@ -3,188 +3,25 @@
 //!
 //! Each run uses its own topics, buckets and database, so runs never see each other's data.
 
+mod common;
+
 use bytes::Bytes;
+use common::{
+    DEADLINE, Seen, Services, Upload, encode, generated, picture, run_environment, settings_for,
+};
 use futures::StreamExt;
-use image::{DynamicImage, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
+use image::{DynamicImage, ImageFormat, Rgba, RgbaImage};
 use prism_shared::claims::{ClaimIndex, ClaimStatus, couch::CouchIndex};
-use prism_shared::config::{self, Settings, Topics};
-use prism_shared::contract::{DeadLetter, StageName, StageResult};
-use prism_shared::schemas::{MessageKind, Schemas};
+use prism_shared::contract::{StageName, StageResult};
+use prism_shared::schemas::Schemas;
 use prism_shared::store::Buckets;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Message};
-use std::collections::{BTreeMap, HashMap};
-use std::io::Cursor;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// Generous: the first consumer-group joins alone take seconds on a loaded 2-core machine.
-const DEADLINE: Duration = Duration::from_secs(180);
 /// After every upload has its outcome, keep listening this long to catch duplicates.
 const QUIET_PERIOD: Duration = Duration::from_secs(4);
-
-/// This run's topics, buckets and database, as environment variables for the services.
-fn run_environment(run: &str) -> Vec<(String, String)> {
-    let topic = |name: &str| format!("e2e-{run}.{name}");
-    [
-        ("PRISM_TOPICS__UPLOADS", topic("uploads")),
-        ("PRISM_TOPICS__THUMBNAIL_JOBS", topic("jobs.thumbnail")),
-        ("PRISM_TOPICS__DETECT_JOBS", topic("jobs.detect")),
-        (
-            "PRISM_TOPICS__THUMBNAIL_RESULTS",
-            topic("results.thumbnail"),
-        ),
-        ("PRISM_TOPICS__DETECT_RESULTS", topic("results.detect")),
-        ("PRISM_TOPICS__DEADLETTER", topic("deadletter")),
-        ("PRISM_INPUT_BUCKET", format!("e2e-{run}-in")),
-        ("PRISM_OUTPUT_BUCKET", format!("e2e-{run}-out")),
-        ("PRISM_COUCHDB__DATABASE", format!("e2e-{run}")),
-        ("PRISM_KAFKA__GROUP_PREFIX", format!("e2e-{run}")),
-        // Tansu makes a new group's first join wait half the session timeout.
-        ("PRISM_KAFKA__SESSION_TIMEOUT_MS", "6000".into()),
-        ("PRISM_ENABLED_STAGES", "[\"thumbnail\", \"detect\"]".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
-
-/// Settings from the real servers' environment plus this run's names; fails loudly without servers.
-fn settings_for(environment: &[(String, String)]) -> Settings {
-    for required in [
-        "PRISM_KAFKA__BROKERS",
-        "PRISM_S3__ENDPOINT",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "PRISM_COUCHDB__URL",
-        "PRISM_COUCHDB__PASSWORD",
-    ] {
-        assert!(
-            std::env::var(required).is_ok(),
-            "{required} is not set: this test needs the real servers. Run `deploy/local/test.sh`, or \
-             `deploy/local/servers.sh start && eval \"$(deploy/local/servers.sh env)\"` first."
-        );
-    }
-    // SAFETY: set before any thread of this test reads the environment.
-    for (key, value) in environment {
-        unsafe { std::env::set_var(key, value) };
-    }
-    config::load().expect("configuration")
-}
-
-/// The service processes, killed (and their logs shown) when the test ends.
-struct Services {
-    children: Vec<(String, Child, PathBuf)>,
-}
-
-impl Services {
-    fn start(environment: &[(String, String)], commands: &[&[&str]]) -> Self {
-        let logs = std::env::temp_dir().join(format!("prism-e2e-{}", std::process::id()));
-        std::fs::create_dir_all(&logs).unwrap();
-        let children = commands
-            .iter()
-            .map(|args| {
-                let name = args.join("-");
-                let log = logs.join(format!("{name}.log"));
-                let file = std::fs::File::create(&log).unwrap();
-                let child = Command::new(env!("CARGO_BIN_EXE_prism"))
-                    .args(*args)
-                    .envs(environment.iter().map(|(k, v)| (k, v)))
-                    .env("RUST_LOG", "info")
-                    .stdout(Stdio::from(file.try_clone().unwrap()))
-                    .stderr(Stdio::from(file))
-                    .spawn()
-                    .unwrap_or_else(|e| panic!("cannot start prism {args:?}: {e}"));
-                (name, child, log)
-            })
-            .collect();
-        Services { children }
-    }
-
-    fn assert_running(&mut self) {
-        for (name, child, log) in &mut self.children {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "service {name} exited with {status}:\n{}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-        }
-    }
-}
-
-impl Drop for Services {
-    fn drop(&mut self) {
-        for (name, child, log) in &mut self.children {
-            stop_gracefully(child);
-            if std::thread::panicking() {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                eprintln!("--- last lines of {name} ---");
-                for line in tail.into_iter().rev() {
-                    eprintln!("{line}");
-                }
-            }
-        }
-    }
-}
-
-/// SIGTERM, so consumers leave their groups at once, then SIGKILL if that takes too long.
-fn stop_gracefully(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-fn encode(image: DynamicImage, format: ImageFormat) -> Bytes {
-    let mut bytes = Vec::new();
-    image
-        .write_to(&mut Cursor::new(&mut bytes), format)
-        .unwrap();
-    Bytes::from(bytes)
-}
-
-/// A picture no other call makes: gradients and stripes seeded by `seed`.
-fn picture(seed: u32, width: u32, height: u32) -> RgbImage {
-    RgbImage::from_fn(width, height, |x, y| {
-        let stripe = ((x / (4 + seed % 7)) + (y / (5 + seed % 5))) % 2;
-        Rgb([
-            ((x * 255 / width.max(1)) as u8).wrapping_add((seed * 37) as u8),
-            ((y * 255 / height.max(1)) as u8).wrapping_add(stripe as u8 * 90),
-            (seed * 53 % 256) as u8,
-        ])
-    })
-}
-
-/// An upload of a generated picture (see [`picture`]) in `format`.
-fn generated(key: &str, seed: u32, (width, height): (u32, u32), format: ImageFormat) -> Upload {
-    Upload {
-        key: key.into(),
-        bytes: encode(
-            DynamicImage::ImageRgb8(picture(seed, width, height)),
-            format,
-        ),
-        size: Some((width, height)),
-    }
-}
-
-struct Upload {
-    key: String,
-    bytes: Bytes,
-    /// Displayed size of the source, `None` for the corrupt file.
-    size: Option<(u32, u32)>,
-}
 
 fn uploads() -> (Vec<Upload>, Vec<Upload>) {
     let mut distinct = Vec::new();
@@ -267,96 +104,6 @@ fn uploads() -> (Vec<Upload>, Vec<Upload>) {
     })
     .collect();
     (distinct, copies)
-}
-
-#[derive(Default)]
-struct Seen {
-    /// By (stage, upload key).
-    results: BTreeMap<(StageName, String), Vec<StageResult>>,
-    dead_letters: BTreeMap<(StageName, String), Vec<DeadLetter>>,
-    counts: HashMap<String, usize>,
-}
-
-impl Seen {
-    /// Checks one message against its schema and files it by stage and upload key.
-    fn record(&mut self, schemas: &Schemas, topics: &Topics, message: &BorrowedMessage<'_>) {
-        let payload = message.payload().unwrap_or_default();
-        let topic = message.topic();
-        *self.counts.entry(topic.to_string()).or_default() += 1;
-        let kind = if topic == topics.uploads {
-            MessageKind::Upload
-        } else if topic == topics.thumbnail_jobs || topic == topics.detect_jobs {
-            MessageKind::Job
-        } else if topic == topics.deadletter {
-            MessageKind::DeadLetter
-        } else {
-            MessageKind::Result
-        };
-        schemas.check_bytes(kind, payload).unwrap();
-        match kind {
-            MessageKind::Result => {
-                let result: StageResult = serde_json::from_slice(payload).unwrap();
-                assert_eq!(
-                    message.key(),
-                    Some(result.content_hash.as_bytes()),
-                    "results are keyed by content hash"
-                );
-                self.results
-                    .entry((result.stage, result.source.key.clone()))
-                    .or_default()
-                    .push(result);
-            }
-            MessageKind::DeadLetter => {
-                let letter: DeadLetter = serde_json::from_slice(payload).unwrap();
-                let key = letter
-                    .source
-                    .as_ref()
-                    .map(|s| s.key.clone())
-                    .unwrap_or_default();
-                let stage = letter
-                    .stage
-                    .parse()
-                    .expect("stages dead-letter only their own work");
-                self.dead_letters
-                    .entry((stage, key))
-                    .or_default()
-                    .push(letter);
-            }
-            _ => {}
-        }
-    }
-
-    /// Reads messages until `key` has an outcome in each of `stages`.
-    async fn wait_for<'a>(
-        &mut self,
-        key: &str,
-        stages: &[StageName],
-        stream: &mut (
-                 impl futures::Stream<Item = rdkafka::error::KafkaResult<BorrowedMessage<'a>>> + Unpin
-             ),
-        schemas: &Schemas,
-        topics: &Topics,
-        services: &mut Services,
-    ) {
-        let started = Instant::now();
-        while !stages.iter().all(|&stage| self.has_outcome(stage, key)) {
-            services.assert_running();
-            assert!(
-                started.elapsed() < DEADLINE,
-                "{key} got no outcome within {DEADLINE:?}"
-            );
-            if let Ok(Some(message)) =
-                tokio::time::timeout(Duration::from_millis(500), stream.next()).await
-            {
-                self.record(schemas, topics, &message.expect("observer consumer"));
-            }
-        }
-    }
-
-    fn has_outcome(&self, stage: StageName, key: &str) -> bool {
-        let id = (stage, key.to_string());
-        self.results.contains_key(&id) || self.dead_letters.contains_key(&id)
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,118 @@
+//! Scaling under load over real servers: two replicas of every service, then a third joins each
+//! consumer group and later one of the first two leaves (SIGTERM), all while a steady stream of
+//! uploads goes through. Nothing may be lost and no output written twice with different content:
+//! every upload gets a result per stage, repeated results say the same, every claim is done.
+//!
+//! Uses the shared servers (`deploy/local/servers.sh start`), like the end-to-end test.
+
+mod common;
+
+use common::{
+    Listener, Services, TansuConfig, Upload, assert_complete, generated, observer, prepare,
+    run_environment, run_name, settings_for, stream_of_uploads, upload_steadily,
+    upload_until_stored,
+};
+use image::ImageFormat;
+use prism_shared::store::Buckets;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Uploads in the stream; one in [`COPY_EVERY`] is a copy of an earlier one under a new key.
+const UPLOADS: u32 = 120;
+const COPY_EVERY: u32 = 5;
+/// Pause between two uploads of the stream.
+const UPLOAD_PAUSE: Duration = Duration::from_millis(200);
+/// Once every upload has its results, keep listening this long to catch redeliveries.
+const QUIET_PERIOD: Duration = Duration::from_secs(5);
+
+const STAGES: [(&str, &[&str]); 3] = [
+    ("dedup", &["serve", "dedup"]),
+    ("thumbnail", &["serve", "thumbnail"]),
+    ("detect", &["serve", "detect"]),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_lost_or_changed_under_rebalance() {
+    let test_started = Instant::now();
+    let run = run_name();
+    let mut environment = run_environment(&run);
+    environment
+        .extend([("PRISM_CLAIM_LEASE", "10000")].map(|(k, v)| (k.to_string(), v.to_string())));
+    let tansu = TansuConfig::write(&run);
+    environment.push(tansu.variable());
+    let settings = settings_for(&environment);
+    prepare(&settings).await;
+    let mut services = Services::start(&environment, &[&["watch", "--interval-ms", "200"]]);
+    for (stage, args) in STAGES {
+        for replica in ["a", "b"] {
+            services.spawn(&format!("{stage}-{replica}"), args);
+        }
+    }
+    let consumer = observer(&settings, &run);
+    let mut listener = Listener::new(&consumer, &settings.topics);
+    let buckets = Buckets::s3(&settings.s3);
+
+    let warmup = generated("warmup.png", 10_000, (64, 48), ImageFormat::Png);
+    upload_until_stored(&buckets, &settings.input_bucket, &warmup).await;
+    listener.wait_for_all(&[&warmup], &mut services).await;
+    println!(
+        "two replicas per stage, warm {:.1} s after the test started",
+        test_started.elapsed().as_secs_f64()
+    );
+
+    let uploads = stream_of_uploads("stream", UPLOADS, COPY_EVERY);
+    let uploaded = Arc::new(AtomicUsize::new(0));
+    let uploader = upload_steadily(
+        &buckets,
+        &settings.input_bucket,
+        &uploads,
+        UPLOAD_PAUSE,
+        uploaded.clone(),
+    );
+    let third = UPLOADS as usize / 3;
+    let mut scaled = [false, false];
+    while !scaled[1] {
+        services.assert_running();
+        let count = uploaded.load(Ordering::Relaxed);
+        if !scaled[0] && count >= third {
+            scaled[0] = true;
+            println!("{count} uploaded: a third replica joins each stage");
+            for (stage, args) in STAGES {
+                services.spawn(&format!("{stage}-c"), args);
+            }
+        }
+        if !scaled[1] && count >= 2 * third {
+            scaled[1] = true;
+            println!("{count} uploaded: the first replica of each stage leaves");
+            for (stage, _) in STAGES {
+                services.stop(&format!("{stage}-a"));
+            }
+        }
+        listener.read().await;
+    }
+    uploader.await.expect("uploader");
+    let stream_over = Instant::now();
+
+    let all: Vec<&Upload> = std::iter::once(&warmup).chain(&uploads).collect();
+    listener.wait_for_all(&all, &mut services).await;
+    let caught_up = stream_over.elapsed();
+    listener.read_for(QUIET_PERIOD).await;
+    services.assert_running();
+
+    println!("--- rebalance test timings ---");
+    println!(
+        "last results {:.1} s after the last upload; messages per topic: {:?}; the test took {:.0} s",
+        caught_up.as_secs_f64(),
+        listener.seen.counts,
+        test_started.elapsed().as_secs_f64()
+    );
+    assert_complete(
+        "rebalance test figures",
+        &listener.seen,
+        &all,
+        &settings,
+        &buckets,
+    )
+    .await;
+}

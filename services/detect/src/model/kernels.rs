@@ -19,6 +19,7 @@
 //! gathers and the SiLU epilogue a few percent each.
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
@@ -150,8 +151,9 @@ pub struct Conv2d {
     activation: Activation,
 }
 
-/// Values of im2col columns per tile: 256 KiB, so a tile's columns stay in L2 through its GEMM.
-const TILE_VALUES: usize = 64 * 1024;
+/// Values of im2col columns per tile: 512 KiB, so a tile's columns stay in L2 through its GEMM
+/// (and gemm repacks the weights for fewer tiles).
+const TILE_VALUES: usize = 128 * 1024;
 /// Fewer output pixels than this per tile would leave gemm's micro-kernel mostly idle.
 const MIN_TILE_PIXELS: usize = 256;
 /// Tiles per convolution at least (when there are enough rows), so both cores get a share.
@@ -202,6 +204,24 @@ impl Conv2d {
         }
     }
 
+    /// One convolution computing both `self`'s and `other`'s output channels (in that order) from
+    /// the same input: one im2col and one larger GEMM instead of two.
+    pub fn stack(mut self, other: Conv2d) -> Conv2d {
+        assert_eq!(
+            (self.in_channels, self.kernel, self.stride, self.activation),
+            (
+                other.in_channels,
+                other.kernel,
+                other.stride,
+                other.activation
+            ),
+            "only convolutions of the same input can be stacked"
+        );
+        self.weight.extend(other.weight);
+        self.bias.extend(other.bias);
+        self
+    }
+
     pub fn out_channels(&self) -> usize {
         self.bias.len()
     }
@@ -217,13 +237,28 @@ impl Conv2d {
     }
 
     pub fn forward(&self, input: &FeatureMap) -> FeatureMap {
-        let mut output = FeatureMap::zeros(self.output_shape(input.shape));
-        self.run(&input.values, input.shape, &mut output.values);
-        output
+        let shape = self.output_shape(input.shape);
+        // Not zeroed first: filling a fresh map would be a serial pass as long as the output.
+        let mut values = Vec::with_capacity(shape.count());
+        self.convolve(
+            &input.values,
+            input.shape,
+            &mut values.spare_capacity_mut()[..shape.count()],
+        );
+        // SAFETY: `convolve` wrote every value.
+        unsafe { values.set_len(shape.count()) };
+        FeatureMap::new(shape, values)
     }
 
     /// Convolves one image of `shape` into `output` (`output_shape(shape).count()` values).
     pub fn run(&self, input: &[f32], shape: Shape, output: &mut [f32]) {
+        // SAFETY: same layout; `convolve` only writes valid floats through it.
+        let output = unsafe { &mut *(output as *mut [f32] as *mut [MaybeUninit<f32>]) };
+        self.convolve(input, shape, output);
+    }
+
+    /// Writes every value of `output`: gemm stores each output pixel without reading it first.
+    fn convolve(&self, input: &[f32], shape: Shape, output: &mut [MaybeUninit<f32>]) {
         assert_eq!(shape.channels, self.in_channels, "input channels");
         assert_eq!(input.len(), shape.count(), "input size");
         let out = self.output_shape(shape);
@@ -233,7 +268,7 @@ impl Conv2d {
         let rows_per_tile =
             (tile_pixels / out.width).clamp(1, out.height.div_ceil(MIN_TILES).max(1));
         let direct = self.kernel == 1 && self.stride == 1;
-        let destination = TileOutput(output.as_mut_ptr());
+        let destination = TileOutput(output.as_mut_ptr().cast::<f32>());
 
         (0..out.height.div_ceil(rows_per_tile))
             .into_par_iter()

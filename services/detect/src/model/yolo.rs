@@ -363,23 +363,25 @@ impl Sppf {
     }
 }
 
-/// Conv, conv, then a plain 1x1 projection (no activation): one head branch at one stride.
+/// Conv, conv, then a plain 1x1 projection (no activation): one head branch at one stride. The
+/// first conv is kept apart so the box and class branches of a stride can share it (see
+/// [`DetectHead`]).
 struct Branch {
-    first: Conv2d,
     second: Conv2d,
     projection: Conv2d,
 }
 
 impl Branch {
+    /// The branch's first conv and the rest.
     fn load(
         weights: &mut Weights,
         prefix: &str,
         in_channels: usize,
         hidden: usize,
         out_channels: usize,
-    ) -> Result<Self, ModelError> {
-        Ok(Self {
-            first: conv_block(weights, &format!("{prefix}.0"), in_channels, hidden, 3, 1)?,
+    ) -> Result<(Conv2d, Self), ModelError> {
+        let first = conv_block(weights, &format!("{prefix}.0"), in_channels, hidden, 3, 1)?;
+        let rest = Self {
             second: conv_block(weights, &format!("{prefix}.1"), hidden, hidden, 3, 1)?,
             projection: load_conv2d(
                 weights,
@@ -389,18 +391,23 @@ impl Branch {
                 1,
                 Activation::Identity,
             )?,
-        })
+        };
+        Ok((first, rest))
     }
 
-    /// Runs `input` into `output`, the branch's channels at the input's size.
-    fn run(&self, input: &FeatureMap, output: &mut [f32]) {
-        let hidden = self.second.forward(&self.first.forward(input));
-        self.projection.run(&hidden.values, hidden.shape, output);
+    /// Runs the first conv's output `hidden` (of `shape`) into `output`, the branch's channels.
+    fn run(&self, hidden: &[f32], shape: Shape, output: &mut [f32]) {
+        let second_shape = self.second.output_shape(shape);
+        let mut second = vec![0.0; second_shape.count()];
+        self.second.run(hidden, shape, &mut second);
+        self.projection.run(&second, second_shape, output);
     }
 }
 
 /// Ultralytics `Detect`: per stride a box branch (`cv2`, DFL logits) and a class branch (`cv3`).
+/// Both start with a 3x3 conv of the same input, run as one stacked conv.
 struct DetectHead {
+    first_convs: Vec<Conv2d>,
     box_branches: Vec<Branch>,
     class_branches: Vec<Branch>,
     dfl_bins: Vec<f32>,
@@ -413,25 +420,19 @@ impl DetectHead {
         in_channels: [usize; 3],
     ) -> Result<Self, ModelError> {
         let classes = COCO_CLASSES.len();
+        let mut first_convs = Vec::new();
         let mut box_branches = Vec::new();
         let mut class_branches = Vec::new();
         for (level, channels) in in_channels.into_iter().enumerate() {
             let box_prefix = format!("{prefix}.cv2.{level}");
-            box_branches.push(Branch::load(
-                weights,
-                &box_prefix,
-                channels,
-                BOX_HIDDEN,
-                4 * DFL_BINS,
-            )?);
+            let (box_first, box_branch) =
+                Branch::load(weights, &box_prefix, channels, BOX_HIDDEN, 4 * DFL_BINS)?;
             let class_prefix = format!("{prefix}.cv3.{level}");
-            class_branches.push(Branch::load(
-                weights,
-                &class_prefix,
-                channels,
-                CLASS_HIDDEN,
-                classes,
-            )?);
+            let (class_first, class_branch) =
+                Branch::load(weights, &class_prefix, channels, CLASS_HIDDEN, classes)?;
+            first_convs.push(box_first.stack(class_first));
+            box_branches.push(box_branch);
+            class_branches.push(class_branch);
         }
         // The DFL "convolution" is a fixed dot product with the bin values; kept as loaded.
         let dfl_bins = weights
@@ -439,6 +440,7 @@ impl DetectHead {
             .flatten_all()?
             .to_vec1()?;
         Ok(Self {
+            first_convs,
             box_branches,
             class_branches,
             dfl_bins,
@@ -448,15 +450,25 @@ impl DetectHead {
     /// Per stride, the box logits then the class logits, as channels of one map.
     fn forward(&self, levels: [&FeatureMap; 3]) -> [FeatureMap; 3] {
         std::array::from_fn(|level| {
-            let (x, box_branch) = (levels[level], &self.box_branches[level]);
-            let box_channels = box_branch.projection.out_channels();
+            let hidden = self.first_convs[level].forward(levels[level]);
+            let plane = hidden.shape.plane();
+            let branches = [&self.box_branches[level], &self.class_branches[level]];
             let mut output = FeatureMap::zeros(Shape {
-                channels: box_channels + self.class_branches[level].projection.out_channels(),
-                ..x.shape
+                channels: branches.iter().map(|b| b.projection.out_channels()).sum(),
+                ..hidden.shape
             });
-            let (boxes, classes) = output.values.split_at_mut(box_channels * x.shape.plane());
-            box_branch.run(x, boxes);
-            self.class_branches[level].run(x, classes);
+            let (mut hidden_rest, mut output_rest) = (&hidden.values[..], &mut output.values[..]);
+            for branch in branches {
+                let hidden_shape = Shape {
+                    channels: branch.second.out_channels(),
+                    ..hidden.shape
+                };
+                let (input, next_input) = hidden_rest.split_at(hidden_shape.count());
+                let (out, next_out) =
+                    output_rest.split_at_mut(branch.projection.out_channels() * plane);
+                branch.run(input, hidden_shape, out);
+                (hidden_rest, output_rest) = (next_input, next_out);
+            }
             output
         })
     }

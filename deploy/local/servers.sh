@@ -257,6 +257,15 @@ signal_and_wait() {
     done
 }
 
+# A server that just exited may hold its port a moment longer.
+wait_port_free() {
+    local port deadline=$((SECONDS + STOP_TIMEOUT))
+    port="$(port_of "$1")"
+    while port_in_use "$port" && ((SECONDS < deadline)); do
+        sleep 0.1
+    done
+}
+
 kill_cmd() {
     local signal=TERM
     if [[ ${1:-} == -* ]]; then
@@ -336,6 +345,7 @@ main() {
         stop) for ((i = ${#names[@]} - 1; i >= 0; i--)); do stop_one "${names[i]}"; done ;;
         restart) for name in "${names[@]}"; do
             stop_one "$name"
+            wait_port_free "$name"
             start_one "$name"
         done ;;
         status) status_cmd "${names[@]}" ;;

@@ -396,15 +396,16 @@ fn servers_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/local/servers.sh")
 }
 
-/// Ports nobody listens on now (all held at once, so they are distinct).
+/// Ports nobody uses now, below Linux's ephemeral range (32768 and up) so that no client socket
+/// takes one as its own port meanwhile, and a probe never connects to itself.
 fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..count)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+    let start = 20_000 + (std::process::id() % 1000) as u16 * 10;
+    let ports: Vec<u16> = (start..32_000)
+        .filter(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .take(count)
         .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    assert_eq!(ports.len(), count, "no {count} free ports from {start}");
+    ports
 }
 
 pub fn encode(image: DynamicImage, format: ImageFormat) -> Bytes {

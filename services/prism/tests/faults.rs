@@ -1,8 +1,11 @@
 //! Faults over real servers: while a steady stream of uploads (some of them copies) goes through
 //! the pipeline, the test kills (SIGKILL) a thumbnail replica, the dedup service and the detect
-//! service, freezes the broker, and restarts the S3 server and CouchDB, one at a time. After recovery every
-//! upload must have a result per stage, every output must exist, no claim may be left processing,
-//! and redelivered results must say the same as the first.
+//! service, freezes the broker, and restarts the S3 server and CouchDB, one at a time. After
+//! recovery every upload must have a result per stage, every output must exist, no claim may be
+//! left processing, and redelivered results must say the same as the first.
+//!
+//! Recovery time is measured per fault: from the fault to the moment an upload made right after
+//! it has all its results (so it includes the backlog the fault left).
 //!
 //! The servers are this test's own ([`PrivateServers`]): other tests use the shared ones meanwhile.
 

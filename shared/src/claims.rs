@@ -250,9 +250,12 @@ pub async fn admit(
         let admission = match existing.status {
             ClaimStatus::Done => {
                 existing.note_source(&seen);
+                // The upload that was processed, redelivered (its consumer died before committing),
+                // gets the same result again: not deduplicated.
+                let deduplicated = existing.first_source.source != seen.source;
                 Admission::Done(Box::new(existing.result_for(
                     &seen,
-                    true,
+                    deduplicated,
                     started.elapsed(),
                 )))
             }
@@ -416,8 +419,15 @@ mod tests {
         assert!(result.deduplicated);
         assert_eq!(result.outputs, vec![output()]);
         assert_eq!(result.source.key, "c.jpg");
+        // The processed upload redelivered gets its own result again, not a deduplicated one.
+        let Admission::Done(again) = admit(&index, work(), seen("a.jpg"), LEASE).await.unwrap()
+        else {
+            panic!("a redelivered upload gets its result");
+        };
+        assert!(!again.deduplicated);
+        assert_eq!(again.source.key, "a.jpg");
         let claim = index.get("thumbnail:fp:hash").await.unwrap().unwrap();
-        assert_eq!(claim.sources_seen, 3);
+        assert_eq!(claim.sources_seen, 4);
         assert_eq!(claim.sources.len(), 3);
     }
 

@@ -1,4 +1,5 @@
-//! Detect: finds COCO objects with Prism's own YOLOv8 on candle and draws them.
+//! Detect: finds COCO objects with Prism's own YOLOv8 (weights read with candle, convolutions as
+//! GEMMs on our CPU kernels) and draws them.
 //!
 //! [`model`] is the network and its pre/post-processing; [`DetectStage`] adapts it to the shared
 //! stage worker, with one forward pass for as many images of a batch as fit a pixel budget;

@@ -176,3 +176,25 @@ fn annotated_bus_has_class_coloured_boxes_and_labels() {
         .count();
     assert!(changed > 10_000, "only {changed} pixels drawn");
 }
+
+#[test]
+fn other_input_sizes_find_the_same_objects_in_bus() {
+    for input_size in [320, 416, 1280] {
+        let config = DetectorConfig {
+            input_size,
+            ..DetectorConfig::default()
+        };
+        let detector = Detector::load(&config).unwrap_or_else(|error| panic!("{error}"));
+        let detections = detector.detect(&[image("bus.jpg")]).expect("detects");
+        let classes: Vec<&str> = detections[0]
+            .iter()
+            .filter(|d| d.confidence > 0.5)
+            .map(|d| d.class.as_str())
+            .collect();
+        assert!(
+            classes.contains(&"bus") && classes.iter().filter(|c| **c == "person").count() >= 3,
+            "input {input_size}: {}",
+            describe(&detections[0])
+        );
+    }
+}

@@ -7,121 +7,34 @@
 //! cannot read back (`a//b`, a tab, a newline), put there with a raw S3 request: the listing must
 //! set them aside instead of failing.
 
+mod common;
+
 use bytes::Bytes;
+use common::{DEADLINE, Services};
 use futures::StreamExt;
-use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
-use prism_shared::config::{self, Settings};
+use image::{DynamicImage, ImageFormat};
+use prism_shared::config::Settings;
 use prism_shared::contract::{DeadLetter, StageResult};
 use prism_shared::ingest::UploadEvent;
 use prism_shared::store::Buckets;
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Message;
 use std::collections::BTreeMap;
-use std::io::Cursor;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Generous: a new consumer group's first join alone takes seconds on a loaded 2-core machine.
-const DEADLINE: Duration = Duration::from_secs(180);
 /// After every upload has its result, keep listening this long to catch duplicates.
 const QUIET_PERIOD: Duration = Duration::from_secs(5);
 
 /// This run's topics, buckets and database; thumbnails only (detection adds nothing here).
 fn run_environment(run: &str) -> Vec<(String, String)> {
-    let topic = |name: &str| format!("reconcile-{run}.{name}");
-    [
-        ("PRISM_TOPICS__UPLOADS", topic("uploads")),
-        ("PRISM_TOPICS__THUMBNAIL_JOBS", topic("jobs.thumbnail")),
-        ("PRISM_TOPICS__DETECT_JOBS", topic("jobs.detect")),
-        (
-            "PRISM_TOPICS__THUMBNAIL_RESULTS",
-            topic("results.thumbnail"),
-        ),
-        ("PRISM_TOPICS__DETECT_RESULTS", topic("results.detect")),
-        ("PRISM_TOPICS__DEADLETTER", topic("deadletter")),
-        ("PRISM_INPUT_BUCKET", format!("reconcile-{run}-in")),
-        ("PRISM_OUTPUT_BUCKET", format!("reconcile-{run}-out")),
-        ("PRISM_COUCHDB__DATABASE", format!("reconcile-{run}")),
-        ("PRISM_KAFKA__GROUP_PREFIX", format!("reconcile-{run}")),
-        // Tansu makes a new group's first join wait half the session timeout.
-        ("PRISM_KAFKA__SESSION_TIMEOUT_MS", "6000".into()),
-        ("PRISM_ENABLED_STAGES", "[\"thumbnail\"]".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
-
-/// Settings from the real servers' environment plus this run's names; fails loudly without servers.
-fn settings_for(environment: &[(String, String)]) -> Settings {
-    for required in [
-        "PRISM_KAFKA__BROKERS",
-        "PRISM_S3__ENDPOINT",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "PRISM_COUCHDB__URL",
-        "PRISM_COUCHDB__PASSWORD",
-    ] {
-        assert!(
-            std::env::var(required).is_ok(),
-            "{required} is not set: this test needs the real servers. Run `deploy/local/test.sh`, or \
-             `deploy/local/servers.sh start && eval \"$(deploy/local/servers.sh env)\"` first."
-        );
-    }
-    // SAFETY: set before any thread of this test reads the environment.
-    for (key, value) in environment {
-        unsafe { std::env::set_var(key, value) };
-    }
-    config::load().expect("configuration")
-}
-
-/// A `prism serve …` process, stopped (and its log shown if the test failed) when dropped.
-struct Service {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Service {
-    fn start(environment: &[(String, String)], args: &[&str]) -> Self {
-        let log = std::env::temp_dir().join(format!(
-            "prism-reconcile-{}-{}.log",
-            std::process::id(),
-            args.join("-")
-        ));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_prism"))
-            .args(args)
-            .envs(environment.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(file.try_clone().unwrap()))
-            .stderr(Stdio::from(file))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start prism {args:?}: {e}"));
-        Service { child, log }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        // SIGTERM, so consumers leave their groups at once.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- {} ---\n{}",
-                self.log.display(),
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
+    let mut environment = common::run_environment(run);
+    for (key, value) in &mut environment {
+        if key == "PRISM_ENABLED_STAGES" {
+            *value = "[\"thumbnail\"]".into();
         }
     }
+    environment
 }
 
 /// Runs `prism reconcile` and returns its last line, the counts.
@@ -144,14 +57,10 @@ fn reconcile(environment: &[(String, String)], args: &[&str]) -> String {
 
 /// A small PNG no other seed makes.
 fn picture(seed: u32) -> Bytes {
-    let image = RgbImage::from_fn(96, 64, |x, y| {
-        Rgb([(x * 2 + seed * 40) as u8, (y * 3) as u8, (seed * 71) as u8])
-    });
-    let mut bytes = Vec::new();
-    DynamicImage::ImageRgb8(image)
-        .write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png)
-        .unwrap();
-    Bytes::from(bytes)
+    common::encode(
+        DynamicImage::ImageRgb8(common::picture(seed, 96, 64)),
+        ImageFormat::Png,
+    )
 }
 
 /// Puts an object under a key object_store refuses to name, with a presigned raw S3 request.
@@ -200,17 +109,13 @@ impl Outcomes {
         consumer: &StreamConsumer,
         settings: &Settings,
         done: impl Fn(&Outcomes) -> bool,
-        services: &mut [Service],
+        services: &mut Services,
     ) {
         let started = Instant::now();
         let mut settled: Option<Instant> = None;
         let mut stream = consumer.stream();
         while settled.is_none_or(|at| at.elapsed() < QUIET_PERIOD) {
-            for service in services.iter_mut() {
-                if let Some(status) = service.child.try_wait().unwrap() {
-                    panic!("a service exited with {status}");
-                }
-            }
+            services.assert_running();
             assert!(
                 started.elapsed() < DEADLINE,
                 "not done within {DEADLINE:?}: results {:?}, upload events {:?}",
@@ -235,7 +140,7 @@ impl Outcomes {
                 for object in event.created_objects(&[]).unwrap() {
                     *self.announcements.entry(object.key).or_default() += 1;
                 }
-            } else {
+            } else if message.topic() == settings.topics.thumbnail_results {
                 let result: StageResult = serde_json::from_slice(payload).unwrap();
                 self.results
                     .entry(result.source.key.clone())
@@ -248,40 +153,19 @@ impl Outcomes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_notifications_are_re_emitted_and_handled_exactly_once() {
-    let run = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
+    let run = common::run_name();
     let environment = run_environment(&run);
-    let settings = settings_for(&environment);
-    prism_loadgen::create_bucket(&settings.s3, &settings.input_bucket)
-        .await
-        .unwrap();
-    prism_loadgen::create_bucket(&settings.s3, &settings.output_bucket)
-        .await
-        .unwrap();
-    prism_shared::bus::kafka::ensure_topics(&settings.kafka, &settings.topics.all())
-        .await
-        .expect("Kafka must be reachable");
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka.brokers)
-        .set("group.id", format!("reconcile-{run}-observer"))
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .create()
-        .unwrap();
-    consumer
-        .subscribe(&[
-            settings.topics.uploads.as_str(),
-            settings.topics.thumbnail_results.as_str(),
-            settings.topics.deadletter.as_str(),
-        ])
-        .unwrap();
+    let settings = common::settings_for(&environment);
+    common::prepare(&settings).await;
+    let consumer = common::observer(&settings, &run);
     let buckets = Buckets::s3(&settings.s3);
 
     // Uploaded with a watcher running: announced and handled the usual way.
-    let mut services = vec![
-        Service::start(&environment, &["serve", "dedup"]),
-        Service::start(&environment, &["serve", "thumbnail"]),
-    ];
-    let watcher = Service::start(&environment, &["watch", "--interval-ms", "200"]);
+    let mut services = Services::start(
+        &environment,
+        &[&["serve", "dedup"], &["serve", "thumbnail"]],
+    );
+    services.spawn("watch", &["watch", "--interval-ms", "200"]);
     let announced: Vec<(String, Bytes)> = (0..3)
         .map(|n| (format!("announced/{n}.png"), picture(n)))
         .collect();
@@ -298,7 +182,7 @@ async fn lost_notifications_are_re_emitted_and_handled_exactly_once() {
             &mut services,
         )
         .await;
-    drop(watcher);
+    services.stop("watch");
 
     // Uploaded with nobody announcing them: their notifications are lost. One is a copy of an
     // announced image (it gets the earlier result), and three have keys Prism cannot read back.
@@ -361,7 +245,7 @@ async fn lost_notifications_are_re_emitted_and_handled_exactly_once() {
     // every object, and dedup must drop each one (all handled) instead of giving a second result.
     let before = outcomes.announcements.clone();
     let all_keys: Vec<String> = announced_keys.iter().chain(&lost_keys).cloned().collect();
-    let watcher = Service::start(&environment, &["watch", "--interval-ms", "200"]);
+    services.spawn("watch", &["watch", "--interval-ms", "200"]);
     outcomes
         .collect(
             &consumer,
@@ -374,7 +258,7 @@ async fn lost_notifications_are_re_emitted_and_handled_exactly_once() {
             &mut services,
         )
         .await;
-    drop(watcher);
+    services.stop("watch");
 
     for key in announced_keys.iter().chain(&lost_keys) {
         let results = &outcomes.results[key];

@@ -1,6 +1,6 @@
-//! Helpers shared by the tests over real servers (`pipeline`, `faults`, `rebalance`): this run's
-//! names, the `prism` service processes, private servers, generated images and the observer that
-//! files every message it sees.
+//! Helpers shared by the tests over real servers (`pipeline`, `faults`, `rebalance`,
+//! `reconcile`): this run's names, the `prism` service processes, private servers, generated
+//! images and the observer that files every message it sees.
 
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]

@@ -7,7 +7,8 @@ mod common;
 
 use bytes::Bytes;
 use common::{
-    DEADLINE, Seen, Services, Upload, encode, generated, picture, run_environment, settings_for,
+    DEADLINE, Seen, Services, Upload, encode, generated, observer, picture, prepare,
+    run_environment, run_name, settings_for, to_pairs,
 };
 use futures::StreamExt;
 use image::{DynamicImage, ImageFormat, Rgba, RgbaImage};
@@ -15,8 +16,6 @@ use prism_shared::claims::{ClaimIndex, ClaimStatus, couch::CouchIndex};
 use prism_shared::contract::{StageName, StageResult};
 use prism_shared::schemas::Schemas;
 use prism_shared::store::Buckets;
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -108,20 +107,11 @@ fn uploads() -> (Vec<Upload>, Vec<Upload>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_get_exactly_one_result_each_and_identical_content_is_processed_once() {
-    let run = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
+    let run = run_name();
     let environment = run_environment(&run);
     let settings = settings_for(&environment);
     let schemas = Schemas::default();
-
-    prism_loadgen::create_bucket(&settings.s3, &settings.input_bucket)
-        .await
-        .unwrap();
-    prism_loadgen::create_bucket(&settings.s3, &settings.output_bucket)
-        .await
-        .unwrap();
-    prism_shared::bus::kafka::ensure_topics(&settings.kafka, &settings.topics.all())
-        .await
-        .expect("Kafka must be reachable");
+    prepare(&settings).await;
 
     let mut services = Services::start(
         &environment,
@@ -133,14 +123,7 @@ async fn uploads_get_exactly_one_result_each_and_identical_content_is_processed_
         ],
     );
 
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka.brokers)
-        .set("group.id", format!("e2e-{run}-observer"))
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .create()
-        .unwrap();
-    consumer.subscribe(&settings.topics.all()).unwrap();
+    let consumer = observer(&settings, &run);
 
     // Upload: distinct contents, copies under other keys, and twins at the same moment.
     let buckets = Buckets::s3(&settings.s3);
@@ -157,11 +140,6 @@ async fn uploads_get_exactly_one_result_each_and_identical_content_is_processed_
             size: Some((900, 600)),
         })
         .collect();
-    let to_pairs = |list: &[Upload]| {
-        list.iter()
-            .map(|u| (u.key.clone(), u.bytes.clone()))
-            .collect::<Vec<_>>()
-    };
     // Warm-up: one image through every stage first, so the latency measured below is the pipeline's,
     // not the consumer groups' first join.
     let topics = settings.topics.clone();

@@ -14,7 +14,7 @@ mod common;
 use common::{
     Listener, PrivateServers, Services, TansuConfig, Upload, assert_complete, generated, observer,
     prepare, run_environment, run_name, settings_for, stream_of_uploads, upload_steadily,
-    upload_until_stored,
+    upload_until_stored, warm_up,
 };
 use image::ImageFormat;
 use prism_shared::store::Buckets;
@@ -93,9 +93,7 @@ async fn every_upload_gets_its_results_under_faults() {
     let buckets = Buckets::s3(&settings.s3);
 
     // Warm up: every group joined and every stage working before the first fault.
-    let warmup = generated("warmup.png", 10_000, (64, 48), ImageFormat::Png);
-    upload_until_stored(&buckets, &settings.input_bucket, &warmup).await;
-    listener.wait_for_all(&[&warmup], &mut services).await;
+    let warmup = warm_up(&buckets, &settings, &mut listener, &mut services).await;
     println!(
         "pipeline warm {:.1} s after the test started",
         test_started.elapsed().as_secs_f64()

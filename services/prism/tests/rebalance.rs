@@ -8,11 +8,9 @@
 mod common;
 
 use common::{
-    Listener, Services, TansuConfig, Upload, assert_complete, generated, observer, prepare,
-    run_environment, run_name, settings_for, stream_of_uploads, upload_steadily,
-    upload_until_stored,
+    Listener, Services, TansuConfig, Upload, assert_complete, observer, prepare, run_environment,
+    run_name, settings_for, stream_of_uploads, upload_steadily, warm_up,
 };
-use image::ImageFormat;
 use prism_shared::store::Buckets;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -53,9 +51,7 @@ async fn nothing_is_lost_or_changed_under_rebalance() {
     let mut listener = Listener::new(&consumer, &settings.topics);
     let buckets = Buckets::s3(&settings.s3);
 
-    let warmup = generated("warmup.png", 10_000, (64, 48), ImageFormat::Png);
-    upload_until_stored(&buckets, &settings.input_bucket, &warmup).await;
-    listener.wait_for_all(&[&warmup], &mut services).await;
+    let warmup = warm_up(&buckets, &settings, &mut listener, &mut services).await;
     println!(
         "two replicas per stage, warm {:.1} s after the test started",
         test_started.elapsed().as_secs_f64()

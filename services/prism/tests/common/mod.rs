@@ -631,6 +631,20 @@ impl<'c> Listener<'c> {
     }
 }
 
+/// Sends one small picture through every stage, so that every consumer group has joined and every
+/// stage works before the measured part of a test starts; returns that upload.
+pub async fn warm_up(
+    buckets: &Buckets,
+    settings: &Settings,
+    listener: &mut Listener<'_>,
+    services: &mut Services,
+) -> Upload {
+    let warmup = generated("warmup.png", 10_000, (64, 48), ImageFormat::Png);
+    upload_until_stored(buckets, &settings.input_bucket, &warmup).await;
+    listener.wait_for_all(&[&warmup], services).await;
+    warmup
+}
+
 /// Up to 20 (stage, upload) pairs without an outcome yet.
 fn missing(seen: &Seen, uploads: &[&Upload]) -> Vec<(StageName, String)> {
     uploads

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
 use prism_shared::config::S3Settings;
 use prism_shared::store::Buckets;
-use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+use rusty_s3::{Credentials, S3Action};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,13 +14,7 @@ const PRESIGN_TTL: Duration = Duration::from_secs(60);
 /// Creates `name` if it does not exist (object_store has no bucket API, so this signs the request
 /// itself). Credentials come from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
 pub async fn create_bucket(settings: &S3Settings, name: &str) -> anyhow::Result<()> {
-    let endpoint = settings.endpoint.parse()?;
-    let style = if settings.path_style {
-        UrlStyle::Path
-    } else {
-        UrlStyle::VirtualHost
-    };
-    let bucket = Bucket::new(endpoint, style, name.to_string(), settings.region.clone())?;
+    let bucket = prism_shared::store::signing_bucket(settings, name)?;
     let credentials = Credentials::from_env()
         .ok_or_else(|| anyhow::anyhow!("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"))?;
     let url = bucket.create_bucket(&credentials).sign(PRESIGN_TTL);

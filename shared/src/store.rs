@@ -474,6 +474,24 @@ fn s3_error(error: impl std::error::Error + Send + Sync + 'static) -> StoreError
     })
 }
 
+/// `bucket` as rusty-s3 addresses it, for the few S3 requests Prism signs itself (the tolerant
+/// listing, creating buckets): same endpoint (AWS when unset), region and URL style as the store.
+pub fn signing_bucket(settings: &S3Settings, bucket: &str) -> Result<rusty_s3::Bucket, StoreError> {
+    let endpoint = if settings.endpoint.is_empty() {
+        format!("https://s3.{}.amazonaws.com", settings.region)
+    } else {
+        settings.endpoint.clone()
+    };
+    let style = if settings.path_style {
+        rusty_s3::UrlStyle::Path
+    } else {
+        rusty_s3::UrlStyle::VirtualHost
+    };
+    let endpoint = endpoint.parse().map_err(s3_error)?;
+    rusty_s3::Bucket::new(endpoint, style, bucket.to_string(), settings.region.clone())
+        .map_err(s3_error)
+}
+
 /// Lists an S3 bucket with ListObjectsV2 directly. object_store's listing turns each key into a
 /// `Path` and fails the whole page on one it cannot represent (`a//b`, `../x`, a tab), so this asks
 /// for URL-encoded keys (any key survives XML), then sets aside the ones Prism cannot read back.
@@ -490,20 +508,7 @@ async fn list_s3(
         }
         None => rusty_s3::Credentials::new(&credential.key_id, &credential.secret_key),
     };
-    let endpoint = if settings.endpoint.is_empty() {
-        format!("https://s3.{}.amazonaws.com", settings.region)
-    } else {
-        settings.endpoint.clone()
-    };
-    let style = if settings.path_style {
-        rusty_s3::UrlStyle::Path
-    } else {
-        rusty_s3::UrlStyle::VirtualHost
-    };
-    let endpoint = endpoint.parse().map_err(s3_error)?;
-    let target =
-        rusty_s3::Bucket::new(endpoint, style, bucket.to_string(), settings.region.clone())
-            .map_err(s3_error)?;
+    let target = signing_bucket(settings, bucket)?;
     let mut listing = Listing::default();
     let mut continuation: Option<String> = None;
     loop {

@@ -65,13 +65,7 @@ fn picture(seed: u32) -> Bytes {
 
 /// Puts an object under a key object_store refuses to name, with a presigned raw S3 request.
 async fn put_raw(settings: &Settings, key: &str) {
-    let bucket = rusty_s3::Bucket::new(
-        settings.s3.endpoint.parse().unwrap(),
-        rusty_s3::UrlStyle::Path,
-        settings.input_bucket.clone(),
-        settings.s3.region.clone(),
-    )
-    .unwrap();
+    let bucket = prism_shared::store::signing_bucket(&settings.s3, &settings.input_bucket).unwrap();
     let credentials = rusty_s3::Credentials::from_env().expect("AWS credentials");
     let url = rusty_s3::S3Action::sign(
         &bucket.put_object(Some(&credentials), key),

@@ -97,7 +97,7 @@ impl Watcher {
     pub async fn poll(&mut self) -> anyhow::Result<Vec<SourceObject>> {
         let first_listing = !self.listed;
         let changed = self.changed_objects().await?;
-        for object in &changed {
+        for (sent, object) in changed.iter().enumerate() {
             let event = if first_listing {
                 reemission(object, Utc::now())
             } else {
@@ -105,8 +105,12 @@ impl Watcher {
             };
             let publication = announcement(&self.topic, object, &event);
             if let Err(error) = self.publisher.publish(&publication).await {
-                // Forget it so the next poll tries again.
-                self.announced.remove(&object.key);
+                // Forget this object and the ones after it, so the next poll announces them (still
+                // as re-announcements if this was the first listing).
+                for unsent in &changed[sent..] {
+                    self.announced.remove(&unsent.key);
+                }
+                self.listed = !first_listing;
                 return Err(error.into());
             }
         }
@@ -182,6 +186,61 @@ mod tests {
         assert!(!crate::reconcile::is_reemitted(&first));
         // Keyed as MinIO keys its events, so every announcement of an object shares a partition.
         assert_eq!(events[0].key, Some(b"in/a b/c.jpg".to_vec()));
+    }
+
+    /// Refuses the publish numbered `fail_at` (from 0), passes the others on.
+    struct FailingOnce {
+        bus: MemoryBus,
+        fail_at: usize,
+        count: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Publisher for FailingOnce {
+        async fn publish(&self, publication: &Publication) -> Result<(), crate::bus::BusError> {
+            let n = self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n == self.fail_at {
+                return Err(crate::bus::BusError::Closed);
+            }
+            self.bus.publish(publication).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_publish_loses_no_object_of_the_listing() {
+        let buckets = Buckets::memory();
+        for key in ["a.jpg", "b.jpg", "c.jpg"] {
+            buckets
+                .write("in", key, Bytes::from_static(b"x"), "image/jpeg")
+                .await
+                .unwrap();
+        }
+        let bus = MemoryBus::default();
+        let publisher = FailingOnce {
+            bus: bus.clone(),
+            fail_at: 1,
+            count: Default::default(),
+        };
+        let mut watcher = Watcher::new(buckets, "in", Arc::new(publisher), "uploads");
+        assert!(watcher.poll().await.is_err());
+        let retried: Vec<String> = watcher
+            .poll()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(retried, ["b.jpg", "c.jpg"]);
+        let events: Vec<UploadEvent> = bus
+            .messages("uploads")
+            .iter()
+            .map(|m| UploadEvent::parse(&m.payload).unwrap())
+            .collect();
+        assert_eq!(events.len(), 3, "each object announced once");
+        assert!(
+            events.iter().all(crate::reconcile::is_reemitted),
+            "all from the first listing"
+        );
     }
 
     #[tokio::test]

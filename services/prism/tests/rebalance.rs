@@ -111,4 +111,15 @@ async fn nothing_is_lost_or_changed_under_rebalance() {
         &buckets,
     )
     .await;
+    // Nothing lost could also mean the old replicas did all the work: a joiner must get a share.
+    for (stage, _) in STAGES {
+        let joiner = format!("{stage}-c");
+        let log = services.log(&joiner);
+        assert!(
+            log.lines()
+                .any(|line| line.contains("partitions assigned")
+                    && !line.contains("partitions=none")),
+            "{joiner} joined its group but was never given a partition:\n{log}"
+        );
+    }
 }

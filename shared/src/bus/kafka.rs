@@ -10,10 +10,11 @@ use async_trait::async_trait;
 use rdkafka::{
     ClientConfig, Message,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
-    consumer::{CommitMode, Consumer, StreamConsumer},
-    error::{KafkaError, RDKafkaErrorCode},
+    client::{ClientContext, DefaultClientContext},
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    error::{KafkaError, KafkaResult, RDKafkaErrorCode},
     producer::{FutureProducer, FutureRecord, Producer},
+    topic_partition_list::TopicPartitionList,
     util::Timeout,
 };
 use std::sync::{PoisonError, RwLock};
@@ -130,8 +131,62 @@ impl Publisher for KafkaPublisher {
     }
 }
 
+/// Logs what the group coordinator does to this replica: which partitions it gained or lost, and
+/// commits that failed. Without it a replica that owns nothing looks the same as an idle one.
+struct GroupEvents {
+    group: String,
+}
+
+impl ClientContext for GroupEvents {}
+
+impl ConsumerContext for GroupEvents {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let group = &self.group;
+        match rebalance {
+            Rebalance::Assign(list) => {
+                tracing::info!(%group, partitions = %describe(list), "partitions assigned");
+            }
+            Rebalance::Revoke(list) => {
+                tracing::info!(%group, partitions = %describe(list), "partitions revoked");
+            }
+            Rebalance::Error(error) => tracing::warn!(%group, %error, "rebalance failed"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => tracing::warn!(
+                group = %self.group,
+                %error,
+                offsets = %describe(offsets),
+                "offset commit failed; the messages since the last commit may be redelivered"
+            ),
+        }
+    }
+}
+
+/// `topic[partition]@offset, ...` (the offset only where one is set).
+fn describe(list: &TopicPartitionList) -> String {
+    let parts: Vec<String> = list
+        .elements()
+        .iter()
+        .map(|element| match element.offset().to_raw() {
+            Some(offset) if offset >= 0 => {
+                format!("{}[{}]@{offset}", element.topic(), element.partition())
+            }
+            _ => format!("{}[{}]", element.topic(), element.partition()),
+        })
+        .collect();
+    if parts.is_empty() {
+        "none".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
 pub struct KafkaSubscriber {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<GroupEvents>,
 }
 
 impl KafkaSubscriber {
@@ -148,7 +203,10 @@ impl KafkaSubscriber {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky");
-        let consumer: StreamConsumer = with_overrides(&mut config, settings).create()?;
+        let consumer: StreamConsumer<GroupEvents> = with_overrides(&mut config, settings)
+            .create_with_context(GroupEvents {
+                group: group.to_string(),
+            })?;
         consumer.subscribe(topics)?;
         Ok(KafkaSubscriber { consumer })
     }

@@ -186,6 +186,7 @@ impl Services {
             .args(args)
             .envs(self.environment.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::from(file.try_clone().unwrap()))
             .stderr(Stdio::from(file))
             .spawn()
@@ -216,6 +217,11 @@ impl Services {
     /// SIGTERM and wait: the process finishes its batch and leaves its consumer group.
     pub fn stop(&mut self, name: &str) {
         stop_gracefully(&mut self.take(name).child);
+    }
+
+    /// Everything `name` has logged so far (all its runs).
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default()
     }
 
     pub fn assert_running(&mut self) {

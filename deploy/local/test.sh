@@ -48,8 +48,9 @@ run_check "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 # The fault and rebalance tests run on their own, so their times show in the summary and the
 # figures they print (uploads, results, redeliveries, recovery times) show in the log.
 run_check "cargo test" cargo test --workspace -- --skip under_faults --skip under_rebalance
-run_check "fault test" cargo test -p prism-cli --test faults -- --show-output
-run_check "rebalance test" cargo test -p prism-cli --test rebalance -- --show-output
+# Each waits at most 3 minutes for results, but a test stuck elsewhere must not hold CI for hours.
+run_check "fault test" timeout --kill-after=30 900 cargo test -p prism-cli --test faults -- --show-output
+run_check "rebalance test" timeout --kill-after=30 600 cargo test -p prism-cli --test rebalance -- --show-output
 if [[ -f deploy/compose/validate.sh ]]; then
     run_check "compose validation" bash deploy/compose/validate.sh
 fi

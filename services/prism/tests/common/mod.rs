@@ -358,7 +358,7 @@ impl PrivateServers {
         String::from_utf8(output.stdout).unwrap()
     }
 
-    /// Their run folder (data, logs), removed when they stop.
+    /// Their run folder (data, logs), removed when they stop unless the test failed.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -387,7 +387,9 @@ impl Drop for PrivateServers {
             .envs(self.overrides.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .status();
-        if stopped.is_ok_and(|status| status.success()) {
+        if std::thread::panicking() {
+            eprintln!("the private servers' data and logs: {}", self.dir.display());
+        } else if stopped.is_ok_and(|status| status.success()) {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
             eprintln!(

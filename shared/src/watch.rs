@@ -141,6 +141,12 @@ impl Watcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The keys one poll announced.
+    async fn polled_keys(watcher: &mut Watcher) -> Vec<String> {
+        let announced = watcher.poll().await.unwrap();
+        announced.into_iter().map(|object| object.key).collect()
+    }
     use crate::bus::memory::MemoryBus;
     use bytes::Bytes;
 
@@ -164,13 +170,7 @@ mod tests {
 
         put("a b/c.jpg", b"one").await;
         put("d.jpg", b"two").await;
-        let keys: Vec<String> = watcher
-            .poll()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|o| o.key)
-            .collect();
+        let keys = polled_keys(&mut watcher).await;
         assert_eq!(keys, ["a b/c.jpg", "d.jpg"]);
         assert!(watcher.poll().await.unwrap().is_empty());
 
@@ -223,13 +223,7 @@ mod tests {
         };
         let mut watcher = Watcher::new(buckets, "in", Arc::new(publisher), "uploads");
         assert!(watcher.poll().await.is_err());
-        let retried: Vec<String> = watcher
-            .poll()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|o| o.key)
-            .collect();
+        let retried = polled_keys(&mut watcher).await;
         assert_eq!(retried, ["b.jpg", "c.jpg"]);
         let events: Vec<UploadEvent> = bus
             .messages("uploads")
@@ -253,13 +247,7 @@ mod tests {
         let buckets = Buckets::folders(HashMap::from([("in".to_string(), scratch.0.clone())]));
         let bus = MemoryBus::default();
         let mut watcher = Watcher::new(buckets, "in", Arc::new(bus.clone()), "uploads");
-        let keys: Vec<String> = watcher
-            .poll()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|o| o.key)
-            .collect();
+        let keys = polled_keys(&mut watcher).await;
         assert_eq!(keys, ["a.jpg", "z.jpg"]);
         // A first listing re-announces: an earlier watcher may have announced these.
         let event = UploadEvent::parse(&bus.messages("uploads")[0].payload).unwrap();

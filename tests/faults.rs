@@ -9,15 +9,11 @@
 //!
 //! The servers are this test's own ([`PrivateServers`]): other tests use the shared ones meanwhile.
 
-mod common;
-
-use common::{
-    Listener, PrivateServers, Services, TansuConfig, Upload, assert_complete, generated, observer,
-    prepare, run_environment, run_name, settings_for, stream_of_uploads, upload_steadily,
-    upload_until_stored, warm_up,
-};
 use image::ImageFormat;
-use prism_shared::store::Buckets;
+use prism_e2e::{
+    LoadTest, PrivateServers, Services, Upload, assert_complete, generated, stream_of_uploads,
+    upload_steadily, upload_until_stored,
+};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
@@ -70,9 +66,8 @@ const SERVICES: [(&str, &[&str]); 5] = [
 async fn every_upload_gets_its_results_under_faults() {
     let test_started = Instant::now();
     let servers = PrivateServers::start("faults");
-    let run = run_name();
-    let mut environment = run_environment(&run);
-    environment.extend(
+    let mut extra = servers.environment.clone();
+    extra.extend(
         [
             // Short, so that work a killed replica held is taken over within the test.
             ("PRISM_CLAIM_LEASE", "10000"),
@@ -80,20 +75,19 @@ async fn every_upload_gets_its_results_under_faults() {
         ]
         .map(|(k, v)| (k.to_string(), v.to_string())),
     );
-    let tansu = TansuConfig::write(&run);
-    environment.push(tansu.variable());
-    let settings = settings_for(&environment);
-    prepare(&settings).await;
-    let mut services = Services::start(&environment, &[]);
-    for (name, args) in SERVICES {
-        services.spawn(name, args);
-    }
-    let consumer = observer(&settings, &run);
-    let mut listener = Listener::new(&consumer, &settings.topics);
-    let buckets = Buckets::s3(&settings.s3);
-
-    // Warm up: every group joined and every stage working before the first fault.
-    let warmup = warm_up(&buckets, &settings, &mut listener, &mut services).await;
+    let services: Vec<(String, Vec<&str>)> = SERVICES
+        .iter()
+        .map(|(name, args)| (name.to_string(), args.to_vec()))
+        .collect();
+    // Warm: every group joined and every stage working before the first fault.
+    let LoadTest {
+        settings,
+        mut services,
+        mut listener,
+        buckets,
+        warmup,
+        ..
+    } = LoadTest::start(&extra, &services).await;
     println!(
         "pipeline warm {:.1} s after the test started",
         test_started.elapsed().as_secs_f64()

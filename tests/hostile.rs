@@ -8,10 +8,13 @@
 //!
 //! Keys with `../` segments cannot exist as files in a folder, so the embedded mode can never see
 //! them; the store refuses them (`unsupported_key`), covered by the unit tests in
-//! `shared/src/store.rs`.
+//! `shared/core/src/ports/store.rs`.
+
+// wait4 reports the child's peak RSS exactly; std has no safe wrapper for it.
+#![allow(unsafe_code)]
 
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
-use prism_shared::schemas::{MessageKind, Schemas};
+use prism_core::contract::schemas::{MessageKind, Schemas};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -144,7 +147,7 @@ fn run_prism_with_links(
     let log_path = scratch.0.join("prism.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_prism"))
+    let child = Command::new(prism_e2e::prism_binary())
         .arg("run")
         .arg(&input_dir)
         .arg("--out")

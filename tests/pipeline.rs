@@ -3,19 +3,17 @@
 //!
 //! Each run uses its own topics, buckets and database, so runs never see each other's data.
 
-mod common;
-
 use bytes::Bytes;
-use common::{
+use futures::StreamExt;
+use image::{DynamicImage, ImageFormat, Rgba, RgbaImage};
+use prism_core::contract::schemas::Schemas;
+use prism_core::contract::{StageName, StageResult};
+use prism_core::ports::claims::{ClaimIndex, ClaimStatus, couch::CouchIndex};
+use prism_core::ports::store::Buckets;
+use prism_e2e::{
     DEADLINE, Seen, Services, Upload, encode, generated, observer, picture, prepare,
     run_environment, run_name, settings_for, to_pairs,
 };
-use futures::StreamExt;
-use image::{DynamicImage, ImageFormat, Rgba, RgbaImage};
-use prism_shared::claims::{ClaimIndex, ClaimStatus, couch::CouchIndex};
-use prism_shared::contract::{StageName, StageResult};
-use prism_shared::schemas::Schemas;
-use prism_shared::store::Buckets;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

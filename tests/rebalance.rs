@@ -6,13 +6,7 @@
 //!
 //! Uses the shared servers (`deploy/local/servers.sh start`), like the end-to-end test.
 
-mod common;
-
-use common::{
-    Listener, Services, TansuConfig, Upload, assert_complete, observer, prepare, run_environment,
-    run_name, settings_for, stream_of_uploads, upload_steadily, warm_up,
-};
-use prism_shared::store::Buckets;
+use prism_e2e::{LoadTest, Services, Upload, assert_complete, stream_of_uploads, upload_steadily};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -36,25 +30,21 @@ const STAGES: [(&str, &[&str]); 3] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_or_changed_under_rebalance() {
     let test_started = Instant::now();
-    let run = run_name();
-    let mut environment = run_environment(&run);
-    environment
-        .extend([("PRISM_CLAIM_LEASE", "10000")].map(|(k, v)| (k.to_string(), v.to_string())));
-    let tansu = TansuConfig::write(&run);
-    environment.push(tansu.variable());
-    let settings = settings_for(&environment);
-    prepare(&settings).await;
-    let mut services = Services::start(&environment, &[&["watch", "--interval-ms", "200"]]);
+    let extra = [("PRISM_CLAIM_LEASE", "10000")].map(|(k, v)| (k.to_string(), v.to_string()));
+    let mut services = vec![("watch".to_string(), vec!["watch", "--interval-ms", "200"])];
     for (stage, args) in STAGES {
         for replica in ["a", "b"] {
-            services.spawn(&format!("{stage}-{replica}"), args);
+            services.push((format!("{stage}-{replica}"), args.to_vec()));
         }
     }
-    let consumer = observer(&settings, &run);
-    let mut listener = Listener::new(&consumer, &settings.topics);
-    let buckets = Buckets::s3(&settings.s3);
-
-    let warmup = warm_up(&buckets, &settings, &mut listener, &mut services).await;
+    let LoadTest {
+        settings,
+        mut services,
+        mut listener,
+        buckets,
+        warmup,
+        ..
+    } = LoadTest::start(&extra, &services).await;
     println!(
         "two replicas per stage, warm {:.1} s after the test started",
         test_started.elapsed().as_secs_f64()

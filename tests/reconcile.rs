@@ -7,16 +7,14 @@
 //! cannot read back (`a//b`, a tab, a newline), put there with a raw S3 request: the listing must
 //! set them aside instead of failing.
 
-mod common;
-
 use bytes::Bytes;
-use common::{DEADLINE, Services};
 use futures::StreamExt;
 use image::{DynamicImage, ImageFormat};
-use prism_shared::config::Settings;
-use prism_shared::contract::{DeadLetter, StageResult};
-use prism_shared::ingest::UploadEvent;
-use prism_shared::store::Buckets;
+use prism_core::contract::ingest::UploadEvent;
+use prism_core::contract::{DeadLetter, StageResult};
+use prism_core::ports::store::Buckets;
+use prism_core::runtime::config::Settings;
+use prism_e2e::{DEADLINE, Services};
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Message;
 use std::collections::BTreeMap;
@@ -28,7 +26,7 @@ const QUIET_PERIOD: Duration = Duration::from_secs(5);
 
 /// This run's topics, buckets and database; thumbnails only (detection adds nothing here).
 fn run_environment(run: &str) -> Vec<(String, String)> {
-    let mut environment = common::run_environment(run);
+    let mut environment = prism_e2e::run_environment(run);
     for (key, value) in &mut environment {
         if key == "PRISM_ENABLED_STAGES" {
             *value = "[\"thumbnail\"]".into();
@@ -39,7 +37,7 @@ fn run_environment(run: &str) -> Vec<(String, String)> {
 
 /// Runs `prism reconcile` and returns its last line, the counts.
 fn reconcile(environment: &[(String, String)], args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_prism"))
+    let output = Command::new(prism_e2e::prism_binary())
         .arg("reconcile")
         .args(args)
         .envs(environment.iter().map(|(k, v)| (k, v)))
@@ -57,15 +55,16 @@ fn reconcile(environment: &[(String, String)], args: &[&str]) -> String {
 
 /// A small PNG no other seed makes.
 fn picture(seed: u32) -> Bytes {
-    common::encode(
-        DynamicImage::ImageRgb8(common::picture(seed, 96, 64)),
+    prism_e2e::encode(
+        DynamicImage::ImageRgb8(prism_e2e::picture(seed, 96, 64)),
         ImageFormat::Png,
     )
 }
 
 /// Puts an object under a key object_store refuses to name, with a presigned raw S3 request.
 async fn put_raw(settings: &Settings, key: &str) {
-    let bucket = prism_shared::store::signing_bucket(&settings.s3, &settings.input_bucket).unwrap();
+    let bucket =
+        prism_core::ports::store::signing_bucket(&settings.s3, &settings.input_bucket).unwrap();
     let credentials = rusty_s3::Credentials::from_env().expect("AWS credentials");
     let url = rusty_s3::S3Action::sign(
         &bucket.put_object(Some(&credentials), key),
@@ -147,11 +146,11 @@ impl Outcomes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_notifications_are_re_emitted_and_handled_exactly_once() {
-    let run = common::run_name();
+    let run = prism_e2e::run_name();
     let environment = run_environment(&run);
-    let settings = common::settings_for(&environment);
-    common::prepare(&settings).await;
-    let consumer = common::observer(&settings, &run);
+    let settings = prism_e2e::settings_for(&environment);
+    prism_e2e::prepare(&settings).await;
+    let consumer = prism_e2e::observer(&settings, &run);
     let buckets = Buckets::s3(&settings.s3);
 
     // Uploaded with a watcher running: announced and handled the usual way.

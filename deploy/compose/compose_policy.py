@@ -14,7 +14,7 @@ from pathlib import Path
 
 DOCKERFILE = "deploy/docker/Dockerfile"
 
-# Every variable the Prism services read (shared/src/config.rs and the AWS SDK's standard ones). A name
+# Every variable the Prism services read (shared/core/src/runtime/config.rs and the AWS SDK's standard ones). A name
 # outside this list is a typo figment would ignore or, inside a section, reject at start-up.
 SERVICE_ENVIRONMENT = {
     "RUST_LOG",

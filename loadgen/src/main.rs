@@ -1,8 +1,8 @@
 //! `prism-loadgen upload DIR`: puts a folder of images into the input bucket.
 
 use clap::{Parser, Subcommand};
-use prism_shared::config::{self, Settings};
-use prism_shared::store::Buckets;
+use prism_core::ports::store::Buckets;
+use prism_core::runtime::config::{self, Settings};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -27,7 +27,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    prism_shared::telemetry::init();
+    prism_core::runtime::telemetry::init();
     let settings: Settings = config::load()?;
     match Cli::parse().command {
         Command::Upload {

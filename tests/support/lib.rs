@@ -1,27 +1,26 @@
-//! Helpers shared by the tests over real servers (`pipeline`, `faults`, `rebalance`,
-//! `reconcile`): this run's names, the `prism` service processes, private servers, generated
-//! images and the observer that files every message it sees.
-
-// Each test binary uses its own part of this module.
-#![allow(dead_code)]
+//! Helpers shared by Prism's end-to-end tests (`pipeline`, `faults`, `rebalance`, `reconcile`,
+//! `hostile`): this run's names, the `prism` binary and its service processes, private servers,
+//! generated images and the observer that files every message it sees.
 
 use bytes::Bytes;
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
 use futures::StreamExt;
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
-use prism_shared::claims::{ClaimIndex, ClaimStatus, couch::CouchIndex};
-use prism_shared::config::{self, Settings, Topics};
-use prism_shared::contract::{DeadLetter, StageName, StageResult};
-use prism_shared::schemas::{MessageKind, Schemas};
-use prism_shared::store::Buckets;
+use prism_core::contract::schemas::{MessageKind, Schemas};
+use prism_core::contract::{DeadLetter, StageName, StageResult};
+use prism_core::ports::claims::{ClaimIndex, ClaimStatus, couch::CouchIndex};
+use prism_core::ports::store::Buckets;
+use prism_core::runtime::config::{self, Settings, Topics};
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, DefaultConsumerContext, MessageStream, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Generous: the first consumer-group joins alone take seconds on a loaded 2-core machine.
@@ -98,20 +97,64 @@ pub fn settings_for(environment: &[(String, String)]) -> Settings {
         "PRISM_COUCHDB__PASSWORD",
     ] {
         assert!(
-            std::env::var(required).is_ok(),
+            environment.iter().any(|(name, _)| name == required) || std::env::var(required).is_ok(),
             "{required} is not set: this test needs the real servers. Run `deploy/local/test.sh`, or \
              `deploy/local/servers.sh start && eval \"$(deploy/local/servers.sh env)\"` first."
         );
     }
-    set_environment(environment);
-    config::load().expect("configuration")
+    config::load_with(overrides(environment)).expect("configuration")
 }
 
-fn set_environment(environment: &[(String, String)]) {
-    // SAFETY: set before any thread of this test reads the environment.
-    for (key, value) in environment {
-        unsafe { std::env::set_var(key, value) };
-    }
+/// `PRISM_…` variables as configuration: the same names the services are started with, read the
+/// way the environment is (`PRISM_A__B` is `a.b`, values parsed as figment parses variables).
+fn overrides(environment: &[(String, String)]) -> Figment {
+    environment
+        .iter()
+        .fold(Figment::new(), |figment, (name, value)| {
+            match name.as_str() {
+                "PRISM_CONFIG" => figment.merge(Toml::file_exact(value)),
+                // The services read these from the environment, as every AWS client does.
+                "AWS_ACCESS_KEY_ID" => figment.merge(Serialized::global("s3.access_key_id", value)),
+                "AWS_SECRET_ACCESS_KEY" => {
+                    figment.merge(Serialized::global("s3.secret_access_key", value))
+                }
+                "AWS_REGION" => figment.merge(Serialized::global("s3.region", value)),
+                "AWS_ENDPOINT_URL" => figment,
+                _ => {
+                    let path = name
+                        .strip_prefix("PRISM_")
+                        .unwrap_or_else(|| panic!("{name} is not a Prism setting"))
+                        .to_lowercase()
+                        .replace("__", ".");
+                    let value: figment::value::Value = value.parse().expect("parses");
+                    figment.merge(Serialized::global(&path, value))
+                }
+            }
+        })
+}
+
+/// The `prism` binary of this build, built first if needed (it lives in another package, so
+/// cargo does not build it for these tests by itself).
+pub fn prism_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        // target/<profile>/deps/<this test> -> target/<profile>
+        let profile_dir = std::env::current_exe()
+            .unwrap()
+            .parent()
+            .and_then(Path::parent)
+            .unwrap()
+            .to_path_buf();
+        let release = profile_dir.ends_with("release");
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "--quiet", "-p", "prism-cli", "--bin", "prism"]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo runs");
+        assert!(status.success(), "building the prism binary failed");
+        profile_dir.join("prism")
+    })
 }
 
 /// Buckets and topics for a run, created before the services start.
@@ -122,7 +165,7 @@ pub async fn prepare(settings: &Settings) {
     prism_loadgen::create_bucket(&settings.s3, &settings.output_bucket)
         .await
         .unwrap();
-    prism_shared::bus::kafka::ensure_topics(&settings.kafka, &settings.topics.all())
+    prism_core::ports::bus::kafka::ensure_topics(&settings.kafka, &settings.topics.all())
         .await
         .expect("Kafka must be reachable");
 }
@@ -182,7 +225,7 @@ impl Services {
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_prism"))
+        let child = Command::new(prism_binary())
             .args(args)
             .envs(self.environment.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
@@ -332,7 +375,6 @@ impl PrivateServers {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         assert_eq!(servers.environment.len(), CLIENT_VARIABLES.len());
-        set_environment(&servers.environment);
         servers
     }
 
@@ -401,7 +443,7 @@ impl Drop for PrivateServers {
 }
 
 fn servers_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/local/servers.sh")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/servers.sh")
 }
 
 /// Ports nobody uses now, below Linux's ephemeral range (32768 and up) so that no client socket
@@ -582,36 +624,34 @@ impl Seen {
     }
 }
 
-/// The observer's stream and what it has filed, for the tests that watch a stream of uploads.
-pub struct Listener<'c> {
+/// The observer and what it has filed, for the tests that watch a stream of uploads.
+pub struct Listener {
     pub seen: Seen,
-    stream: MessageStream<'c, DefaultConsumerContext>,
+    consumer: StreamConsumer,
     schemas: Schemas,
     topics: Topics,
 }
 
-impl<'c> Listener<'c> {
-    pub fn new(consumer: &'c StreamConsumer, topics: &Topics) -> Self {
+impl Listener {
+    pub fn new(consumer: StreamConsumer, topics: &Topics) -> Self {
         Listener {
             seen: Seen::default(),
-            stream: consumer.stream(),
+            consumer,
             schemas: Schemas::default(),
             topics: topics.clone(),
         }
     }
 
-    /// Files the next message if one comes soon. A consumer error is only logged: the fault test
-    /// restarts the broker under the observer, which reconnects by itself.
+    /// Files the next message if one comes within half a second. A consumer error is only
+    /// logged: the fault test freezes the broker under the observer, which reconnects by itself.
     pub async fn read(&mut self) {
-        let Listener {
-            seen,
-            stream,
-            schemas,
-            topics,
-        } = self;
-        if let Err(error) = seen.read_one(stream, schemas, topics).await {
-            eprintln!("observer: {error} (is the broker restarting?)");
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        match tokio::time::timeout(Duration::from_millis(500), self.consumer.recv()).await {
+            Ok(Ok(message)) => self.seen.record(&self.schemas, &self.topics, &message),
+            Ok(Err(error)) => {
+                eprintln!("observer: {error} (is the broker restarting?)");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(_) => {}
         }
     }
 
@@ -639,18 +679,48 @@ impl<'c> Listener<'c> {
     }
 }
 
-/// Sends one small picture through every stage, so that every consumer group has joined and every
-/// stage works before the measured part of a test starts; returns that upload.
-pub async fn warm_up(
-    buckets: &Buckets,
-    settings: &Settings,
-    listener: &mut Listener<'_>,
-    services: &mut Services,
-) -> Upload {
-    let warmup = generated("warmup.png", 10_000, (64, 48), ImageFormat::Png);
-    upload_until_stored(buckets, &settings.input_bucket, &warmup).await;
-    listener.wait_for_all(&[&warmup], services).await;
-    warmup
+/// The setup the fault and rebalance tests share: this run's names and settings, its buckets and
+/// topics, the services, the observer, and a pipeline already warm.
+pub struct LoadTest {
+    pub settings: Settings,
+    pub services: Services,
+    pub listener: Listener,
+    pub buckets: Buckets,
+    /// One small picture sent through every stage before the measured part, so that every
+    /// consumer group has joined and every stage works.
+    pub warmup: Upload,
+    _tansu: TansuConfig,
+}
+
+impl LoadTest {
+    /// Starts `services` (name, `prism` arguments) for a new run with `extra` variables on top of
+    /// the run's own, and waits until the pipeline is warm.
+    pub async fn start(extra: &[(String, String)], services: &[(String, Vec<&str>)]) -> Self {
+        let run = run_name();
+        let mut environment = run_environment(&run);
+        environment.extend_from_slice(extra);
+        let tansu = TansuConfig::write(&run);
+        environment.push(tansu.variable());
+        let settings = settings_for(&environment);
+        prepare(&settings).await;
+        let mut running = Services::start(&environment, &[]);
+        for (name, args) in services {
+            running.spawn(name, args);
+        }
+        let mut listener = Listener::new(observer(&settings, &run), &settings.topics);
+        let buckets = Buckets::s3(&settings.s3);
+        let warmup = generated("warmup.png", 10_000, (64, 48), ImageFormat::Png);
+        upload_until_stored(&buckets, &settings.input_bucket, &warmup).await;
+        listener.wait_for_all(&[&warmup], &mut running).await;
+        LoadTest {
+            settings,
+            services: running,
+            listener,
+            buckets,
+            warmup,
+            _tansu: tansu,
+        }
+    }
 }
 
 /// Up to 20 (stage, upload) pairs without an outcome yet.

@@ -2,48 +2,25 @@
 //!
 //! MinIO can lose notifications (across restarts, or when Kafka was unreachable longer than its
 //! queue kept them). Dedup records every upload it has handled in the ledger (see
-//! [`crate::claims`]), so listing the input bucket against the ledger finds the ones it never saw.
-//! Each is re-emitted as a MinIO-format event marked with [`EVENT_SOURCE`]; dedup drops a marked
+//! [`prism_core::ports::claims`]), so listing the input bucket against the ledger finds the ones it
+//! never saw. Each is re-emitted as a MinIO-format event marked as a re-announcement
+//! ([`prism_core::contract::reannounce`]); dedup drops a marked
 //! event whose upload another event put in the ledger by the time it arrives (its own notification
 //! came first after all, or an earlier reconcile's), so re-emitting never gives an upload a second
 //! result.
 
-use crate::bus::Publisher;
-use crate::claims::{ClaimIndex, ledger_id};
-use crate::contract::SourceObject;
-use crate::ingest::UploadEvent;
-use crate::store::Buckets;
-use crate::watch::{announcement, warn_unlisted};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures::{StreamExt, TryStreamExt, stream};
+use prism_core::contract::SourceObject;
+use prism_core::contract::reannounce::{announcement_key, reemission};
+use prism_core::ports::bus::{Publication, Publisher};
+use prism_core::ports::claims::{ClaimIndex, ledger_id};
+use prism_core::ports::store::{Buckets, warn_unlisted};
 use std::collections::HashSet;
 use std::time::Duration;
 
 /// Re-emissions awaiting Kafka's acknowledgement at once.
 const PUBLISHES_IN_FLIGHT: usize = 64;
-
-/// `eventSource` of re-announcements: reconcile's events and a starting watcher's first listing
-/// (MinIO writes `minio:s3`).
-pub const EVENT_SOURCE: &str = "prism:reannounce";
-
-/// Whether this event re-announces an upload that may have been handled (rather than announcing a
-/// new one).
-pub fn is_reemitted(event: &UploadEvent) -> bool {
-    !event.records.is_empty()
-        && event
-            .records
-            .iter()
-            .all(|record| record.event_source == EVENT_SOURCE)
-}
-
-/// The event re-announcing `object`.
-pub fn reemission(object: &SourceObject, now: DateTime<Utc>) -> UploadEvent {
-    let mut event = UploadEvent::for_object(object, None, now);
-    for record in &mut event.records {
-        record.event_source = EVENT_SOURCE.to_string();
-    }
-    event
-}
 
 /// What one reconciliation found.
 #[derive(Debug, Default, PartialEq)]
@@ -58,6 +35,27 @@ pub struct Report {
     pub missing: Vec<SourceObject>,
     /// Entries the listing set aside: keys Prism cannot read back, links, special files.
     pub unlisted: usize,
+}
+
+impl Report {
+    /// One line per missing upload (tab-separated: key, ETag, size), then the counts.
+    pub fn display(&self, dry_run: bool, min_age_secs: u64) -> String {
+        let verb = if dry_run { "missing" } else { "re-emitted" };
+        let mut text = String::new();
+        for upload in &self.missing {
+            text += &format!("{verb}\t{}\t{}\t{}\n", upload.key, upload.etag, upload.size);
+        }
+        text += &format!(
+            "listed {}, handled {}, {verb} {}, recent {} (changed in the last {min_age_secs} s), \
+             unlisted {}\n",
+            self.listed,
+            self.handled,
+            self.missing.len(),
+            self.recent,
+            self.unlisted
+        );
+        text
+    }
 }
 
 /// Lists `bucket`, checks every (key, ETag) against the ledger and, unless `publisher` is `None`
@@ -106,7 +104,7 @@ pub async fn reconcile(
             .map(|object| async move {
                 let event = reemission(object, Utc::now());
                 publisher
-                    .publish(&announcement(topic, object, &event))
+                    .publish(&Publication::json(topic, &announcement_key(object), &event))
                     .await
             })
             .buffer_unordered(PUBLISHES_IN_FLIGHT)
@@ -119,10 +117,12 @@ pub async fn reconcile(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::memory::MemoryBus;
-    use crate::claims::HandledUpload;
-    use crate::claims::memory::MemoryIndex;
     use bytes::Bytes;
+    use prism_core::contract::ingest::UploadEvent;
+    use prism_core::contract::reannounce::is_reemitted;
+    use prism_core::ports::bus::memory::MemoryBus;
+    use prism_core::ports::claims::HandledUpload;
+    use prism_core::ports::claims::memory::MemoryIndex;
 
     #[tokio::test]
     async fn re_emits_exactly_the_uploads_missing_from_the_ledger() {
@@ -135,7 +135,7 @@ mod tests {
         }
         let index = MemoryIndex::default();
         let listing = buckets.list("in").await.unwrap();
-        let origin = crate::contract::Origin {
+        let origin = prism_core::contract::Origin {
             topic: "uploads".into(),
             partition: 0,
             offset: 0,

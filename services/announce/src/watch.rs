@@ -6,39 +6,17 @@
 //! turns a folder of images into uploads.
 //!
 //! A watcher cannot know what an earlier one announced before it restarted, so the events of its
-//! first listing are marked as re-announcements ([`crate::reconcile::reemission`]): dedup drops
+//! first listing are marked as re-announcements ([`reemission`]): dedup drops
 //! those whose upload it has handled, and a restart costs no duplicate results.
 
-use crate::bus::{Publication, Publisher};
-use crate::contract::SourceObject;
-use crate::ingest::UploadEvent;
-use crate::reconcile::reemission;
-use crate::store::{Buckets, StoreError, Unlisted};
 use chrono::Utc;
+use prism_core::contract::SourceObject;
+use prism_core::contract::ingest::UploadEvent;
+use prism_core::contract::reannounce::{announcement_key, reemission};
+use prism_core::ports::bus::{Publication, Publisher};
+use prism_core::ports::store::{Buckets, StoreError, Unlisted, warn_unlisted};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-
-/// The message announcing `event`'s object, keyed `bucket/key` as MinIO keys its Kafka events, so
-/// every announcement of one object (MinIO's, the watcher's, reconcile's) lands on one partition
-/// and dedup sees them in order.
-pub fn announcement(topic: &str, object: &SourceObject, event: &UploadEvent) -> Publication {
-    Publication::json(topic, &format!("{}/{}", object.bucket, object.key), event)
-}
-
-/// Logs what a listing set aside, each entry once per `warned` set (the watcher lists every
-/// half second; one odd object must not fill the log).
-pub fn warn_unlisted(bucket: &str, unlisted: &[Unlisted], warned: &mut HashSet<Unlisted>) {
-    for entry in unlisted {
-        if warned.insert(entry.clone()) {
-            tracing::warn!(
-                %bucket,
-                name = ?entry.name,
-                reason = entry.reason,
-                "skipping an object that cannot be processed"
-            );
-        }
-    }
-}
 
 pub struct Watcher {
     buckets: Buckets,
@@ -103,7 +81,7 @@ impl Watcher {
             } else {
                 UploadEvent::for_object(object, None, Utc::now())
             };
-            let publication = announcement(&self.topic, object, &event);
+            let publication = Publication::json(&self.topic, &announcement_key(object), &event);
             if let Err(error) = self.publisher.publish(&publication).await {
                 // Forget this object and the ones after it, so the next poll announces them (still
                 // as re-announcements if this was the first listing).
@@ -147,8 +125,9 @@ mod tests {
         let announced = watcher.poll().await.unwrap();
         announced.into_iter().map(|object| object.key).collect()
     }
-    use crate::bus::memory::MemoryBus;
     use bytes::Bytes;
+    use prism_core::contract::reannounce::is_reemitted;
+    use prism_core::ports::bus::memory::MemoryBus;
 
     #[tokio::test]
     async fn announces_new_and_overwritten_objects_once() {
@@ -183,7 +162,7 @@ mod tests {
         assert_eq!(events.len(), 3);
         let first = UploadEvent::parse(&events[0].payload).unwrap();
         assert_eq!(first.created_objects(&[]).unwrap()[0].key, "a b/c.jpg");
-        assert!(!crate::reconcile::is_reemitted(&first));
+        assert!(!is_reemitted(&first));
         // Keyed as MinIO keys its events, so every announcement of an object shares a partition.
         assert_eq!(events[0].key, Some(b"in/a b/c.jpg".to_vec()));
     }
@@ -197,10 +176,13 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Publisher for FailingOnce {
-        async fn publish(&self, publication: &Publication) -> Result<(), crate::bus::BusError> {
+        async fn publish(
+            &self,
+            publication: &Publication,
+        ) -> Result<(), prism_core::ports::bus::BusError> {
             let n = self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if n == self.fail_at {
-                return Err(crate::bus::BusError::Closed);
+                return Err(prism_core::ports::bus::BusError::Closed);
             }
             self.bus.publish(publication).await
         }
@@ -232,26 +214,27 @@ mod tests {
             .collect();
         assert_eq!(events.len(), 3, "each object announced once");
         assert!(
-            events.iter().all(crate::reconcile::is_reemitted),
+            events.iter().all(is_reemitted),
             "all from the first listing"
         );
     }
 
     #[tokio::test]
     async fn an_object_it_cannot_read_does_not_hold_back_the_others() {
-        let scratch = crate::store::tests::ScratchDir::new();
-        std::fs::write(scratch.0.join("a.jpg"), b"a").unwrap();
-        std::fs::write(scratch.0.join("line\nbreak.jpg"), b"odd").unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", scratch.0.join("passwd.jpg")).unwrap();
-        std::fs::write(scratch.0.join("z.jpg"), b"z").unwrap();
-        let buckets = Buckets::folders(HashMap::from([("in".to_string(), scratch.0.clone())]));
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
+        std::fs::write(dir.join("a.jpg"), b"a").unwrap();
+        std::fs::write(dir.join("line\nbreak.jpg"), b"odd").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("passwd.jpg")).unwrap();
+        std::fs::write(dir.join("z.jpg"), b"z").unwrap();
+        let buckets = Buckets::folders(HashMap::from([("in".to_string(), dir.to_path_buf())]));
         let bus = MemoryBus::default();
         let mut watcher = Watcher::new(buckets, "in", Arc::new(bus.clone()), "uploads");
         let keys = polled_keys(&mut watcher).await;
         assert_eq!(keys, ["a.jpg", "z.jpg"]);
         // A first listing re-announces: an earlier watcher may have announced these.
         let event = UploadEvent::parse(&bus.messages("uploads")[0].payload).unwrap();
-        assert!(crate::reconcile::is_reemitted(&event));
+        assert!(is_reemitted(&event));
         assert_eq!(watcher.unlisted(), 2);
         assert!(watcher.poll().await.unwrap().is_empty());
         assert_eq!(watcher.unlisted(), 2, "set aside once, not once per poll");

@@ -11,15 +11,16 @@
 
 use async_trait::async_trait;
 use chrono::Utc;
-use prism_shared::bus::{Delivery, Publication};
-use prism_shared::claims::{self, Admission, ClaimIndex, HandledUpload, SeenSource, Work};
-use prism_shared::config::Settings;
-use prism_shared::consumer::{Outcome, ProcessError, Processor, dead_letter};
-use prism_shared::contract::{Origin, SourceObject, StageName};
-use prism_shared::ingest::UploadEvent;
-use prism_shared::reconcile;
-use prism_shared::service::{self, Backends};
-use prism_shared::store::Buckets;
+use prism_core::contract::ingest::UploadEvent;
+use prism_core::contract::reannounce;
+use prism_core::contract::{Origin, SourceObject, StageName};
+use prism_core::ports::bus::{Delivery, Publication};
+use prism_core::ports::claims::{self, Admission, ClaimIndex, HandledUpload, SeenSource, Work};
+use prism_core::ports::store::Buckets;
+use prism_core::runtime::backends::Backends;
+use prism_core::runtime::config::Settings;
+use prism_core::runtime::consumer::{Outcome, ProcessError, Processor, dead_letter};
+use prism_core::runtime::service;
 use std::collections::HashSet;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -59,14 +60,7 @@ impl Dedup {
             .buckets
             .hash(&source.bucket, &source.key, max_bytes)
             .await
-            .map_err(|error| {
-                let error_for = if error.is_transient() {
-                    ProcessError::transient
-                } else {
-                    ProcessError::permanent
-                };
-                error_for(error.code(), error.to_string()).about(source)
-            })?;
+            .map_err(|error| ProcessError::from(error).about(source))?;
         let topics = &self.settings.topics;
         let mut publications = Vec::with_capacity(self.stages.len());
         for (stage, fingerprint) in &self.stages {
@@ -79,9 +73,8 @@ impl Dedup {
                 source: source.clone(),
                 received_at,
             };
-            let admission = claims::admit(&*self.index, work, seen, self.settings.claim_lease)
-                .await
-                .map_err(index_unavailable)?;
+            let admission =
+                claims::admit(&*self.index, work, seen, self.settings.claim_lease).await?;
             tracing::debug!(key = %source.key, %stage, hash = %hash, ?admission, "admitted");
             match admission {
                 Admission::Run(job) => {
@@ -90,21 +83,13 @@ impl Dedup {
                 Admission::Done(result) => {
                     publications.push(Publication::json(topics.results(*stage), &hash.0, &result))
                 }
-                Admission::Failed(report) => {
-                    let mut error = ProcessError {
-                        report,
-                        source: Some(Box::new(source.clone())),
-                        content_hash: Some(hash.0.clone()),
-                    };
-                    error.report.kind = prism_shared::contract::ErrorKind::Permanent;
-                    publications.push(dead_letter(
-                        &topics.deadletter,
-                        stage.as_str(),
-                        delivery,
-                        &error,
-                        1,
-                    ));
-                }
+                Admission::Failed(report) => publications.push(dead_letter(
+                    &topics.deadletter,
+                    stage.as_str(),
+                    delivery,
+                    &ProcessError::earlier_failure(report, source, &hash.0),
+                    1,
+                )),
                 Admission::Waiting => {}
             }
         }
@@ -112,25 +97,21 @@ impl Dedup {
     }
 
     async fn process_one(&self, delivery: &Delivery) -> Outcome {
-        let event = UploadEvent::parse(&delivery.payload)
-            .map_err(|error| ProcessError::permanent(error.code(), error.to_string()))?;
-        let mut sources = event
-            .created_objects(&[self.settings.output_bucket.as_str()])
-            .map_err(|error| ProcessError::permanent(error.code(), error.to_string()))?;
+        let event = UploadEvent::parse(&delivery.payload)?;
+        let mut sources = event.created_objects(&[self.settings.output_bucket.as_str()])?;
         let origin = Origin {
             topic: delivery.topic.clone(),
             partition: delivery.partition,
             offset: delivery.offset,
         };
-        if reconcile::is_reemitted(&event) {
+        if reannounce::is_reemitted(&event) {
             let ids: Vec<String> = sources.iter().map(claims::ledger_id).collect();
             // A record made from this very event means it is being redelivered, perhaps before its
             // messages went out: admit it again.
             let handled_elsewhere: HashSet<String> = self
                 .index
                 .handled(&ids)
-                .await
-                .map_err(index_unavailable)?
+                .await?
                 .into_iter()
                 .filter(|record| record.origin != origin)
                 .map(|record| record.id)
@@ -164,16 +145,9 @@ impl Dedup {
             .iter()
             .map(|source| HandledUpload::new(source, &origin))
             .collect();
-        self.index
-            .record_handled(&handled)
-            .await
-            .map_err(index_unavailable)?;
+        self.index.record_handled(&handled).await?;
         Ok(publications)
     }
-}
-
-fn index_unavailable(error: claims::IndexError) -> ProcessError {
-    ProcessError::transient("dedup_index_unavailable", error.to_string())
 }
 
 #[async_trait]
@@ -212,8 +186,8 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prism_shared::claims::memory::MemoryIndex;
-    use prism_shared::reconcile::reemission;
+    use prism_core::contract::reannounce::reemission;
+    use prism_core::ports::claims::memory::MemoryIndex;
 
     struct Fixture {
         dedup: Dedup,

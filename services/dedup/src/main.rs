@@ -1,6 +1,6 @@
 //! `prism-dedup`: consumes upload events, publishes jobs and deduplicated results.
 
-use prism_shared::{config, service, telemetry};
+use prism_core::runtime::{config, service, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -11,11 +11,11 @@ use std::ops::Range;
 
 use bytes::Bytes;
 use model::{Detection, Detector, DetectorConfig, annotate};
-use prism_shared::config::Settings;
-use prism_shared::contract::StageName;
-use prism_shared::imaging::{self, Limits};
-use prism_shared::service;
-use prism_shared::worker::{OutputFile, Stage, StageFailure, StageOutput};
+use prism_core::contract::StageName;
+use prism_core::runtime::config::Settings;
+use prism_core::runtime::service;
+use prism_core::runtime::worker::{OutputFile, Stage, StageFailure, StageOutput};
+use prism_imaging::{self as imaging, Limits};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -53,7 +53,10 @@ impl DetectStage {
         );
         Ok(DetectStage {
             detector,
-            limits: settings.stages.limits,
+            limits: Limits {
+                max_bytes: settings.stages.limits.max_bytes,
+                max_pixels: settings.stages.limits.max_pixels,
+            },
             fingerprint: settings.stages.fingerprint(StageName::Detect),
         })
     }

@@ -1,6 +1,6 @@
 //! `prism-detect`: finds objects in images for jobs on `prism.jobs.detect`.
 
-use prism_shared::{config, service, telemetry};
+use prism_core::runtime::{config, service, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -4,16 +4,16 @@
 //! folders as buckets, an in-memory claim index saved beside the outputs (so a second run over the
 //! same images finds them already processed).
 
-use prism_shared::bus::Subscriber;
-use prism_shared::bus::memory::MemoryBus;
-use prism_shared::claims::memory::MemoryIndex;
-use prism_shared::config::{ConsumerSettings, Settings};
-use prism_shared::consumer::{ConsumerLoop, Processor, Stats};
-use prism_shared::contract::{DeadLetter, SourceObject, StageName, StageResult};
-use prism_shared::service::Backends;
-use prism_shared::store::Buckets;
-use prism_shared::watch::Watcher;
-use prism_shared::worker::StageWorker;
+use prism_announce::watch::Watcher;
+use prism_core::contract::{DeadLetter, SourceObject, StageName, StageResult};
+use prism_core::ports::bus::Subscriber;
+use prism_core::ports::bus::memory::MemoryBus;
+use prism_core::ports::claims::memory::MemoryIndex;
+use prism_core::ports::store::Buckets;
+use prism_core::runtime::backends::Backends;
+use prism_core::runtime::config::{ConsumerSettings, Settings};
+use prism_core::runtime::consumer::{ConsumerLoop, Processor, Stats};
+use prism_core::runtime::worker::StageWorker;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::io::Write;

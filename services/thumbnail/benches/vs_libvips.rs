@@ -23,7 +23,7 @@ use std::thread;
 use std::time::Instant;
 
 use image::{GrayImage, RgbImage};
-use prism_shared::imaging::{Limits, decode};
+use prism_imaging::{Limits, decode};
 use prism_thumbnail::stage::{ThumbnailFormat, ThumbnailSpec, decode_for, psnr, render};
 
 const SIZES: [u32; 3] = [128, 256, 512];

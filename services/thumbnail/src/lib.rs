@@ -6,12 +6,12 @@
 pub mod stage;
 
 use bytes::Bytes;
-use prism_shared::config::Settings;
-use prism_shared::contract::StageName;
-use prism_shared::imaging::Limits;
-use prism_shared::service;
-use prism_shared::stages::ThumbnailSpec;
-use prism_shared::worker::{OutputFile, Stage, StageFailure, StageOutput};
+use prism_core::contract::StageName;
+use prism_core::contract::stages::ThumbnailSpec;
+use prism_core::runtime::config::Settings;
+use prism_core::runtime::service;
+use prism_core::runtime::worker::{OutputFile, Stage, StageFailure, StageOutput};
+use prism_imaging::Limits;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -29,7 +29,10 @@ impl ThumbnailStage {
             .map_err(|reason| anyhow::anyhow!("invalid thumbnail configuration: {reason}"))?;
         Ok(ThumbnailStage {
             spec,
-            limits: settings.stages.limits,
+            limits: Limits {
+                max_bytes: settings.stages.limits.max_bytes,
+                max_pixels: settings.stages.limits.max_pixels,
+            },
             fingerprint: settings.stages.fingerprint(StageName::Thumbnail),
         })
     }
@@ -86,4 +89,20 @@ impl Stage for ThumbnailStage {
 pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let stage = ThumbnailStage::new(&settings)?;
     service::serve_stage(&settings, stage, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prism_core::contract::stages::InputLimits;
+
+    #[test]
+    fn configured_limits_default_to_the_decoders_own() {
+        let configured = InputLimits::default();
+        let decoder = Limits::default();
+        assert_eq!(
+            (configured.max_bytes, configured.max_pixels),
+            (decoder.max_bytes, decoder.max_pixels)
+        );
+    }
 }

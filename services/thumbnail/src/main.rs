@@ -1,6 +1,6 @@
 //! `prism-thumbnail`: renders thumbnails for jobs on `prism.jobs.thumbnail`.
 
-use prism_shared::{config, service, telemetry};
+use prism_core::runtime::{config, service, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -9,11 +9,11 @@ use fast_image_resize::{
     FilterType, IntoImageView, IntoImageViewMut, ResizeAlg, ResizeOptions, Resizer,
 };
 use image::{ImageBuffer, Pixel};
-use prism_shared::imaging::{
+use prism_imaging::{
     DecodedImage, ImageError, Limits, Pixels, decode_for_thumbnails, flatten_onto_white,
 };
 
-pub use prism_shared::stages::{
+pub use prism_core::contract::stages::{
     DEFAULT_JPEG_QUALITY, DEFAULT_THUMBNAIL_SIZES as DEFAULT_SIZES, DEFAULT_WEBP_QUALITY, MAX_SIZE,
     ThumbnailFormat, ThumbnailSpec,
 };
@@ -255,10 +255,6 @@ fn encode_webp(encoder: webp::Encoder<'_>, quality: u8) -> Result<Vec<u8>, Strin
     Ok(encoded.to_vec())
 }
 
-#[cfg(test)]
-#[path = "../../../shared/src/imaging/test_images.rs"]
-mod test_images;
-
 /// Peak signal-to-noise ratio of two same-sized 8-bit RGB images, in dB (infinite when identical):
 /// the quality guard of the benchmark and the tests.
 pub fn psnr(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
@@ -283,9 +279,9 @@ pub fn psnr(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use prism_shared::imaging::decode;
+    use prism_imaging::decode;
+    use prism_imaging::test_images::{jpeg, jpeg_with_orientation, synthetic_photo};
 
-    use super::test_images::{jpeg, jpeg_with_orientation, synthetic_photo};
     use super::*;
 
     fn sizes(thumbnails: &[Thumbnail]) -> Vec<(u32, u32, u32)> {

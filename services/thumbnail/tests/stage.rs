@@ -1,19 +1,19 @@
 //! The thumbnail stage end to end: encoded bytes in, encoded thumbnails out, each decoded again.
 
+// A counting global allocator measures what decoding a bomb would allocate.
+#![allow(unsafe_code)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageBuffer, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
-use prism_shared::imaging::{DecodedImage, Limits, Pixels, SourceFormat, decode};
+use prism_imaging::test_images::*;
+use prism_imaging::{DecodedImage, Limits, Pixels, SourceFormat, decode};
 use prism_thumbnail::stage::{
     MAX_SIZE, Thumbnail, ThumbnailFormat, ThumbnailSpec, fit_within, psnr, render,
 };
-
-#[path = "../../../shared/src/imaging/test_images.rs"]
-mod test_images;
-use test_images::*;
 
 /// Counts the bytes each thread allocates, so a test can show that refusing a pixel bomb
 /// allocates next to nothing.

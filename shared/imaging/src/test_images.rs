@@ -1,8 +1,7 @@
 //! Test inputs made on the spot, so no test depends on image files being present.
 //!
-//! Shared by the unit tests of `imaging` and by prism-thumbnail's stage tests (which include this
-//! file by path); each uses a subset.
-#![allow(dead_code, reason = "each test crate uses a different subset")]
+//! Shared by the unit tests of this crate and, through the `testsuite` feature, by other crates'
+//! tests and benchmarks.
 
 use std::io::Cursor;
 

@@ -12,6 +12,8 @@
 
 mod annotate;
 mod classes;
+// SIMD intrinsics and uninitialised output buffers: the one place Prism needs unsafe code.
+#[allow(unsafe_code)]
 mod kernels;
 mod letterbox;
 pub mod onnx;

@@ -5,7 +5,7 @@
 //! they are decoded here before anything else sees them. [`UploadEvent::for_object`] writes the same
 //! format, for sources that have no notifications of their own (the bucket watcher, the embedded mode).
 
-use crate::contract::SourceObject;
+use crate::contract::{Classify, SourceObject};
 use chrono::{DateTime, Utc};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
@@ -18,8 +18,13 @@ pub enum EventError {
     BadKey { key: String },
 }
 
-impl EventError {
-    pub fn code(&self) -> &'static str {
+impl Classify for EventError {
+    /// The event itself is bad: it never gets better.
+    fn is_transient(&self) -> bool {
+        false
+    }
+
+    fn code(&self) -> &'static str {
         match self {
             EventError::Malformed(_) => "malformed_event",
             EventError::BadKey { .. } => "bad_object_key",

@@ -1,6 +1,6 @@
 //! The messages Prism publishes: jobs, results and dead letters.
 //!
-//! These types are the consumer contract. Each has a JSON Schema in `shared/schemas/` and the tests
+//! These types are the consumer contract. Each has a JSON Schema in `shared/core/schemas/` and the tests
 //! validate every message they see against it, so a change here that breaks consumers fails a test.
 
 use chrono::{DateTime, Utc};
@@ -124,6 +124,16 @@ pub enum ErrorKind {
     Transient,
     /// The input itself is bad: dead-lettered at once.
     Permanent,
+}
+
+/// One classification for every error an adapter or a parser reports: the stable code dead letters
+/// and logs carry, and whether retrying can help. The consumer loop turns any of them into its own
+/// error type with `?`.
+pub trait Classify: std::error::Error {
+    /// Stable snake_case code, e.g. `object_not_found`.
+    fn code(&self) -> &'static str;
+    /// Whether trying again later can succeed (a server away), or never (bad input).
+    fn is_transient(&self) -> bool;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

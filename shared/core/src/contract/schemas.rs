@@ -1,4 +1,4 @@
-//! The JSON Schemas of Prism's messages (files in `shared/schemas/`), and a validator for them.
+//! The JSON Schemas of Prism's messages (files in `shared/core/schemas/`), and a validator for them.
 //!
 //! Tests validate every message they see with [`Schemas`]; downstream teams can use the files directly.
 
@@ -8,23 +8,23 @@ use serde_json::Value;
 pub const FILES: [(&str, &str); 5] = [
     (
         "defs.schema.json",
-        include_str!("../schemas/defs.schema.json"),
+        include_str!("../../schemas/defs.schema.json"),
     ),
     (
         "upload.schema.json",
-        include_str!("../schemas/upload.schema.json"),
+        include_str!("../../schemas/upload.schema.json"),
     ),
     (
         "job.schema.json",
-        include_str!("../schemas/job.schema.json"),
+        include_str!("../../schemas/job.schema.json"),
     ),
     (
         "result.schema.json",
-        include_str!("../schemas/result.schema.json"),
+        include_str!("../../schemas/result.schema.json"),
     ),
     (
         "deadletter.schema.json",
-        include_str!("../schemas/deadletter.schema.json"),
+        include_str!("../../schemas/deadletter.schema.json"),
     ),
 ];
 
@@ -133,9 +133,9 @@ impl Schemas {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::claims::{Admission, SeenSource, Work, admit, finish, memory::MemoryIndex};
+    use crate::contract::ingest::UploadEvent;
     use crate::contract::{OutputObject, SourceObject, StageName};
-    use crate::ingest::UploadEvent;
+    use crate::ports::claims::{Admission, SeenSource, Work, admit, finish, memory::MemoryIndex};
     use serde_json::json;
 
     fn source() -> SourceObject {
@@ -208,8 +208,8 @@ mod tests {
 
     #[test]
     fn dead_letters_match_their_schema() {
-        use crate::bus::Delivery;
-        use crate::consumer::{ProcessError, dead_letter};
+        use crate::ports::bus::Delivery;
+        use crate::runtime::consumer::{ProcessError, dead_letter};
         let schemas = Schemas::default();
         let delivery = Delivery {
             topic: "prism.uploads".into(),

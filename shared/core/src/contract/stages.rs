@@ -4,8 +4,7 @@
 //! parameters, the model's weights), so dedup can compute it from configuration alone, without the
 //! stage's code or model, and a change of parameters is new work rather than a stale hit.
 
-use crate::contract::StageName;
-use crate::imaging::Limits;
+use super::messages::StageName;
 use serde::{Deserialize, Serialize};
 
 /// A short stable digest of a stage's identity: 16 hex digits of BLAKE3 over canonical JSON.
@@ -165,11 +164,38 @@ impl Default for DetectParams {
     }
 }
 
+/// Largest upload a stage takes: 50 MiB is several times a high-end camera JPEG and leaves room
+/// for big PNG screenshots, while bounding the memory one message can pin.
+pub const DEFAULT_MAX_BYTES: u64 = 50 * 1024 * 1024;
+
+/// Largest image a stage decodes: 100 megapixels covers medium-format photos (about 400 MB as
+/// RGBA); anything bigger is far more likely a decompression bomb than a photo.
+pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
+
+/// What an upload may cost a stage; larger inputs are dead-lettered before they are decoded.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct InputLimits {
+    /// Largest encoded file accepted, in bytes.
+    pub max_bytes: u64,
+    /// Largest image accepted, in pixels (width x height).
+    pub max_pixels: u64,
+}
+
+impl Default for InputLimits {
+    fn default() -> Self {
+        InputLimits {
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_pixels: DEFAULT_MAX_PIXELS,
+        }
+    }
+}
+
 /// The parameters of every stage, as configured; shared by dedup and the workers.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StageParams {
-    pub limits: Limits,
+    pub limits: InputLimits,
     pub thumbnail: ThumbnailSpec,
     pub detect: DetectParams,
 }
@@ -188,6 +214,14 @@ impl StageParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_may_be_given_in_part_and_typos_are_refused() {
+        let partial: InputLimits = serde_json::from_str(r#"{"max_pixels": 10}"#).unwrap();
+        assert_eq!(partial.max_pixels, 10);
+        assert_eq!(partial.max_bytes, DEFAULT_MAX_BYTES);
+        assert!(serde_json::from_str::<InputLimits>(r#"{"max_pixel": 10}"#).is_err());
+    }
 
     #[test]
     fn fingerprints_change_with_what_changes_the_output() {

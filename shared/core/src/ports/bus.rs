@@ -7,6 +7,7 @@
 pub mod kafka;
 pub mod memory;
 
+use crate::contract::Classify;
 use async_trait::async_trait;
 
 /// A message taken from a topic.
@@ -46,6 +47,20 @@ pub enum BusError {
     Config(String),
     #[error("message bus closed")]
     Closed,
+}
+
+impl Classify for BusError {
+    fn is_transient(&self) -> bool {
+        matches!(self, BusError::Kafka(_))
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            BusError::Kafka(_) => "bus_unavailable",
+            BusError::Config(_) => "bus_misconfigured",
+            BusError::Closed => "bus_closed",
+        }
+    }
 }
 
 #[async_trait]

@@ -17,8 +17,8 @@ pub mod couch;
 pub mod memory;
 
 use crate::contract::{
-    ErrorReport, Job, Origin, OutputObject, SCHEMA_VERSION, SourceObject, StageName, StageResult,
-    Timings,
+    Classify, ErrorReport, Job, Origin, OutputObject, SCHEMA_VERSION, SourceObject, StageName,
+    StageResult, Timings,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -171,6 +171,20 @@ pub enum IndexError {
     Unavailable(String),
     #[error("claim {0:?} disappeared while it was being updated")]
     Vanished(String),
+}
+
+impl Classify for IndexError {
+    /// The server comes back; a vanished claim is read again on the retry.
+    fn is_transient(&self) -> bool {
+        true
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            IndexError::Unavailable(_) => "dedup_index_unavailable",
+            IndexError::Vanished(_) => "claim_vanished",
+        }
+    }
 }
 
 /// The storage a claim lives in: CouchDB, or memory for the embedded mode.
@@ -349,8 +363,8 @@ pub async fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::claims::memory::MemoryIndex;
     use crate::contract::ErrorKind;
+    use crate::ports::claims::memory::MemoryIndex;
 
     const LEASE: Duration = Duration::from_secs(60);
 

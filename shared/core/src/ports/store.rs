@@ -3,8 +3,8 @@
 //! Objects are streamed: hashing never holds a whole object, and reading for a stage stops at the
 //! byte limit instead of buffering a huge upload first.
 
-use crate::config::S3Settings;
-use crate::contract::SourceObject;
+use crate::contract::{Classify, SourceObject};
+use crate::runtime::config::S3Settings;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
@@ -15,7 +15,7 @@ use object_store::{
     memory::InMemory,
     path::Path,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,13 +38,12 @@ pub enum StoreError {
     Unavailable(#[from] object_store::Error),
 }
 
-impl StoreError {
-    /// Whether trying again later can succeed.
-    pub fn is_transient(&self) -> bool {
+impl Classify for StoreError {
+    fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
     }
 
-    pub fn code(&self) -> &'static str {
+    fn code(&self) -> &'static str {
         match self {
             StoreError::NotFound { .. } => "object_not_found",
             StoreError::UnsupportedKey { .. } => "unsupported_key",
@@ -111,6 +110,21 @@ pub struct Listing {
 
 const NOT_A_KEY: &str = "not an object key Prism can read back (`.`/`..` or empty segments, control characters, surrounding slashes)";
 
+/// Logs what a listing set aside, each entry once per `warned` set (the watcher lists every
+/// half second; one odd object must not fill the log).
+pub fn warn_unlisted(bucket: &str, unlisted: &[Unlisted], warned: &mut HashSet<Unlisted>) {
+    for entry in unlisted {
+        if warned.insert(entry.clone()) {
+            tracing::warn!(
+                %bucket,
+                name = ?entry.name,
+                reason = entry.reason,
+                "skipping an object that cannot be processed"
+            );
+        }
+    }
+}
+
 impl Buckets {
     fn new(backend: Backend) -> Self {
         Buckets {
@@ -119,7 +133,8 @@ impl Buckets {
         }
     }
 
-    /// S3 or MinIO. Credentials come from the standard `AWS_*` variables (or the instance role).
+    /// S3 or MinIO. Credentials come from the settings, else the standard `AWS_*` variables (or the
+    /// instance role).
     pub fn s3(settings: &S3Settings) -> Self {
         Buckets::new(Backend::S3(settings.clone(), reqwest::Client::new()))
     }
@@ -141,6 +156,12 @@ impl Buckets {
                     .with_bucket_name(bucket)
                     .with_region(&settings.region)
                     .with_virtual_hosted_style_request(!settings.path_style);
+                let credentials = settings.static_credentials().map_err(local_error)?;
+                if let Some((key_id, secret)) = credentials {
+                    builder = builder
+                        .with_access_key_id(key_id)
+                        .with_secret_access_key(secret.expose());
+                }
                 if !settings.endpoint.is_empty() {
                     builder = builder
                         .with_endpoint(&settings.endpoint)

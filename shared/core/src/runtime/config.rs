@@ -6,9 +6,9 @@
 //! `Debug` output or logs.
 
 use crate::contract::StageName;
-use crate::stages::StageParams;
+use crate::contract::stages::StageParams;
 use figment::{
-    Figment,
+    Figment, Provider,
     providers::{Env, Format, Serialized, Toml},
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -16,12 +16,20 @@ use std::{fmt, path::PathBuf, time::Duration};
 
 /// Loads a service's configuration; `T` names its sections and gives their defaults.
 pub fn load<T: Serialize + DeserializeOwned + Default>() -> Result<T, Box<figment::Error>> {
+    load_with(Figment::new())
+}
+
+/// [`load`], then `overrides` on top (tests name their own topics and buckets this way).
+pub fn load_with<T: Serialize + DeserializeOwned + Default>(
+    overrides: impl Provider,
+) -> Result<T, Box<figment::Error>> {
     let mut figment = Figment::from(Serialized::defaults(T::default()));
     if let Ok(path) = std::env::var("PRISM_CONFIG") {
         figment = figment.merge(Toml::file_exact(path));
     }
     figment
         .merge(Env::prefixed("PRISM_").split("__"))
+        .merge(overrides)
         .extract()
         .map_err(Box::new)
 }
@@ -98,6 +106,24 @@ pub struct S3Settings {
     pub region: String,
     /// MinIO and most self-hosted servers want path-style URLs.
     pub path_style: bool,
+    /// Static credentials; when empty, the standard `AWS_*` variables or the instance role.
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub secret_access_key_file: Option<PathBuf>,
+}
+
+impl S3Settings {
+    /// The configured key pair, if one is configured (the secret possibly read from its file).
+    pub fn static_credentials(&self) -> std::io::Result<Option<(String, Secret)>> {
+        if self.access_key_id.is_empty() {
+            return Ok(None);
+        }
+        let secret = resolve_secret(
+            &self.secret_access_key,
+            self.secret_access_key_file.as_deref(),
+        )?;
+        Ok(Some((self.access_key_id.clone(), secret)))
+    }
 }
 
 impl Default for S3Settings {
@@ -106,6 +132,9 @@ impl Default for S3Settings {
             endpoint: "http://127.0.0.1:9000".into(),
             region: "us-east-1".into(),
             path_style: true,
+            access_key_id: String::new(),
+            secret_access_key: Secret::default(),
+            secret_access_key_file: None,
         }
     }
 }

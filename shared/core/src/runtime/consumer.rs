@@ -7,11 +7,12 @@
 //! delays work but loses none. On shutdown the loop stops taking messages, leaves unfinished ones
 //! unacknowledged (they are redelivered) and commits.
 
-use crate::bus::{BusError, Delivery, Publication, Publisher, Subscriber};
-use crate::config::ConsumerSettings;
 use crate::contract::{
-    DeadLetter, ErrorKind, ErrorReport, Origin, SCHEMA_VERSION, SourceObject, original_payload,
+    Classify, DeadLetter, ErrorKind, ErrorReport, Origin, SCHEMA_VERSION, SourceObject,
+    original_payload,
 };
+use crate::ports::bus::{BusError, Delivery, Publication, Publisher, Subscriber};
+use crate::runtime::config::ConsumerSettings;
 use async_trait::async_trait;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +50,19 @@ impl ProcessError {
         }
     }
 
+    /// An upload whose content failed before: the earlier report, now about this upload. Always
+    /// permanent, since the content is what failed.
+    pub fn earlier_failure(report: ErrorReport, source: &SourceObject, content_hash: &str) -> Self {
+        ProcessError {
+            report: ErrorReport {
+                kind: ErrorKind::Permanent,
+                ..report
+            },
+            source: Some(Box::new(source.clone())),
+            content_hash: Some(content_hash.to_string()),
+        }
+    }
+
     pub fn about(mut self, source: &SourceObject) -> Self {
         self.source = Some(Box::new(source.clone()));
         self
@@ -56,6 +70,17 @@ impl ProcessError {
 
     pub fn is_transient(&self) -> bool {
         self.report.kind == ErrorKind::Transient
+    }
+}
+
+impl<E: Classify> From<E> for ProcessError {
+    fn from(error: E) -> Self {
+        let kind = if error.is_transient() {
+            ErrorKind::Transient
+        } else {
+            ErrorKind::Permanent
+        };
+        ProcessError::new(kind, error.code(), error.to_string())
     }
 }
 
@@ -111,7 +136,6 @@ pub struct Stats {
     pub processed: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub retries: AtomicU64,
-    pub published: AtomicU64,
 }
 
 pub struct ConsumerLoop {
@@ -232,7 +256,6 @@ impl ConsumerLoop {
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
                 backoff.wait(shutdown).await?;
             }
-            self.stats.published.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -250,7 +273,8 @@ impl ConsumerLoop {
     }
 }
 
-/// Exponential backoff between `retry_initial` and `retry_max`, cut short by shutdown.
+/// Exponential backoff between `retry_initial` and `retry_max`, cut short by shutdown. Each pause
+/// is drawn from its upper half, so replicas that failed together do not retry in lockstep.
 struct Backoff {
     next: Duration,
     max: Duration,
@@ -267,7 +291,7 @@ impl Backoff {
     async fn wait(&mut self, shutdown: &CancellationToken) -> Result<(), Stopped> {
         tokio::select! {
             _ = shutdown.cancelled() => return Err(Stopped),
-            _ = sleep(self.next) => {}
+            _ = sleep(self.next.mul_f64(fastrand::f64().mul_add(0.5, 0.5))) => {}
         }
         self.next = (self.next * 2).min(self.max);
         Ok(())
@@ -277,7 +301,7 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::memory::MemoryBus;
+    use crate::ports::bus::memory::MemoryBus;
     use std::sync::Mutex;
 
     /// Fails transiently `transient_failures` times, dead-letters payload "bad", echoes the rest.

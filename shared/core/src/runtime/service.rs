@@ -1,42 +1,13 @@
 //! Wiring shared by every service binary: connect the real backends, subscribe, run the consumer
 //! loop until SIGTERM or Ctrl-C.
 
-use crate::bus::Publisher;
-use crate::bus::kafka::{KafkaPublisher, KafkaSubscriber, ensure_topics};
-use crate::claims::ClaimIndex;
-use crate::claims::couch::CouchIndex;
-use crate::config::Settings;
-use crate::consumer::{ConsumerLoop, Processor, Stats};
-use crate::store::Buckets;
-use crate::worker::{Stage, StageWorker};
-use anyhow::Context;
+use crate::ports::bus::kafka::KafkaSubscriber;
+use crate::runtime::backends::Backends;
+use crate::runtime::config::Settings;
+use crate::runtime::consumer::{ConsumerLoop, Processor, Stats};
+use crate::runtime::worker::{Stage, StageWorker};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-
-/// The ports, connected to real servers (or in-process ones for the embedded mode).
-#[derive(Clone)]
-pub struct Backends {
-    pub publisher: Arc<dyn Publisher>,
-    pub buckets: Buckets,
-    pub index: Arc<dyn ClaimIndex>,
-}
-
-impl Backends {
-    /// Kafka, S3 and CouchDB as configured; creates the topics and the database if missing.
-    pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
-        ensure_topics(&settings.kafka, &settings.topics.all())
-            .await
-            .with_context(|| format!("cannot reach Kafka at {}", settings.kafka.brokers))?;
-        let index = CouchIndex::connect(&settings.couchdb)
-            .await
-            .with_context(|| format!("cannot reach CouchDB at {}", settings.couchdb.url))?;
-        Ok(Backends {
-            publisher: Arc::new(KafkaPublisher::new(&settings.kafka)?),
-            buckets: Buckets::s3(&settings.s3),
-            index: Arc::new(index),
-        })
-    }
-}
 
 /// Cancelled on SIGTERM (Docker, Kubernetes) or SIGINT (Ctrl-C).
 pub fn shutdown_signal() -> CancellationToken {

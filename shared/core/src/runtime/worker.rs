@@ -5,13 +5,13 @@
 //! the outcome on the claim, and produces the results (or dead letters) for the upload and for every
 //! twin that waited on it.
 
-use crate::bus::{Delivery, Publication};
-use crate::claims::{self, ClaimIndex, Finished, IndexError};
-use crate::config::{Settings, Topics};
-use crate::consumer::{Outcome, ProcessError, Processor, dead_letter};
 use crate::contract::{ErrorKind, ErrorReport, Job, OutputObject, StageName};
-use crate::service::Backends;
-use crate::store::{Buckets, StoreError};
+use crate::ports::bus::{Delivery, Publication};
+use crate::ports::claims::{self, ClaimIndex, Finished};
+use crate::ports::store::{Buckets, StoreError};
+use crate::runtime::backends::Backends;
+use crate::runtime::config::{Settings, Topics};
+use crate::runtime::consumer::{Outcome, ProcessError, Processor, dead_letter};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::join_all;
@@ -101,7 +101,7 @@ impl<S: Stage> StageWorker<S> {
             .buckets
             .read(&job.source.bucket, &job.source.key, self.stage.max_bytes())
             .await
-            .map_err(|error| about(store_error(error)))?;
+            .map_err(|error| about(error.into()))?;
         if hash.0 != job.content_hash {
             return Err(about(ProcessError::permanent(
                 "content_changed",
@@ -150,9 +150,7 @@ impl<S: Stage> StageWorker<S> {
         started: Instant,
     ) -> Outcome {
         let failed = outcome.as_ref().err().cloned();
-        let Finished { claim, recipients } = claims::finish(&*self.index, job, outcome)
-            .await
-            .map_err(index_error)?;
+        let Finished { claim, recipients } = claims::finish(&*self.index, job, outcome).await?;
         let elapsed = started.elapsed();
         let publications = recipients
             .into_iter()
@@ -162,22 +160,13 @@ impl<S: Stage> StageWorker<S> {
                     &job.content_hash,
                     &claim.result_for(&seen, deduplicated, elapsed),
                 ),
-                Some(report) => {
-                    let mut error = ProcessError {
-                        report: report.clone(),
-                        source: None,
-                        content_hash: Some(job.content_hash.clone()),
-                    }
-                    .about(&seen.source);
-                    error.report.kind = ErrorKind::Permanent;
-                    dead_letter(
-                        &self.topics.deadletter,
-                        job.stage.as_str(),
-                        delivery,
-                        &error,
-                        1,
-                    )
-                }
+                Some(report) => dead_letter(
+                    &self.topics.deadletter,
+                    job.stage.as_str(),
+                    delivery,
+                    &ProcessError::earlier_failure(report.clone(), &seen.source, &job.content_hash),
+                    1,
+                ),
             })
             .collect();
         Ok(publications)
@@ -216,18 +205,6 @@ async fn run_guarded<S: Stage>(
     outcomes
 }
 
-fn store_error(error: StoreError) -> ProcessError {
-    if error.is_transient() {
-        ProcessError::transient(error.code(), error.to_string())
-    } else {
-        ProcessError::permanent(error.code(), error.to_string())
-    }
-}
-
-fn index_error(error: IndexError) -> ProcessError {
-    ProcessError::transient("dedup_index_unavailable", error.to_string())
-}
-
 #[async_trait]
 impl<S: Stage> Processor for StageWorker<S> {
     fn name(&self) -> &str {
@@ -253,7 +230,7 @@ impl<S: Stage> Processor for StageWorker<S> {
                         Ok(output) => match self.write_outputs(&job, output.files).await {
                             Ok(outputs) => Ok((outputs, output.payload)),
                             Err(error) => {
-                                outcomes.push(Err(store_error(error).about(&job.source)));
+                                outcomes.push(Err(ProcessError::from(error).about(&job.source)));
                                 continue;
                             }
                         },

@@ -5,7 +5,7 @@
 //! result or dead letter was published. A crash therefore means redelivery, never loss.
 
 use super::{BusError, Delivery, Publication, Publisher, Subscriber};
-use crate::config::{KafkaSettings, resolve_secret};
+use crate::runtime::config::{KafkaSettings, resolve_secret};
 use async_trait::async_trait;
 use rdkafka::{
     ClientConfig, Message,

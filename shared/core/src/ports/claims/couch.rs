@@ -2,7 +2,7 @@
 //! `PUT` with the current `_rev` the compare-and-swap update.
 
 use super::{Claim, ClaimIndex, ClaimStatus, HandledUpload, IndexError};
-use crate::config::{CouchSettings, resolve_secret};
+use crate::runtime::config::{CouchSettings, resolve_secret};
 use async_trait::async_trait;
 use couch_rs::{Client, database::Database, document::TypedCouchDocument, error::CouchError};
 use http::StatusCode;

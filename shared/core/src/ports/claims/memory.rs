@@ -116,8 +116,8 @@ impl MemoryIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::claims::ledger_id;
     use crate::contract::{Origin, SourceObject};
+    use crate::ports::claims::ledger_id;
 
     fn upload(key: &str, etag: &str) -> SourceObject {
         SourceObject {

@@ -1,0 +1,17 @@
+//! The runtime every service shares: configuration, the consumer loop, the stage worker, the
+//! backends and the wiring that runs a service until it is told to stop.
+//!
+//! - [`config`] — settings from defaults, a TOML file and `PRISM_…` variables.
+//! - [`consumer`] — the one consumer loop: batch, process, publish, acknowledge, dead-letter,
+//!   retry.
+//! - [`worker`] — the processor that runs a pure [`worker::Stage`] over jobs.
+//! - [`backends`] — the ports, connected to real servers or in-process ones.
+//! - [`service`] — run a processor on a topic until SIGTERM.
+//! - [`telemetry`] — logging.
+
+pub mod backends;
+pub mod config;
+pub mod consumer;
+pub mod service;
+pub mod telemetry;
+pub mod worker;

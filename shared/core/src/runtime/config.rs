@@ -70,6 +70,12 @@ pub struct KafkaSettings {
     pub replication_factor: i32,
     /// How long a silent consumer keeps its partitions; lower means faster takeover after a crash.
     pub session_timeout_ms: u32,
+    /// How long a replica may go without taking a message before it is presumed stuck and its
+    /// partitions move. The consumer loop retries a transient failure (a server outage) for as
+    /// long as it lasts, not taking messages meanwhile, so this bounds the outage a replica rides
+    /// out in its group; past it the replica leaves, another redelivers its unacknowledged
+    /// messages, and it rejoins when it takes messages again (nothing is lost either way).
+    pub max_poll_interval_ms: u32,
     /// Extra librdkafka properties (e.g. `security.protocol`, `sasl.mechanisms`), applied last.
     pub properties: std::collections::BTreeMap<String, String>,
     /// SASL password, kept out of `properties` so it is never printed.
@@ -79,6 +85,11 @@ pub struct KafkaSettings {
 
 /// librdkafka's 45 s default leaves a dead replica's partitions idle too long for an image pipeline.
 pub const DEFAULT_SESSION_TIMEOUT_MS: u32 = 10_000;
+
+/// librdkafka's 5-minute default would eject every replica during a CouchDB or S3 outage of a few
+/// minutes, only for the same outage to stall their successors: half an hour rides out ordinary
+/// restarts and maintenance.
+pub const DEFAULT_MAX_POLL_INTERVAL_MS: u32 = 30 * 60 * 1000;
 
 /// Enough partitions that a dozen replicas of a stage can each own some.
 pub const DEFAULT_PARTITIONS: i32 = 12;
@@ -91,6 +102,7 @@ impl Default for KafkaSettings {
             partitions: DEFAULT_PARTITIONS,
             replication_factor: 1,
             session_timeout_ms: DEFAULT_SESSION_TIMEOUT_MS,
+            max_poll_interval_ms: DEFAULT_MAX_POLL_INTERVAL_MS,
             properties: Default::default(),
             sasl_password: Secret::default(),
             sasl_password_file: None,

@@ -248,3 +248,179 @@ impl<S: Stage> Processor for StageWorker<S> {
         outcomes
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::{DeadLetter, SourceObject, StageResult};
+    use crate::ports::bus::memory::MemoryBus;
+    use crate::ports::claims::memory::MemoryIndex;
+    use crate::ports::claims::{Admission, SeenSource, Work};
+    use crate::ports::store::ContentHash;
+    use chrono::Utc;
+
+    /// Echoes its input as `echo.txt`; refuses `bad`; panics on `panic`, as a decoder bug would.
+    struct Echo;
+
+    impl Stage for Echo {
+        fn name(&self) -> StageName {
+            StageName::Thumbnail
+        }
+        fn fingerprint(&self) -> &str {
+            "echo-1"
+        }
+        fn max_bytes(&self) -> u64 {
+            1024
+        }
+        fn run(&self, inputs: &[Bytes]) -> Vec<Result<StageOutput, StageFailure>> {
+            assert!(!inputs.iter().any(|input| input == "panic"), "decoder bug");
+            inputs
+                .iter()
+                .map(|input| match &input[..] {
+                    b"bad" => Err(StageFailure {
+                        code: "corrupt_image".into(),
+                        reason: "not an image".into(),
+                    }),
+                    _ => Ok(StageOutput {
+                        files: vec![OutputFile {
+                            name: "echo.txt".into(),
+                            content_type: "text/plain".into(),
+                            width: None,
+                            height: None,
+                            bytes: input.clone(),
+                        }],
+                        payload: Map::new(),
+                    }),
+                })
+                .collect()
+        }
+    }
+
+    struct Fixture {
+        worker: StageWorker<Echo>,
+        backends: Backends,
+        settings: Settings,
+    }
+
+    fn fixture() -> Fixture {
+        let settings = Settings::default();
+        let backends = Backends {
+            publisher: Arc::new(MemoryBus::default()),
+            buckets: Buckets::memory(),
+            index: Arc::new(MemoryIndex::default()),
+        };
+        Fixture {
+            worker: StageWorker::over(Echo, &settings, &backends),
+            backends,
+            settings,
+        }
+    }
+
+    /// Uploads `body` as `key` and lets dedup's claim logic make its job, as a delivery.
+    async fn job_for(f: &Fixture, key: &str, body: &'static [u8], offset: i64) -> Delivery {
+        let bucket = &f.settings.input_bucket;
+        let bytes = Bytes::from_static(body);
+        f.backends
+            .buckets
+            .write(bucket, key, bytes, "application/octet-stream")
+            .await
+            .unwrap();
+        let work = Work {
+            stage: StageName::Thumbnail,
+            fingerprint: "echo-1",
+            content_hash: &ContentHash::of(body).0,
+        };
+        let seen = SeenSource {
+            source: SourceObject {
+                bucket: bucket.clone(),
+                key: key.into(),
+                etag: format!("etag-{key}"),
+                size: body.len() as u64,
+            },
+            received_at: Utc::now(),
+        };
+        let lease = f.settings.claim_lease;
+        let Admission::Run(job) = claims::admit(&*f.backends.index, work, seen, lease)
+            .await
+            .unwrap()
+        else {
+            panic!("new content becomes a job");
+        };
+        Delivery {
+            topic: "jobs".into(),
+            partition: 0,
+            offset,
+            key: None,
+            payload: serde_json::to_vec(&job).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_gives_results_and_dead_letters_and_survives_a_panicking_stage() {
+        let f = fixture();
+        let batch = [
+            job_for(&f, "a.txt", b"hello", 0).await,
+            job_for(&f, "b.txt", b"panic", 1).await,
+            job_for(&f, "c.txt", b"bad", 2).await,
+        ];
+        let outcomes = f.worker.process(&batch).await;
+        let published: Vec<Vec<Publication>> = outcomes
+            .into_iter()
+            .map(|outcome| outcome.unwrap())
+            .collect();
+        let topics = &f.settings.topics;
+
+        let [result] = &published[0][..] else {
+            panic!("one result: {:?}", published[0]);
+        };
+        assert_eq!(result.topic, topics.thumbnail_results);
+        let result: StageResult = serde_json::from_slice(&result.payload).unwrap();
+        assert!(!result.deduplicated);
+        let output = &result.outputs[0];
+        let (written, _) = f
+            .backends
+            .buckets
+            .read(&output.bucket, &output.key, 1024)
+            .await
+            .unwrap();
+        assert_eq!(written, "hello");
+
+        for (published, code) in [
+            (&published[1], "stage_crashed"),
+            (&published[2], "corrupt_image"),
+        ] {
+            let [letter] = &published[..] else {
+                panic!("one dead letter: {published:?}");
+            };
+            assert_eq!(letter.topic, topics.deadletter);
+            let letter: DeadLetter = serde_json::from_slice(&letter.payload).unwrap();
+            assert_eq!(letter.error.code, code);
+            assert_eq!(letter.stage, "thumbnail");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_object_changed_is_dead_lettered_as_content_changed() {
+        let f = fixture();
+        let delivery = job_for(&f, "a.txt", b"first", 0).await;
+        f.backends
+            .buckets
+            .write(
+                &f.settings.input_bucket,
+                "a.txt",
+                Bytes::from_static(b"second"),
+                "text/plain",
+            )
+            .await
+            .unwrap();
+        let error = f
+            .worker
+            .process(&[delivery])
+            .await
+            .pop()
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(error.report.code, "content_changed");
+        assert!(!error.is_transient());
+    }
+}

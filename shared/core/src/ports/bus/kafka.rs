@@ -199,6 +199,10 @@ impl KafkaSubscriber {
                 "session.timeout.ms",
                 settings.session_timeout_ms.to_string(),
             )
+            .set(
+                "max.poll.interval.ms",
+                settings.max_poll_interval_ms.to_string(),
+            )
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")

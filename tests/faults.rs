@@ -86,7 +86,7 @@ async fn every_upload_gets_its_results_under_faults() {
         mut listener,
         buckets,
         warmup,
-        ..
+        tansu: _tansu,
     } = LoadTest::start(&extra, &services).await;
     println!(
         "pipeline warm {:.1} s after the test started",

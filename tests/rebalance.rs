@@ -43,7 +43,7 @@ async fn nothing_is_lost_or_changed_under_rebalance() {
         mut listener,
         buckets,
         warmup,
-        ..
+        tansu: _tansu,
     } = LoadTest::start(&extra, &services).await;
     println!(
         "two replicas per stage, warm {:.1} s after the test started",

@@ -689,7 +689,8 @@ pub struct LoadTest {
     /// One small picture sent through every stage before the measured part, so that every
     /// consumer group has joined and every stage works.
     pub warmup: Upload,
-    _tansu: TansuConfig,
+    /// Kept for the services started later (replacements, joiners) to read.
+    pub tansu: TansuConfig,
 }
 
 impl LoadTest {
@@ -718,7 +719,7 @@ impl LoadTest {
             listener,
             buckets,
             warmup,
-            _tansu: tansu,
+            tansu,
         }
     }
 }

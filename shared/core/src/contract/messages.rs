@@ -167,15 +167,33 @@ pub struct DeadLetter {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content_hash: Option<String>,
     pub origin: Origin,
-    /// The original message: its JSON when it parses, else its text (lossy UTF-8).
+    /// The original message: its JSON when it parses and is at most [`MAX_ORIGINAL_BYTES`], else
+    /// its text (lossy UTF-8), cut to that length. `origin` finds the whole message.
     pub original: Value,
+    /// The original message's length in bytes (absent in letters written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_bytes: Option<u64>,
+    /// True when `original` is only the first [`MAX_ORIGINAL_BYTES`] of the message.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub original_truncated: bool,
     pub failed_at: DateTime<Utc>,
 }
 
-/// Turns message bytes into the `original` field of a dead letter.
-pub fn original_payload(payload: &[u8]) -> Value {
-    serde_json::from_slice(payload)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()))
+/// The most of an original message a dead letter copies: enough to recognise it, while a dead
+/// letter stays far below any broker's message limit however large the message was, and an event
+/// naming many bad objects does not multiply a large message into as many large letters.
+pub const MAX_ORIGINAL_BYTES: usize = 4096;
+
+/// The `original` of a dead letter for `payload`, and whether it had to be cut.
+pub fn original_payload(payload: &[u8]) -> (Value, bool) {
+    if payload.len() <= MAX_ORIGINAL_BYTES
+        && let Ok(json) = serde_json::from_slice(payload)
+    {
+        return (json, false);
+    }
+    let excerpt = &payload[..payload.len().min(MAX_ORIGINAL_BYTES)];
+    let text = String::from_utf8_lossy(excerpt).into_owned();
+    (Value::String(text), excerpt.len() < payload.len())
 }
 
 #[cfg(test)]
@@ -196,10 +214,25 @@ mod tests {
 
     #[test]
     fn original_payload_keeps_json_and_text() {
-        assert_eq!(original_payload(br#"{"a":1}"#)["a"], 1);
+        assert_eq!(original_payload(br#"{"a":1}"#).0["a"], 1);
         assert_eq!(
             original_payload(b"not json"),
-            Value::String("not json".into())
+            (Value::String("not json".into()), false)
+        );
+    }
+
+    #[test]
+    fn large_originals_are_cut_to_an_excerpt() {
+        let big_json = serde_json::to_vec(&vec!["x"; 10_000]).unwrap();
+        let (original, truncated) = original_payload(&big_json);
+        assert!(truncated);
+        assert_eq!(original.as_str().unwrap().len(), MAX_ORIGINAL_BYTES);
+        let (original, truncated) = original_payload(&vec![0xff; 200_000]);
+        assert!(truncated);
+        // Each invalid byte becomes U+FFFD (3 bytes): bounded all the same.
+        assert_eq!(
+            original.as_str().unwrap().chars().count(),
+            MAX_ORIGINAL_BYTES
         );
     }
 }

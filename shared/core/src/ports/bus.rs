@@ -47,6 +47,10 @@ pub enum BusError {
     Config(String),
     #[error("message bus closed")]
     Closed,
+    /// The bus will never take this message (too large, no such topic, not authorised): retrying
+    /// would hold up every later message of its partition for good.
+    #[error("the message bus refused the message for good: {0}")]
+    Refused(String),
 }
 
 impl Classify for BusError {
@@ -59,6 +63,7 @@ impl Classify for BusError {
             BusError::Kafka(_) => "bus_unavailable",
             BusError::Config(_) => "bus_misconfigured",
             BusError::Closed => "bus_closed",
+            BusError::Refused(_) => "publish_refused",
         }
     }
 }

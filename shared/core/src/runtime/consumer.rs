@@ -102,6 +102,7 @@ pub fn dead_letter(
     error: &ProcessError,
     attempts: u32,
 ) -> Publication {
+    let (original, original_truncated) = original_payload(&delivery.payload);
     let letter = DeadLetter {
         schema_version: SCHEMA_VERSION,
         stage: stage.to_string(),
@@ -114,7 +115,9 @@ pub fn dead_letter(
             partition: delivery.partition,
             offset: delivery.offset,
         },
-        original: original_payload(&delivery.payload),
+        original,
+        original_bytes: Some(delivery.payload.len() as u64),
+        original_truncated,
         failed_at: chrono::Utc::now(),
     };
     let key = error
@@ -248,14 +251,71 @@ impl ConsumerLoop {
                 }
             }
         };
-        self.count_dead_letters(&publications);
-        let mut backoff = Backoff::new(&self.settings);
         for publication in &publications {
-            while let Err(error) = self.publisher.publish(publication).await {
-                tracing::warn!(%error, topic = %publication.topic, "publish failed, retrying");
-                self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                backoff.wait(shutdown).await?;
+            if let Err(refused) = self.publish(publication, shutdown).await? {
+                self.refused(delivery, publication, refused, attempts, shutdown)
+                    .await?;
             }
+        }
+        self.count_dead_letters(&publications);
+        Ok(())
+    }
+
+    /// Publishes, retrying while the bus is away; the bus's refusal for good is handed back.
+    async fn publish(
+        &self,
+        publication: &Publication,
+        shutdown: &CancellationToken,
+    ) -> Result<Result<(), BusError>, Stopped> {
+        let mut backoff = Backoff::new(&self.settings);
+        loop {
+            match self.publisher.publish(publication).await {
+                Ok(()) => return Ok(Ok(())),
+                Err(error) if !error.is_transient() => return Ok(Err(error)),
+                Err(error) => {
+                    tracing::warn!(%error, topic = %publication.topic, "publish failed, retrying");
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    backoff.wait(shutdown).await?;
+                }
+            }
+        }
+    }
+
+    /// A publication the bus will never take: a result becomes a dead letter saying why; a dead
+    /// letter the bus refuses is logged and dropped (its message's origin is in the log), since
+    /// holding it would hold up its partition for good.
+    async fn refused(
+        &self,
+        delivery: &Delivery,
+        publication: &Publication,
+        refused: BusError,
+        attempts: u32,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Stopped> {
+        tracing::error!(
+            service = self.processor.name(),
+            error = %refused,
+            topic = %publication.topic,
+            origin_topic = %delivery.topic,
+            origin_partition = delivery.partition,
+            origin_offset = delivery.offset,
+            "the bus refused a message for good"
+        );
+        if publication.topic == self.deadletter_topic {
+            return Ok(());
+        }
+        let letter = dead_letter(
+            &self.deadletter_topic,
+            self.processor.name(),
+            delivery,
+            &ProcessError::from(refused),
+            attempts,
+        );
+        match self.publish(&letter, shutdown).await? {
+            Ok(()) => {
+                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => tracing::error!(%error, "the bus refused the dead letter too; dropped"),
         }
         Ok(())
     }
@@ -304,7 +364,8 @@ mod tests {
     use crate::ports::bus::memory::MemoryBus;
     use std::sync::Mutex;
 
-    /// Fails transiently `transient_failures` times, dead-letters payload "bad", echoes the rest.
+    /// Fails transiently `transient_failures` times, dead-letters payload "bad", echoes the rest
+    /// (a payload starting `big` as 2 MB, over the bus's limit).
     struct Echo {
         transient_failures: Mutex<u32>,
         batch_sizes: Mutex<Vec<usize>>,
@@ -331,7 +392,11 @@ mod tests {
                     Ok(vec![Publication {
                         topic: "out".into(),
                         key: "k".into(),
-                        payload: delivery.payload.clone(),
+                        payload: if delivery.payload.starts_with(b"big") {
+                            vec![b'x'; 2_000_000]
+                        } else {
+                            delivery.payload.clone()
+                        },
                     }])
                 })
                 .collect()
@@ -395,6 +460,30 @@ mod tests {
         assert_eq!(letter.origin.offset, 1);
         assert_eq!(letter.original, serde_json::Value::String("bad".into()));
         assert_eq!(stats.retries.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_message_the_bus_refuses_becomes_a_bounded_dead_letter_and_the_rest_flows() {
+        // What Echo makes of a message starting `big` is over the bus's limit; the dead letter
+        // for that 200 KB message is not.
+        let mut big = b"big".to_vec();
+        big.resize(200_000, b'x');
+        let (bus, stats, _) = run_over(&[&big, b"after"], 0, 1).await;
+        let out: Vec<Vec<u8>> = bus.messages("out").into_iter().map(|d| d.payload).collect();
+        assert_eq!(out, [b"after".to_vec()]);
+        let dead = bus.messages("dead");
+        assert_eq!(dead.len(), 1);
+        let letter: DeadLetter = serde_json::from_slice(&dead[0].payload).unwrap();
+        assert_eq!(letter.error.code, "publish_refused");
+        assert_eq!(letter.error.kind, ErrorKind::Permanent);
+        assert_eq!(letter.original_bytes, Some(200_000));
+        assert!(letter.original_truncated);
+        assert!(
+            dead[0].payload.len() < 8 * 1024,
+            "{} bytes",
+            dead[0].payload.len()
+        );
         assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 1);
     }
 

@@ -122,13 +122,37 @@ impl Publisher for KafkaPublisher {
             .send(record, Timeout::After(PUBLISH_TIMEOUT))
             .await
             .map(|_| ())
-            .map_err(|(error, _)| BusError::Kafka(error));
+            .map_err(|(error, _)| match error {
+                KafkaError::MessageProduction(code) if never_accepted(code) => {
+                    BusError::Refused(format!(
+                        "{code} (topic {}, {} bytes)",
+                        publication.topic,
+                        publication.payload.len()
+                    ))
+                }
+                error => BusError::Kafka(error),
+            });
         if let Err(error) = &sent {
             // The caller retries; the retry must not meet the same dead producer.
             self.replace_if_dead(&producer, error)?;
         }
         sent
     }
+}
+
+/// Produce errors no retry can cure: the message itself, or the topic, is refused.
+fn never_accepted(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::InvalidTopic
+            | RDKafkaErrorCode::UnknownTopic
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+    )
 }
 
 /// Logs what the group coordinator does to this replica: which partitions it gained or lost, and

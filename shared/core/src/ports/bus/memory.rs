@@ -14,18 +14,29 @@ pub struct MemoryBus {
     logs: Arc<Mutex<HashMap<String, Vec<Delivery>>>>,
     /// Bumped on every publish so idle subscribers wake up.
     published: Arc<watch::Sender<u64>>,
+    /// Larger messages are refused, as a broker refuses messages over its limit.
+    max_message_bytes: usize,
 }
+
+/// Kafka's default message limit (`message.max.bytes`), about 1 MB.
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
 
 impl Default for MemoryBus {
     fn default() -> Self {
-        MemoryBus {
-            logs: Default::default(),
-            published: Arc::new(watch::channel(0).0),
-        }
+        MemoryBus::with_max_message_bytes(DEFAULT_MAX_MESSAGE_BYTES)
     }
 }
 
 impl MemoryBus {
+    /// A bus that refuses messages over `max_message_bytes`.
+    pub fn with_max_message_bytes(max_message_bytes: usize) -> Self {
+        MemoryBus {
+            logs: Default::default(),
+            published: Arc::new(watch::channel(0).0),
+            max_message_bytes,
+        }
+    }
+
     /// A subscriber reading `topics` from their beginning.
     pub fn subscribe(&self, topics: &[&str]) -> MemorySubscriber {
         MemorySubscriber {
@@ -49,6 +60,13 @@ impl MemoryBus {
 #[async_trait]
 impl Publisher for MemoryBus {
     async fn publish(&self, publication: &Publication) -> Result<(), BusError> {
+        if publication.payload.len() > self.max_message_bytes {
+            return Err(BusError::Refused(format!(
+                "message of {} bytes over the limit of {}",
+                publication.payload.len(),
+                self.max_message_bytes
+            )));
+        }
         {
             let mut logs = self.logs.lock().expect("bus lock");
             let log = logs.entry(publication.topic.clone()).or_default();

@@ -4,34 +4,11 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
 use prism_core::ports::store::Buckets;
 use prism_core::runtime::config::S3Settings;
-use rusty_s3::{Credentials, S3Action};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-/// How long a presigned bucket request stays valid; it is used at once.
-const PRESIGN_TTL: Duration = Duration::from_secs(60);
-
-/// Creates `name` if it does not exist (object_store has no bucket API, so this signs the request
-/// itself). Credentials come from the settings, else `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+/// Creates `name` if it does not exist.
 pub async fn create_bucket(settings: &S3Settings, name: &str) -> anyhow::Result<()> {
-    let bucket = prism_core::ports::store::signing_bucket(settings, name)?;
-    let credentials = match settings.static_credentials()? {
-        Some((key_id, secret)) => Credentials::new(key_id, secret.expose()),
-        None => Credentials::from_env()
-            .ok_or_else(|| anyhow::anyhow!("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"))?,
-    };
-    let url = bucket.create_bucket(&credentials).sign(PRESIGN_TTL);
-    let response = reqwest::Client::new().put(url).send().await?;
-    let status = response.status();
-    // 409: it exists already (BucketAlreadyOwnedByYou), which is what we want.
-    if status.is_success() || status == reqwest::StatusCode::CONFLICT {
-        Ok(())
-    } else {
-        anyhow::bail!(
-            "creating bucket {name}: {status}: {}",
-            response.text().await?
-        )
-    }
+    Ok(Buckets::s3(settings).create_bucket(name).await?)
 }
 
 /// Every regular, non-hidden file under `dir`, as (key relative to `dir`, path).

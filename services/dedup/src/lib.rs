@@ -167,7 +167,7 @@ impl Processor for Dedup {
 
 /// Runs the dedup service against Kafka, S3 and CouchDB until `shutdown`.
 pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let backends = Backends::connect(&settings).await?;
+    let backends = Backends::connect(&settings, &shutdown).await?;
     let dedup = Dedup::new(
         settings.clone(),
         backends.buckets.clone(),

@@ -195,6 +195,9 @@ pub trait ClaimIndex: Send + Sync {
     async fn get(&self, id: &str) -> Result<Option<Claim>, IndexError>;
     /// Replaces the claim if its `rev` is still current; `Ok(false)` if someone else changed it.
     async fn replace(&self, claim: &mut Claim) -> Result<bool, IndexError>;
+    /// Removes the claim if its `rev` is still current (or it is gone already); `Ok(false)` if
+    /// someone else changed it.
+    async fn remove(&self, claim: &Claim) -> Result<bool, IndexError>;
     /// Claims in a status, for reconciliation and tests.
     async fn with_status(&self, status: ClaimStatus) -> Result<Vec<Claim>, IndexError>;
     /// Adds uploads to the ledger; one recorded before stays as it was.
@@ -313,6 +316,40 @@ pub async fn admit(
     }
 }
 
+/// Passes on the claim of a job whose upload cannot be read (deleted or overwritten before the
+/// stage got to it: a fault of that upload, not of its content). The first twin waiting on the
+/// claim takes it over, and its job is returned to be published; with nobody waiting the claim is
+/// removed, so the next upload of the content starts afresh. A job that no longer holds its claim
+/// (a redelivery after the hand-over) changes nothing.
+pub async fn hand_over(
+    index: &dyn ClaimIndex,
+    job: &Job,
+    lease: Duration,
+) -> Result<Option<Job>, IndexError> {
+    loop {
+        let Some(mut claim) = index.get(&job.claim_id).await? else {
+            return Ok(None);
+        };
+        if claim.status != ClaimStatus::Processing || claim.first_source.source != job.source {
+            return Ok(None);
+        }
+        if claim.waiters.is_empty() {
+            if index.remove(&claim).await? {
+                return Ok(None);
+            }
+            continue;
+        }
+        let now = Utc::now();
+        claim.first_source = claim.waiters.remove(0);
+        claim.attempts += 1;
+        claim.lease_expires_at = now + lease;
+        claim.updated_at = now;
+        if index.replace(&mut claim).await? {
+            return Ok(Some(claim.job()));
+        }
+    }
+}
+
 /// Who gets a result when a claim finishes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finished {
@@ -386,6 +423,47 @@ mod tests {
             fingerprint: "fp",
             content_hash: "hash",
         }
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_upload_hands_its_claim_to_the_first_waiting_twin() {
+        let index = MemoryIndex::default();
+        let Admission::Run(first_job) = admit(&index, work(), seen("a.jpg"), LEASE).await.unwrap()
+        else {
+            panic!("new content runs");
+        };
+        for twin in ["b.jpg", "c.jpg"] {
+            let admission = admit(&index, work(), seen(twin), LEASE).await.unwrap();
+            assert_eq!(admission, Admission::Waiting);
+        }
+        // a.jpg was deleted before the stage read it: b.jpg takes over, c.jpg waits on.
+        let next = hand_over(&index, &first_job, LEASE).await.unwrap().unwrap();
+        assert_eq!(next.source.key, "b.jpg");
+        assert_eq!(next.claim_id, first_job.claim_id);
+        // The same failed job, redelivered, hands nothing over again.
+        assert_eq!(hand_over(&index, &first_job, LEASE).await.unwrap(), None);
+
+        let finished = finish(&index, &next, Ok((vec![output()], Map::new())))
+            .await
+            .unwrap();
+        let recipients: Vec<(&str, bool)> = finished
+            .recipients
+            .iter()
+            .map(|(seen, deduplicated)| (seen.source.key.as_str(), *deduplicated))
+            .collect();
+        assert_eq!(recipients, [("b.jpg", false), ("c.jpg", true)]);
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_upload_with_no_twin_releases_its_claim() {
+        let index = MemoryIndex::default();
+        let Admission::Run(job) = admit(&index, work(), seen("a.jpg"), LEASE).await.unwrap() else {
+            panic!("new content runs");
+        };
+        assert_eq!(hand_over(&index, &job, LEASE).await.unwrap(), None);
+        assert_eq!(index.get(&job.claim_id).await.unwrap(), None);
+        let again = admit(&index, work(), seen("b.jpg"), LEASE).await.unwrap();
+        assert!(matches!(again, Admission::Run(job) if job.source.key == "b.jpg"));
     }
 
     fn output() -> OutputObject {

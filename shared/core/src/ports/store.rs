@@ -25,6 +25,10 @@ pub enum StoreError {
     )]
     NotFound { bucket: String, key: String },
     #[error(
+        "bucket {bucket:?} does not exist (an event naming a bucket that was never created, or was deleted)"
+    )]
+    NoSuchBucket { bucket: String },
+    #[error(
         "object key {key:?} cannot be stored safely (empty, `.`/`..` segments, control characters or surrounding slashes)"
     )]
     UnsupportedKey { key: String },
@@ -34,21 +38,59 @@ pub enum StoreError {
     SymbolicLink { key: String },
     #[error("object is over the {limit}-byte limit (it is at least {size} bytes)")]
     TooLarge { size: u64, limit: u64 },
+    /// The store answers but refuses Prism: a bucket missing, credentials wrong or without the
+    /// right. Retried like an outage (fixing it loses nothing), but an operator must act.
+    #[error("object store refuses Prism's requests: {reason}; {fix}")]
+    Misconfigured { reason: String, fix: &'static str },
     #[error("object store: {0}")]
-    Unavailable(#[from] object_store::Error),
+    Unavailable(object_store::Error),
 }
+
+impl From<object_store::Error> for StoreError {
+    fn from(error: object_store::Error) -> Self {
+        let reason = error.to_string();
+        let fix = match &error {
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => CREDENTIALS_FIX,
+            _ if reason.contains("NoSuchBucket") => BUCKET_FIX,
+            _ if [
+                "AccessDenied",
+                "InvalidAccessKeyId",
+                "SignatureDoesNotMatch",
+            ]
+            .iter()
+            .any(|code| reason.contains(code)) =>
+            {
+                CREDENTIALS_FIX
+            }
+            _ => return StoreError::Unavailable(error),
+        };
+        StoreError::Misconfigured { reason, fix }
+    }
+}
+
+const BUCKET_FIX: &str = "create the bucket (the stage services create the output bucket at \
+     start) or set input_bucket / output_bucket to buckets that exist";
+const CREDENTIALS_FIX: &str = "check the S3 credentials (s3.access_key_id, AWS_ACCESS_KEY_ID, \
+     AWS_SECRET_ACCESS_KEY) and that their policy lets Prism read the input bucket and write the \
+     output bucket";
 
 impl Classify for StoreError {
     fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::Misconfigured { .. }
+        )
     }
 
     fn code(&self) -> &'static str {
         match self {
             StoreError::NotFound { .. } => "object_not_found",
+            StoreError::NoSuchBucket { .. } => "bucket_not_found",
             StoreError::UnsupportedKey { .. } => "unsupported_key",
             StoreError::SymbolicLink { .. } => "symbolic_link",
             StoreError::TooLarge { .. } => "too_many_bytes",
+            StoreError::Misconfigured { .. } => "object_store_misconfigured",
             StoreError::Unavailable(_) => "object_store_unavailable",
         }
     }
@@ -205,6 +247,22 @@ impl Buckets {
     /// Every object in `bucket`, sorted by key. Entries Prism cannot read back by key (odd S3 keys,
     /// symbolic links, special files and names that are not UTF-8 in a folder) are set aside in
     /// [`Listing::unlisted`] instead of failing the listing: one odd object must not hide the rest.
+    /// Creates `bucket` unless it exists (a folder in the embedded mode). object_store has no
+    /// bucket API, so for S3 the request is signed here.
+    pub async fn create_bucket(&self, bucket: &str) -> Result<(), StoreError> {
+        let opened = self.opened(bucket)?;
+        match &*self.backend {
+            Backend::S3(settings, client) => {
+                let credentials = opened
+                    .s3_credentials
+                    .expect("S3 buckets are opened with their credentials");
+                create_s3_bucket(settings, client, &credentials, bucket).await
+            }
+            // Opening a folder bucket creates its folder; memory buckets need nothing.
+            Backend::Folders(_) | Backend::Memory => Ok(()),
+        }
+    }
+
     pub async fn list(&self, bucket: &str) -> Result<Listing, StoreError> {
         let opened = self.opened(bucket)?;
         let mut listing = match &*self.backend {
@@ -268,11 +326,16 @@ impl Buckets {
             });
         }
         let result = store.get(&path).await.map_err(|error| match error {
+            object_store::Error::NotFound { .. } if error.to_string().contains("NoSuchBucket") => {
+                StoreError::NoSuchBucket {
+                    bucket: bucket.to_string(),
+                }
+            }
             object_store::Error::NotFound { .. } => StoreError::NotFound {
                 bucket: bucket.to_string(),
                 key: key.to_string(),
             },
-            other => StoreError::Unavailable(other),
+            other => other.into(),
         })?;
         if result.meta.size > max_bytes {
             return Err(StoreError::TooLarge {
@@ -485,7 +548,7 @@ fn leads_through_link(dir: &std::path::Path, key: &str) -> std::io::Result<bool>
     Ok(false)
 }
 
-/// How long a signed listing request stays valid; it is sent at once.
+/// How long a request Prism signs itself stays valid; it is sent at once.
 const LIST_REQUEST_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn s3_error(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -513,6 +576,44 @@ pub fn signing_bucket(settings: &S3Settings, bucket: &str) -> Result<rusty_s3::B
         .map_err(s3_error)
 }
 
+/// The store's current credentials (static, from the environment, or the instance role's), for
+/// the requests Prism signs itself.
+async fn signing_credentials(
+    credentials: &AwsCredentialProvider,
+) -> Result<rusty_s3::Credentials, StoreError> {
+    let credential = credentials.get_credential().await?;
+    Ok(match &credential.token {
+        Some(token) => {
+            rusty_s3::Credentials::new_with_token(&credential.key_id, &credential.secret_key, token)
+        }
+        None => rusty_s3::Credentials::new(&credential.key_id, &credential.secret_key),
+    })
+}
+
+/// Creates an S3 bucket; one that exists already (409 BucketAlreadyOwnedByYou) is fine.
+async fn create_s3_bucket(
+    settings: &S3Settings,
+    client: &reqwest::Client,
+    credentials: &AwsCredentialProvider,
+    bucket: &str,
+) -> Result<(), StoreError> {
+    let credentials = signing_credentials(credentials).await?;
+    let target = signing_bucket(settings, bucket)?;
+    let action = target.create_bucket(&credentials);
+    let url = rusty_s3::S3Action::sign(&action, LIST_REQUEST_TTL);
+    let response = client.put(url).send().await.map_err(s3_error)?;
+    let status = response.status();
+    if status.is_success() || status == reqwest::StatusCode::CONFLICT {
+        return Ok(());
+    }
+    let body = response.text().await.map_err(s3_error)?;
+    Err(object_store::Error::Generic {
+        store: "S3",
+        source: format!("creating bucket {bucket}: {status}: {body}").into(),
+    }
+    .into())
+}
+
 /// Lists an S3 bucket with ListObjectsV2 directly. object_store's listing turns each key into a
 /// `Path` and fails the whole page on one it cannot represent (`a//b`, `../x`, a tab), so this asks
 /// for URL-encoded keys (any key survives XML), then sets aside the ones Prism cannot read back.
@@ -522,13 +623,7 @@ async fn list_s3(
     credentials: &AwsCredentialProvider,
     bucket: &str,
 ) -> Result<Listing, StoreError> {
-    let credential = credentials.get_credential().await?;
-    let credentials = match &credential.token {
-        Some(token) => {
-            rusty_s3::Credentials::new_with_token(&credential.key_id, &credential.secret_key, token)
-        }
-        None => rusty_s3::Credentials::new(&credential.key_id, &credential.secret_key),
-    };
+    let credentials = signing_credentials(credentials).await?;
     let target = signing_bucket(settings, bucket)?;
     let mut listing = Listing::default();
     let mut continuation: Option<String> = None;

@@ -86,6 +86,10 @@ impl<E: Classify> From<E> for ProcessError {
 
 pub type Outcome = Result<Vec<Publication>, ProcessError>;
 
+/// Codes ending so are transient failures only an operator can end (a bucket missing, credentials
+/// refused): retried like an outage, but logged at error level.
+pub const MISCONFIGURED: &str = "_misconfigured";
+
 /// A service's work: turn a batch of messages into publications, one outcome per message.
 #[async_trait]
 pub trait Processor: Send + Sync {
@@ -232,13 +236,23 @@ impl ConsumerLoop {
                     )];
                 }
                 Err(error) => {
-                    tracing::warn!(
-                        service = self.processor.name(),
-                        code = %error.report.code,
-                        reason = %error.report.reason,
-                        attempts,
-                        "transient failure, retrying"
-                    );
+                    if error.report.code.ends_with(MISCONFIGURED) {
+                        tracing::error!(
+                            service = self.processor.name(),
+                            code = %error.report.code,
+                            reason = %error.report.reason,
+                            attempts,
+                            "a server refuses Prism's requests: fix its configuration; retrying"
+                        );
+                    } else {
+                        tracing::warn!(
+                            service = self.processor.name(),
+                            code = %error.report.code,
+                            reason = %error.report.reason,
+                            attempts,
+                            "transient failure, retrying"
+                        );
+                    }
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     backoff.wait(shutdown).await?;
                     attempts += 1;

@@ -57,7 +57,11 @@ pub async fn serve_stage<S: Stage>(
     stage: S,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let backends = Backends::connect(settings).await?;
+    let backends = Backends::connect(settings, &shutdown).await?;
+    // The stages own the output bucket, as the services own their topics.
+    backends
+        .create_bucket(&settings.output_bucket, &shutdown)
+        .await?;
     let topic = settings.topics.jobs(stage.name()).to_string();
     let worker = Arc::new(StageWorker::over(stage, settings, &backends));
     serve(settings, &backends, &topic, worker, shutdown).await

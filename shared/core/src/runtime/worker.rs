@@ -5,7 +5,7 @@
 //! the outcome on the claim, and produces the results (or dead letters) for the upload and for every
 //! twin that waited on it.
 
-use crate::contract::{ErrorKind, ErrorReport, Job, OutputObject, StageName};
+use crate::contract::{Classify, ErrorKind, ErrorReport, Job, OutputObject, StageName};
 use crate::ports::bus::{Delivery, Publication};
 use crate::ports::claims::{self, ClaimIndex, Finished};
 use crate::ports::store::{Buckets, StoreError};
@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures::future::join_all;
 use serde_json::{Map, Value};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// One file a stage made, named relative to its output folder (`256.jpg`, `annotated.jpg`).
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +59,16 @@ pub struct StageWorker<S> {
     index: Arc<dyn ClaimIndex>,
     topics: Topics,
     output_bucket: String,
+    claim_lease: Duration,
+}
+
+/// Why a job's input could not be had.
+enum Unfetched {
+    /// The job itself is unusable, or a server is away: the loop dead-letters or retries it.
+    Job(ProcessError),
+    /// This upload's object cannot be read (gone, overwritten, refused): a fault of the upload,
+    /// not of its content, so a twin waiting on the claim may take the work over.
+    Upload(Box<Job>, ProcessError),
 }
 
 impl<S: Stage> StageWorker<S> {
@@ -70,16 +80,17 @@ impl<S: Stage> StageWorker<S> {
             index: backends.index.clone(),
             topics: settings.topics.clone(),
             output_bucket: settings.output_bucket.clone(),
+            claim_lease: settings.claim_lease,
         }
     }
 
     /// Parses a job and reads its source, or says why not.
-    async fn fetch(&self, delivery: &Delivery) -> Result<(Job, Bytes), ProcessError> {
+    async fn fetch(&self, delivery: &Delivery) -> Result<(Job, Bytes), Unfetched> {
         let job: Job = serde_json::from_slice(&delivery.payload).map_err(|error| {
-            ProcessError::permanent(
+            Unfetched::Job(ProcessError::permanent(
                 "malformed_job",
                 format!("job is not valid JSON for the contract: {error}"),
-            )
+            ))
         })?;
         let about = |error: ProcessError| {
             let mut error = error.about(&job.source);
@@ -87,7 +98,7 @@ impl<S: Stage> StageWorker<S> {
             error
         };
         if job.fingerprint != self.stage.fingerprint() {
-            return Err(about(ProcessError::permanent(
+            return Err(Unfetched::Job(about(ProcessError::permanent(
                 "fingerprint_mismatch",
                 format!(
                     "job was made for {} parameters {} but this worker runs {}; finish the rollout, then re-emit the upload",
@@ -95,20 +106,46 @@ impl<S: Stage> StageWorker<S> {
                     job.fingerprint,
                     self.stage.fingerprint()
                 ),
-            )));
+            ))));
         }
-        let (bytes, hash) = self
+        let read = self
             .buckets
             .read(&job.source.bucket, &job.source.key, self.stage.max_bytes())
-            .await
-            .map_err(|error| about(error.into()))?;
-        if hash.0 != job.content_hash {
-            return Err(about(ProcessError::permanent(
+            .await;
+        let error = match read {
+            Ok((bytes, hash)) if hash.0 == job.content_hash => return Ok((job, bytes)),
+            Ok(_) => ProcessError::permanent(
                 "content_changed",
                 "the object was overwritten after dedup hashed it; the new upload gets its own event",
-            )));
+            ),
+            Err(error) if error.is_transient() => return Err(Unfetched::Job(about(error.into()))),
+            Err(error) => error.into(),
+        };
+        let error = about(error);
+        Err(Unfetched::Upload(Box::new(job), error))
+    }
+
+    /// Dead-letters an upload that cannot be read and passes its claim to the first twin waiting
+    /// on it, whose job is published; see [`claims::hand_over`].
+    async fn hand_over(&self, delivery: &Delivery, job: &Job, error: ProcessError) -> Outcome {
+        let next = claims::hand_over(&*self.index, job, self.claim_lease).await?;
+        let mut publications = vec![dead_letter(
+            &self.topics.deadletter,
+            job.stage.as_str(),
+            delivery,
+            &error,
+            1,
+        )];
+        if let Some(next) = next {
+            tracing::info!(
+                failed = %job.source.key,
+                next = %next.source.key,
+                "the upload cannot be read; a twin waiting on it takes the work over"
+            );
+            let topic = self.topics.jobs(job.stage);
+            publications.push(Publication::json(topic, &next.content_hash, &next));
         }
-        Ok((job, bytes))
+        Ok(publications)
     }
 
     async fn write_outputs(
@@ -224,7 +261,8 @@ impl<S: Stage> Processor for StageWorker<S> {
         let mut outcomes = Vec::with_capacity(batch.len());
         for (delivery, fetched) in batch.iter().zip(fetched) {
             let outcome = match fetched {
-                Err(error) => Err(error),
+                Err(Unfetched::Job(error)) => Err(error),
+                Err(Unfetched::Upload(job, error)) => self.hand_over(delivery, &job, error).await,
                 Ok((job, _)) => {
                     let result = match ran.next().expect("one stage outcome per input") {
                         Ok(output) => match self.write_outputs(&job, output.files).await {
@@ -318,6 +356,30 @@ mod tests {
 
     /// Uploads `body` as `key` and lets dedup's claim logic make its job, as a delivery.
     async fn job_for(f: &Fixture, key: &str, body: &'static [u8], offset: i64) -> Delivery {
+        let Admission::Run(job) = admit(f, key, body).await else {
+            panic!("new content becomes a job");
+        };
+        Delivery {
+            topic: "jobs".into(),
+            partition: 0,
+            offset,
+            key: None,
+            payload: serde_json::to_vec(&job).unwrap(),
+        }
+    }
+
+    /// Uploads `body` as `key` while its content is being processed: a waiting twin.
+    async fn waiter_for(f: &Fixture, key: &str, body: &'static [u8]) -> SourceObject {
+        assert_eq!(admit(f, key, body).await, Admission::Waiting);
+        SourceObject {
+            bucket: f.settings.input_bucket.clone(),
+            key: key.into(),
+            etag: format!("etag-{key}"),
+            size: body.len() as u64,
+        }
+    }
+
+    async fn admit(f: &Fixture, key: &str, body: &'static [u8]) -> Admission {
         let bucket = &f.settings.input_bucket;
         let bytes = Bytes::from_static(body);
         f.backends
@@ -340,19 +402,9 @@ mod tests {
             received_at: Utc::now(),
         };
         let lease = f.settings.claim_lease;
-        let Admission::Run(job) = claims::admit(&*f.backends.index, work, seen, lease)
+        claims::admit(&*f.backends.index, work, seen, lease)
             .await
             .unwrap()
-        else {
-            panic!("new content becomes a job");
-        };
-        Delivery {
-            topic: "jobs".into(),
-            partition: 0,
-            offset,
-            key: None,
-            payload: serde_json::to_vec(&job).unwrap(),
-        }
     }
 
     #[tokio::test]
@@ -413,14 +465,51 @@ mod tests {
             )
             .await
             .unwrap();
-        let error = f
-            .worker
-            .process(&[delivery])
+        let published = f.worker.process(&[delivery]).await.pop().unwrap().unwrap();
+        let [letter] = &published[..] else {
+            panic!("one dead letter: {published:?}");
+        };
+        let letter: DeadLetter = serde_json::from_slice(&letter.payload).unwrap();
+        assert_eq!(letter.error.code, "content_changed");
+    }
+
+    #[tokio::test]
+    async fn an_overwritten_upload_hands_the_work_to_its_waiting_twin() {
+        let f = fixture();
+        let first = job_for(&f, "a.txt", b"same", 0).await;
+        let twin = waiter_for(&f, "b.txt", b"same").await;
+        f.backends
+            .buckets
+            .write(
+                &f.settings.input_bucket,
+                "a.txt",
+                Bytes::from_static(b"other"),
+                "text/plain",
+            )
             .await
-            .pop()
-            .unwrap()
-            .unwrap_err();
-        assert_eq!(error.report.code, "content_changed");
-        assert!(!error.is_transient());
+            .unwrap();
+
+        let published = f.worker.process(&[first]).await.pop().unwrap().unwrap();
+        let [letter, next] = &published[..] else {
+            panic!("a dead letter and the twin's job: {published:?}");
+        };
+        let letter: DeadLetter = serde_json::from_slice(&letter.payload).unwrap();
+        assert_eq!(letter.error.code, "content_changed");
+        assert_eq!(letter.source.unwrap().key, "a.txt");
+        assert_eq!(next.topic, f.settings.topics.thumbnail_jobs);
+        let next_job: Job = serde_json::from_slice(&next.payload).unwrap();
+        assert_eq!(next_job.source, twin);
+
+        let delivery = Delivery {
+            topic: "jobs".into(),
+            partition: 0,
+            offset: 1,
+            key: None,
+            payload: next.payload.clone(),
+        };
+        let published = f.worker.process(&[delivery]).await.pop().unwrap().unwrap();
+        let result: StageResult = serde_json::from_slice(&published[0].payload).unwrap();
+        assert_eq!(result.source.key, "b.txt");
+        assert!(!result.deduplicated);
     }
 }

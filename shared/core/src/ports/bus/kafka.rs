@@ -41,13 +41,41 @@ fn client_config(settings: &KafkaSettings) -> Result<ClientConfig, BusError> {
     Ok(config)
 }
 
+/// librdkafka properties only consumers read: a producer or admin client given one logs a
+/// CONFWARN at every start, so [`with_overrides`] keeps them for consumers.
+const CONSUMER_ONLY_PROPERTIES: [&str; 12] = [
+    "partition.assignment.strategy",
+    "group.id",
+    "group.instance.id",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "auto.offset.reset",
+    "enable.auto.commit",
+    "auto.commit.interval.ms",
+    "enable.auto.offset.store",
+    "fetch.wait.max.ms",
+    "isolation.level",
+];
+
+/// Which client a configuration is for.
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    Consumer,
+    /// Producers and admin clients.
+    Other,
+}
+
 /// The operator's `properties` win over Prism's defaults.
 fn with_overrides<'a>(
     config: &'a mut ClientConfig,
     settings: &KafkaSettings,
+    role: Role,
 ) -> &'a mut ClientConfig {
     for (key, value) in &settings.properties {
-        config.set(key, value);
+        if role == Role::Consumer || !CONSUMER_ONLY_PROPERTIES.contains(&key.as_str()) {
+            config.set(key, value);
+        }
     }
     config
 }
@@ -71,7 +99,7 @@ impl KafkaPublisher {
                 "message.timeout.ms",
                 PUBLISH_TIMEOUT.as_millis().to_string(),
             );
-        let config = with_overrides(&mut config, settings).clone();
+        let config = with_overrides(&mut config, settings, Role::Other).clone();
         let producer = RwLock::new(config.create()?);
         Ok(KafkaPublisher { config, producer })
     }
@@ -231,10 +259,12 @@ impl KafkaSubscriber {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky");
-        let consumer: StreamConsumer<GroupEvents> = with_overrides(&mut config, settings)
-            .create_with_context(GroupEvents {
-                group: group.to_string(),
-            })?;
+        let consumer: StreamConsumer<GroupEvents> =
+            with_overrides(&mut config, settings, Role::Consumer).create_with_context(
+                GroupEvents {
+                    group: group.to_string(),
+                },
+            )?;
         consumer.subscribe(topics)?;
         Ok(KafkaSubscriber { consumer })
     }
@@ -296,7 +326,7 @@ impl Subscriber for KafkaSubscriber {
 /// Creates any of `topics` that do not exist yet, so consumers never wait on auto-creation.
 pub async fn ensure_topics(settings: &KafkaSettings, topics: &[&str]) -> Result<(), BusError> {
     let admin: AdminClient<DefaultClientContext> =
-        with_overrides(&mut client_config(settings)?, settings).create()?;
+        with_overrides(&mut client_config(settings)?, settings, Role::Other).create()?;
     let new_topics: Vec<NewTopic> = topics
         .iter()
         .map(|topic| {

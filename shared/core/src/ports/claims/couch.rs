@@ -137,6 +137,15 @@ impl ClaimIndex for CouchIndex {
         }
     }
 
+    async fn remove(&self, claim: &Claim) -> Result<bool, IndexError> {
+        match self.db.remove(claim).await {
+            Ok(()) => Ok(true),
+            Err(error) if error.is_not_found() => Ok(true),
+            Err(error) if is_conflict(&error) => Ok(false),
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+
     async fn with_status(&self, status: ClaimStatus) -> Result<Vec<Claim>, IndexError> {
         let query = couch_rs::types::find::FindQuery::new(serde_json::json!({ "status": status }))
             .limit(MAX_CLAIMS_LISTED);

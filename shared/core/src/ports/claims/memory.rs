@@ -51,6 +51,17 @@ impl ClaimIndex for MemoryIndex {
         }
     }
 
+    async fn remove(&self, claim: &Claim) -> Result<bool, IndexError> {
+        let mut claims = self.claims.lock().expect("index lock");
+        match claims.get(&claim.id) {
+            Some(current) if current.rev != claim.rev => Ok(false),
+            _ => {
+                claims.remove(&claim.id);
+                Ok(true)
+            }
+        }
+    }
+
     async fn with_status(&self, status: ClaimStatus) -> Result<Vec<Claim>, IndexError> {
         let claims = self.claims.lock().expect("index lock");
         Ok(claims

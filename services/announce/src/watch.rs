@@ -13,10 +13,19 @@ use chrono::Utc;
 use prism_core::contract::SourceObject;
 use prism_core::contract::ingest::UploadEvent;
 use prism_core::contract::reannounce::{announcement_key, reemission};
-use prism_core::ports::bus::{Publication, Publisher};
+use prism_core::ports::bus::{BusError, Publication, Publisher};
 use prism_core::ports::store::{Buckets, StoreError, Unlisted, warn_unlisted};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+
+/// Why a poll stopped short; the next one tries again.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error("listing the bucket failed: {0}")]
+    Listing(StoreError),
+    #[error("publishing an announcement failed: {0}")]
+    Announcing(BusError),
+}
 
 pub struct Watcher {
     buckets: Buckets,
@@ -72,9 +81,9 @@ impl Watcher {
     }
 
     /// One listing: publishes an event per new object and returns them.
-    pub async fn poll(&mut self) -> anyhow::Result<Vec<SourceObject>> {
+    pub async fn poll(&mut self) -> Result<Vec<SourceObject>, PollError> {
         let first_listing = !self.listed;
-        let changed = self.changed_objects().await?;
+        let changed = self.changed_objects().await.map_err(PollError::Listing)?;
         for (sent, object) in changed.iter().enumerate() {
             let event = if first_listing {
                 reemission(object, Utc::now())
@@ -89,7 +98,7 @@ impl Watcher {
                     self.announced.remove(&unsent.key);
                 }
                 self.listed = !first_listing;
-                return Err(error.into());
+                return Err(PollError::Announcing(error));
             }
         }
         Ok(changed)
@@ -106,7 +115,7 @@ impl Watcher {
             match self.poll().await {
                 Ok(new) if !new.is_empty() => tracing::info!(announced = new.len(), "new objects"),
                 Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "listing failed, retrying"),
+                Err(error) => tracing::warn!(%error, "retrying at the next poll"),
             }
             tokio::select! {
                 _ = shutdown.cancelled() => {}
@@ -176,13 +185,10 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Publisher for FailingOnce {
-        async fn publish(
-            &self,
-            publication: &Publication,
-        ) -> Result<(), prism_core::ports::bus::BusError> {
+        async fn publish(&self, publication: &Publication) -> Result<(), BusError> {
             let n = self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if n == self.fail_at {
-                return Err(prism_core::ports::bus::BusError::Closed);
+                return Err(BusError::Closed);
             }
             self.bus.publish(publication).await
         }

@@ -46,7 +46,18 @@ pub struct CouchIndex {
 }
 
 fn unavailable(error: CouchError) -> IndexError {
-    IndexError::Unavailable(error.to_string())
+    IndexError::Unavailable(describe(&error))
+}
+
+/// couch_rs reports a request that never got an answer (connection refused, timeout) with the
+/// status 501 Not Implemented, which would send a reader looking for the wrong fault.
+fn describe(error: &CouchError) -> String {
+    match error {
+        CouchError::OperationFailed(details) if details.status == StatusCode::NOT_IMPLEMENTED => {
+            format!("no answer from CouchDB: {}", details.message)
+        }
+        other => other.to_string(),
+    }
 }
 
 impl CouchIndex {

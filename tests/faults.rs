@@ -11,11 +11,9 @@
 
 use image::ImageFormat;
 use prism_e2e::{
-    LoadTest, PrivateServers, Services, Upload, assert_complete, generated, stream_of_uploads,
-    upload_steadily, upload_until_stored,
+    LoadTest, PrivateServers, Services, Stream, Upload, assert_complete, generated,
+    upload_until_stored,
 };
-use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 /// Uploads in the stream; one in [`COPY_EVERY`] is a copy of an earlier one under a new key.
@@ -80,64 +78,58 @@ async fn every_upload_gets_its_results_under_faults() {
         .map(|(name, args)| (name.to_string(), args.to_vec()))
         .collect();
     // Warm: every group joined and every stage working before the first fault.
-    let LoadTest {
-        settings,
-        mut services,
-        mut listener,
-        buckets,
-        warmup,
-        tansu: _tansu,
-    } = LoadTest::start(&extra, &services).await;
+    let mut test = LoadTest::start(
+        &extra,
+        &services,
+        Stream {
+            count: UPLOADS,
+            copy_every: COPY_EVERY,
+            pause: UPLOAD_PAUSE,
+        },
+    )
+    .await;
     println!(
         "pipeline warm {:.1} s after the test started",
         test_started.elapsed().as_secs_f64()
-    );
-
-    let uploads = stream_of_uploads("stream", UPLOADS, COPY_EVERY);
-    let uploaded = Arc::new(AtomicUsize::new(0));
-    let uploader = upload_steadily(
-        &buckets,
-        &settings.input_bucket,
-        &uploads,
-        UPLOAD_PAUSE,
-        uploaded.clone(),
     );
 
     // One fault at a time; it is over when an upload made after it has all its results.
     let mut recoveries = Vec::new();
     let mut probes = Vec::new();
     for (n, fault) in FAULTS.into_iter().enumerate() {
-        listener.read_for(BETWEEN_FAULTS).await;
+        test.listener.read_for(BETWEEN_FAULTS).await;
         let injected = Instant::now();
-        inject(fault, &mut services, &servers).await;
+        inject(fault, &mut test.services, &servers).await;
         let probe = generated(
             &format!("probe/after-fault-{n}.png"),
             20_000 + n as u32,
             (64, 48),
             ImageFormat::Png,
         );
-        upload_until_stored(&buckets, &settings.input_bucket, &probe).await;
-        listener.wait_for_all(&[&probe], &mut services).await;
+        upload_until_stored(&test.buckets, &test.settings.input_bucket, &probe).await;
+        test.listener
+            .wait_for_all(&[&probe], &mut test.services)
+            .await;
         let recovery = injected.elapsed();
         println!(
             "{fault:?}: an upload made after it had all its results {:.1} s after the fault ({} of the stream uploaded)",
             recovery.as_secs_f64(),
-            uploaded.load(std::sync::atomic::Ordering::Relaxed)
+            test.uploaded.load(std::sync::atomic::Ordering::Relaxed)
         );
         recoveries.push((fault, recovery));
         probes.push(probe);
     }
-    uploader.await.expect("uploader");
+    test.uploader.await.expect("uploader");
     let last_upload = Instant::now();
 
-    let all: Vec<&Upload> = std::iter::once(&warmup)
-        .chain(&uploads)
+    let all: Vec<&Upload> = std::iter::once(&test.warmup)
+        .chain(&test.uploads)
         .chain(&probes)
         .collect();
-    listener.wait_for_all(&all, &mut services).await;
+    test.listener.wait_for_all(&all, &mut test.services).await;
     let all_results = Instant::now();
-    listener.read_for(QUIET_PERIOD).await;
-    services.assert_running();
+    test.listener.read_for(QUIET_PERIOD).await;
+    test.services.assert_running();
 
     println!("--- fault test timings ---");
     for (fault, recovery) in &recoveries {
@@ -153,15 +145,15 @@ async fn every_upload_gets_its_results_under_faults() {
     );
     println!(
         "messages per topic: {:?}; the test took {:.0} s",
-        listener.seen.counts,
+        test.listener.seen.counts,
         test_started.elapsed().as_secs_f64()
     );
     assert_complete(
         "fault test figures",
-        &listener.seen,
+        &test.listener.seen,
         &all,
-        &settings,
-        &buckets,
+        &test.settings,
+        &test.buckets,
     )
     .await;
 }

@@ -6,9 +6,8 @@
 //!
 //! Uses the shared servers (`deploy/local/servers.sh start`), like the end-to-end test.
 
-use prism_e2e::{LoadTest, Services, Upload, assert_complete, stream_of_uploads, upload_steadily};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use prism_e2e::{LoadTest, Services, Stream, Upload, assert_complete};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// Uploads in the stream; one in [`COPY_EVERY`] is a copy of an earlier one under a new key.
@@ -37,53 +36,45 @@ async fn nothing_is_lost_or_changed_under_rebalance() {
             services.push((format!("{stage}-{replica}"), args.to_vec()));
         }
     }
-    let LoadTest {
-        settings,
-        mut services,
-        mut listener,
-        buckets,
-        warmup,
-        tansu: _tansu,
-    } = LoadTest::start(&extra, &services).await;
+    let mut test = LoadTest::start(
+        &extra,
+        &services,
+        Stream {
+            count: UPLOADS,
+            copy_every: COPY_EVERY,
+            pause: UPLOAD_PAUSE,
+        },
+    )
+    .await;
     println!(
         "two replicas per stage, warm {:.1} s after the test started",
         test_started.elapsed().as_secs_f64()
-    );
-
-    let uploads = stream_of_uploads("stream", UPLOADS, COPY_EVERY);
-    let uploaded = Arc::new(AtomicUsize::new(0));
-    let uploader = upload_steadily(
-        &buckets,
-        &settings.input_bucket,
-        &uploads,
-        UPLOAD_PAUSE,
-        uploaded.clone(),
     );
     let third = UPLOADS as usize / 3;
     let mut joined: Option<Instant> = None;
     let mut left = false;
     while !left {
-        services.assert_running();
-        let count = uploaded.load(Ordering::Relaxed);
+        test.services.assert_running();
+        let count = test.uploaded.load(Ordering::Relaxed);
         match joined {
             None if count >= third => {
                 println!("{count} uploaded: a third replica joins each stage");
                 for (stage, args) in STAGES {
-                    services.spawn(&format!("{stage}-c"), args);
+                    test.services.spawn(&format!("{stage}-c"), args);
                 }
                 joined = Some(Instant::now());
             }
             // One scaling step at a time: the first replicas leave once every joiner has its
             // share. Tansu 0.6 can leave a group with no consumer for good when a member leaves
             // while the rebalance a joiner started is still going on (seen 2 runs in 8).
-            Some(since) if count >= 2 * third && joiners_have_partitions(&services) => {
+            Some(since) if count >= 2 * third && joiners_have_partitions(&test.services) => {
                 println!(
                     "{count} uploaded, the joiners got partitions {:.1} s after they started: \
                      the first replica of each stage leaves",
                     since.elapsed().as_secs_f64()
                 );
                 for (stage, _) in STAGES {
-                    services.stop(&format!("{stage}-a"));
+                    test.services.stop(&format!("{stage}-a"));
                 }
                 left = true;
             }
@@ -91,35 +82,35 @@ async fn nothing_is_lost_or_changed_under_rebalance() {
                 since.elapsed() < JOIN_DEADLINE,
                 "a joiner got no partitions within {JOIN_DEADLINE:?}:\n{}",
                 STAGES
-                    .map(|(stage, _)| services.log(&format!("{stage}-c")))
+                    .map(|(stage, _)| test.services.log(&format!("{stage}-c")))
                     .join("\n")
             ),
             None => {}
         }
-        listener.read().await;
+        test.listener.read().await;
     }
-    uploader.await.expect("uploader");
+    test.uploader.await.expect("uploader");
     let stream_over = Instant::now();
 
-    let all: Vec<&Upload> = std::iter::once(&warmup).chain(&uploads).collect();
-    listener.wait_for_all(&all, &mut services).await;
+    let all: Vec<&Upload> = std::iter::once(&test.warmup).chain(&test.uploads).collect();
+    test.listener.wait_for_all(&all, &mut test.services).await;
     let caught_up = stream_over.elapsed();
-    listener.read_for(QUIET_PERIOD).await;
-    services.assert_running();
+    test.listener.read_for(QUIET_PERIOD).await;
+    test.services.assert_running();
 
     println!("--- rebalance test timings ---");
     println!(
         "last results {:.1} s after the last upload; messages per topic: {:?}; the test took {:.0} s",
         caught_up.as_secs_f64(),
-        listener.seen.counts,
+        test.listener.seen.counts,
         test_started.elapsed().as_secs_f64()
     );
     assert_complete(
         "rebalance test figures",
-        &listener.seen,
+        &test.listener.seen,
         &all,
-        &settings,
-        &buckets,
+        &test.settings,
+        &test.buckets,
     )
     .await;
 }

@@ -679,8 +679,16 @@ impl Listener {
     }
 }
 
+/// A steady stream of uploads: `count` small pictures (every `copy_every`th a copy of an earlier
+/// one under a new key), one every `pause`.
+pub struct Stream {
+    pub count: u32,
+    pub copy_every: u32,
+    pub pause: Duration,
+}
+
 /// The setup the fault and rebalance tests share: this run's names and settings, its buckets and
-/// topics, the services, the observer, and a pipeline already warm.
+/// topics, the services, the observer, a pipeline already warm, and a stream of uploads going up.
 pub struct LoadTest {
     pub settings: Settings,
     pub services: Services,
@@ -689,14 +697,23 @@ pub struct LoadTest {
     /// One small picture sent through every stage before the measured part, so that every
     /// consumer group has joined and every stage works.
     pub warmup: Upload,
+    /// The stream, going up in the background since the pipeline was warm.
+    pub uploads: Vec<Upload>,
+    /// How many of `uploads` are stored so far.
+    pub uploaded: Arc<AtomicUsize>,
+    pub uploader: tokio::task::JoinHandle<()>,
     /// Kept for the services started later (replacements, joiners) to read.
-    pub tansu: TansuConfig,
+    _tansu: TansuConfig,
 }
 
 impl LoadTest {
     /// Starts `services` (name, `prism` arguments) for a new run with `extra` variables on top of
-    /// the run's own, and waits until the pipeline is warm.
-    pub async fn start(extra: &[(String, String)], services: &[(String, Vec<&str>)]) -> Self {
+    /// the run's own, waits until the pipeline is warm, then starts `stream`.
+    pub async fn start(
+        extra: &[(String, String)],
+        services: &[(String, Vec<&str>)],
+        stream: Stream,
+    ) -> Self {
         let run = run_name();
         let mut environment = run_environment(&run);
         environment.extend_from_slice(extra);
@@ -713,13 +730,25 @@ impl LoadTest {
         let warmup = generated("warmup.png", 10_000, (64, 48), ImageFormat::Png);
         upload_until_stored(&buckets, &settings.input_bucket, &warmup).await;
         listener.wait_for_all(&[&warmup], &mut running).await;
+        let uploads = stream_of_uploads("stream", stream.count, stream.copy_every);
+        let uploaded = Arc::new(AtomicUsize::new(0));
+        let uploader = upload_steadily(
+            &buckets,
+            &settings.input_bucket,
+            &uploads,
+            stream.pause,
+            uploaded.clone(),
+        );
         LoadTest {
             settings,
             services: running,
             listener,
             buckets,
             warmup,
-            tansu,
+            uploads,
+            uploaded,
+            uploader,
+            _tansu: tansu,
         }
     }
 }
@@ -736,7 +765,7 @@ fn missing(seen: &Seen, uploads: &[&Upload]) -> Vec<(StageName, String)> {
 
 /// `count` small distinct pictures under `prefix/`, PNG and JPEG in turn; every `copy_every`th
 /// upload is instead a copy of an earlier one under another key.
-pub fn stream_of_uploads(prefix: &str, count: u32, copy_every: u32) -> Vec<Upload> {
+fn stream_of_uploads(prefix: &str, count: u32, copy_every: u32) -> Vec<Upload> {
     let mut uploads: Vec<Upload> = Vec::new();
     for n in 0..count {
         let upload = if n % copy_every == copy_every - 1 {
@@ -770,7 +799,7 @@ fn extension(key: &str) -> &str {
 }
 
 /// Uploads `uploads` one by one with `pause` between them, counting them in `done`.
-pub fn upload_steadily(
+fn upload_steadily(
     buckets: &Buckets,
     bucket: &str,
     uploads: &[Upload],

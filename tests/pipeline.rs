@@ -8,7 +8,7 @@ use futures::StreamExt;
 use image::{DynamicImage, ImageFormat, Rgba, RgbaImage};
 use prism_core::contract::schemas::Schemas;
 use prism_core::contract::{StageName, StageResult};
-use prism_core::ports::claims::{ClaimIndex, ClaimStatus, couch::CouchIndex};
+use prism_core::ports::claims::{ClaimStatus, couch::CouchIndex};
 use prism_core::ports::store::Buckets;
 use prism_e2e::{
     DEADLINE, Seen, Services, Upload, encode, generated, observer, picture, prepare,

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
 use prism_core::contract::schemas::{MessageKind, Schemas};
 use prism_core::contract::{DeadLetter, StageName, StageResult};
-use prism_core::ports::claims::{ClaimIndex, ClaimStatus, couch::CouchIndex};
+use prism_core::ports::claims::{ClaimStatus, couch::CouchIndex};
 use prism_core::ports::store::Buckets;
 use prism_core::runtime::config::{self, Settings, Topics};
 use rdkafka::ClientConfig;

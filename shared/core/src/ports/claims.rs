@@ -198,8 +198,6 @@ pub trait ClaimIndex: Send + Sync {
     /// Removes the claim if its `rev` is still current (or it is gone already); `Ok(false)` if
     /// someone else changed it.
     async fn remove(&self, claim: &Claim) -> Result<bool, IndexError>;
-    /// Claims in a status, for reconciliation and tests.
-    async fn with_status(&self, status: ClaimStatus) -> Result<Vec<Claim>, IndexError>;
     /// Adds uploads to the ledger; one recorded before stays as it was.
     async fn record_handled(&self, uploads: &[HandledUpload]) -> Result<(), IndexError>;
     /// The ledger's records of these ids ([`ledger_id`]); ids never recorded are left out.

@@ -61,6 +61,14 @@ fn describe(error: &CouchError) -> String {
 }
 
 impl CouchIndex {
+    /// Claims in a status (at most a few thousand), for inspection and tests.
+    pub async fn with_status(&self, status: ClaimStatus) -> Result<Vec<Claim>, IndexError> {
+        let query = couch_rs::types::find::FindQuery::new(serde_json::json!({ "status": status }))
+            .limit(MAX_CLAIMS_LISTED);
+        let found = self.db.find::<Claim>(&query).await.map_err(unavailable)?;
+        Ok(found.rows)
+    }
+
     /// Connects and creates the database if it is missing.
     pub async fn connect(settings: &CouchSettings) -> Result<Self, IndexError> {
         let password = resolve_secret(&settings.password, settings.password_file.as_deref())
@@ -155,13 +163,6 @@ impl ClaimIndex for CouchIndex {
             Err(error) if is_conflict(&error) => Ok(false),
             Err(error) => Err(unavailable(error)),
         }
-    }
-
-    async fn with_status(&self, status: ClaimStatus) -> Result<Vec<Claim>, IndexError> {
-        let query = couch_rs::types::find::FindQuery::new(serde_json::json!({ "status": status }))
-            .limit(MAX_CLAIMS_LISTED);
-        let found = self.db.find::<Claim>(&query).await.map_err(unavailable)?;
-        Ok(found.rows)
     }
 
     async fn record_handled(&self, uploads: &[HandledUpload]) -> Result<(), IndexError> {

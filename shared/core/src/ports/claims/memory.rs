@@ -62,15 +62,6 @@ impl ClaimIndex for MemoryIndex {
         }
     }
 
-    async fn with_status(&self, status: ClaimStatus) -> Result<Vec<Claim>, IndexError> {
-        let claims = self.claims.lock().expect("index lock");
-        Ok(claims
-            .values()
-            .filter(|c| c.status == status)
-            .cloned()
-            .collect())
-    }
-
     async fn record_handled(&self, uploads: &[HandledUpload]) -> Result<(), IndexError> {
         let mut handled = self.handled.lock().expect("ledger lock");
         for upload in uploads {
@@ -92,6 +83,16 @@ impl ClaimIndex for MemoryIndex {
 }
 
 impl MemoryIndex {
+    /// Claims in a status, for inspection and tests.
+    pub async fn with_status(&self, status: ClaimStatus) -> Result<Vec<Claim>, IndexError> {
+        let claims = self.claims.lock().expect("index lock");
+        Ok(claims
+            .values()
+            .filter(|c| c.status == status)
+            .cloned()
+            .collect())
+    }
+
     /// Claims saved by an earlier run, or none if `path` does not exist yet.
     pub fn load(path: &std::path::Path) -> std::io::Result<Self> {
         let claims: Vec<Claim> = match std::fs::read(path) {

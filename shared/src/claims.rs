@@ -147,6 +147,10 @@ impl Claim {
         deduplicated: bool,
         processing: Duration,
     ) -> StageResult {
+        let mut payload = self.payload.clone();
+        payload
+            .values_mut()
+            .for_each(write_whole_floats_as_integers);
         StageResult {
             schema_version: SCHEMA_VERSION,
             source: seen.source.clone(),
@@ -155,13 +159,31 @@ impl Claim {
             fingerprint: self.fingerprint.clone(),
             deduplicated,
             outputs: self.outputs.clone(),
-            payload: self.payload.clone(),
+            payload,
             timings: Timings {
                 received_at: seen.received_at,
                 finished_at: Utc::now(),
                 processing_ms: processing.as_millis() as u64,
             },
         }
+    }
+}
+
+/// Writes `810.0` as `810`, so a result reads the same whether its payload comes fresh from the
+/// stage or back from the index: pouchdb-server keeps numbers as JavaScript doubles and returns a
+/// whole float as an integer.
+fn write_whole_floats_as_integers(value: &mut Value) {
+    match value {
+        Value::Number(number) if number.is_f64() => {
+            let float = number.as_f64().expect("an f64 number");
+            // `as` saturates: only whole floats within i64's range are converted.
+            if float.fract() == 0.0 && (i64::MIN as f64..i64::MAX as f64).contains(&float) {
+                *value = Value::from(float as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(write_whole_floats_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(write_whole_floats_as_integers),
+        _ => {}
     }
 }
 
@@ -429,6 +451,40 @@ mod tests {
         let claim = index.get("thumbnail:fp:hash").await.unwrap().unwrap();
         assert_eq!(claim.sources_seen, 4);
         assert_eq!(claim.sources.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_result_from_a_stored_claim_reads_the_same_as_the_fresh_one() {
+        let index = MemoryIndex::default();
+        let Admission::Run(job) = admit(&index, work(), seen("a.jpg"), LEASE).await.unwrap() else {
+            panic!("first upload must run");
+        };
+        // As detect makes it: f32 corners, one clipped to the image's edge.
+        let corners =
+            serde_json::json!({"x1": 0.5f32, "y1": 228.75f32, "x2": 810.0f32, "y2": -0.0});
+        let fresh_payload = Map::from_iter([(
+            "detections".to_string(),
+            serde_json::json!([{"class": "bus", "confidence": 0.87f32, "box": corners}]),
+        )]);
+        let finished = finish(&index, &job, Ok((vec![output()], fresh_payload)))
+            .await
+            .unwrap();
+        let fresh = finished.claim.result_for(&seen("a.jpg"), false, LEASE);
+        // The same claim as pouchdb-server gives it back: whole floats written as integers.
+        let mut stored = finished.claim.clone();
+        stored.payload = serde_json::from_str(concat!(
+            r#"{"detections":[{"class":"bus","confidence":0.8700000047683716,"#,
+            r#""box":{"x1":0.5,"y1":228.75,"x2":810,"y2":0}}]}"#
+        ))
+        .unwrap();
+        let deduplicated = stored.result_for(&seen("b.jpg"), true, LEASE);
+        let detections = |result: &StageResult| serde_json::to_string(&result.payload).unwrap();
+        assert_eq!(detections(&fresh), detections(&deduplicated));
+        assert!(
+            detections(&fresh).contains(r#""x2":810,"#),
+            "{}",
+            detections(&fresh)
+        );
     }
 
     #[tokio::test]

@@ -475,7 +475,7 @@ async fn a_deduplicated_detect_result_writes_its_detections_as_the_fresh_one() {
     };
     let (fresh, copy) = (detections("fresh/bus.jpg"), detections("copy/bus.jpg"));
     assert_eq!(pipeline.results("copy/bus.jpg")[0]["deduplicated"], true);
-    // The bus's box ends at the photo's right edge: a whole number, the case that was written
+    // A person's box ends at the photo's right edge: a whole number, the case that was written
     // `810.0` fresh and `810` from the stored claim.
     let boxes = fresh.as_array().unwrap().iter().map(|d| &d["box"]);
     let at_the_edge = boxes.into_iter().any(|b| b["x2"].as_f64() == Some(810.0));

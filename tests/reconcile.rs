@@ -130,7 +130,10 @@ impl Outcomes {
                     .push(serde_json::from_slice(payload).unwrap());
             } else if message.topic() == settings.topics.uploads {
                 let event = UploadEvent::parse(payload).unwrap();
-                for object in event.created_objects(&[]).unwrap() {
+                for object in event
+                    .created_objects(&settings.input_bucket, &settings.output_bucket)
+                    .unwrap()
+                {
                     *self.announcements.entry(object.key).or_default() += 1;
                 }
             } else if message.topic() == settings.topics.thumbnail_results {

@@ -169,7 +169,7 @@ mod tests {
             .map(|message| {
                 let event = UploadEvent::parse(&message.payload).unwrap();
                 assert!(is_reemitted(&event));
-                event.created_objects(&[]).unwrap()[0].key.clone()
+                event.created_objects("in", "out").unwrap()[0].key.clone()
             })
             .collect();
         assert_eq!(keys, ["d.jpg", "dir/b c.jpg"]);

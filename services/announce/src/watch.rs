@@ -170,10 +170,15 @@ mod tests {
         let events = bus.messages("uploads");
         assert_eq!(events.len(), 3);
         let first = UploadEvent::parse(&events[0].payload).unwrap();
-        assert_eq!(first.created_objects(&[]).unwrap()[0].key, "a b/c.jpg");
+        assert_eq!(
+            first.created_objects("in", "out").unwrap()[0].key,
+            "a b/c.jpg"
+        );
         assert!(!is_reemitted(&first));
-        // Keyed as MinIO keys its events, so every announcement of an object shares a partition.
+        // Keyed as MinIO keys its events, so every announcement of an object shares a partition;
+        // the event's own `Key` is the same, the object key unescaped as MinIO writes it.
         assert_eq!(events[0].key, Some(b"in/a b/c.jpg".to_vec()));
+        assert_eq!(first.key, "in/a b/c.jpg");
     }
 
     /// Refuses the publish numbered `fail_at` (from 0), passes the others on.

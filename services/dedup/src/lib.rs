@@ -56,11 +56,17 @@ impl Dedup {
     ) -> Result<Vec<Publication>, ProcessError> {
         let received_at = Utc::now();
         let max_bytes = self.settings.stages.limits.max_bytes;
-        let (hash, _) = self
+        let hashed = self
             .buckets
-            .hash(&source.bucket, &source.key, max_bytes)
+            .hash(source, max_bytes)
             .await
             .map_err(|error| ProcessError::from(error).about(source))?;
+        let hash = hashed.hash;
+        // The results name the version that was hashed; an event without an ETag learns it here.
+        let source = &SourceObject {
+            etag: hashed.etag,
+            ..source.clone()
+        };
         let topics = &self.settings.topics;
         let mut publications = Vec::with_capacity(self.stages.len());
         for (stage, fingerprint) in &self.stages {
@@ -98,7 +104,8 @@ impl Dedup {
 
     async fn process_one(&self, delivery: &Delivery) -> Outcome {
         let event = UploadEvent::parse(&delivery.payload)?;
-        let mut sources = event.created_objects(&[self.settings.output_bucket.as_str()])?;
+        let mut sources =
+            event.created_objects(&self.settings.input_bucket, &self.settings.output_bucket)?;
         let origin = Origin {
             topic: delivery.topic.clone(),
             partition: delivery.partition,
@@ -187,7 +194,10 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::R
 mod tests {
     use super::*;
     use prism_core::contract::reannounce::reemission;
+    use prism_core::contract::{DeadLetter, Job};
+    use prism_core::ports::claims::ClaimStatus;
     use prism_core::ports::claims::memory::MemoryIndex;
+    use prism_core::ports::store::ContentHash;
 
     struct Fixture {
         dedup: Dedup,
@@ -198,6 +208,8 @@ mod tests {
     fn fixture() -> Fixture {
         let settings = Settings {
             enabled_stages: vec![StageName::Thumbnail],
+            input_bucket: "in".into(),
+            output_bucket: "out".into(),
             ..Settings::default()
         };
         let index = Arc::new(MemoryIndex::default());
@@ -209,17 +221,24 @@ mod tests {
         }
     }
 
-    async fn upload(buckets: &Buckets, key: &str, body: &'static [u8]) -> SourceObject {
+    /// Writes `body` as `key` in `bucket`: the object as its notification names it.
+    async fn upload_to(
+        buckets: &Buckets,
+        bucket: &str,
+        key: &str,
+        body: &'static [u8],
+    ) -> SourceObject {
         buckets
-            .write("in", key, bytes::Bytes::from_static(body), "image/jpeg")
+            .write(bucket, key, bytes::Bytes::from_static(body), "image/jpeg")
             .await
             .unwrap();
-        SourceObject {
-            bucket: "in".into(),
-            key: key.into(),
-            etag: format!("etag-of-{key}"),
-            size: body.len() as u64,
-        }
+        let listing = buckets.list(bucket).await.unwrap();
+        let listed = listing.objects.into_iter().find(|o| o.source.key == key);
+        listed.unwrap().source
+    }
+
+    async fn upload(buckets: &Buckets, key: &str, body: &'static [u8]) -> SourceObject {
+        upload_to(buckets, "in", key, body).await
     }
 
     fn delivery(event: &UploadEvent, offset: i64) -> Delivery {
@@ -242,6 +261,114 @@ mod tests {
 
     async fn publications(dedup: &Dedup, delivery: Delivery) -> Vec<Publication> {
         dedup.process(&[delivery]).await.pop().unwrap().unwrap()
+    }
+
+    /// The error a whole event is dead-lettered with.
+    async fn refusal(dedup: &Dedup, payload: &[u8]) -> ProcessError {
+        let delivery = Delivery {
+            topic: "uploads".into(),
+            partition: 0,
+            offset: 0,
+            key: None,
+            payload: payload.to_vec(),
+        };
+        let error = dedup.process(&[delivery]).await.pop().unwrap().unwrap_err();
+        assert!(!error.is_transient(), "{error:?}");
+        error
+    }
+
+    #[tokio::test]
+    async fn an_event_for_another_bucket_is_dead_lettered_unread() {
+        let f = fixture();
+        let foreign = upload_to(&f.buckets, "payroll", "salaries.jpg", b"secret").await;
+        let event = UploadEvent::for_object(&foreign, None, Utc::now());
+        let error = refusal(&f.dedup, &serde_json::to_vec(&event).unwrap()).await;
+        assert_eq!(error.report.code, "foreign_bucket");
+        assert!(error.report.reason.contains("payroll"), "{error:?}");
+        assert!(
+            f.index
+                .with_status(ClaimStatus::Processing)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // The output bucket's own events are skipped quietly (processing them would loop).
+        let output = upload_to(&f.buckets, "out", "thumbnails/x.jpg", b"thumb").await;
+        assert!(
+            publications(&f.dedup, notification(&output, 1))
+                .await
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn json_that_names_no_object_is_dead_lettered() {
+        let f = fixture();
+        for payload in [
+            "{}",
+            r#"{"Records":[]}"#,
+            r#"{"EventName":"s3:ObjectCreated:Put"}"#,
+        ] {
+            let error = refusal(&f.dedup, payload.as_bytes()).await;
+            assert_eq!(error.report.code, "no_records", "{payload}");
+        }
+        for payload in [
+            "42",
+            "null",
+            r#"{"Records":[{"eventName":"s3:ObjectCreated:Put"}]}"#,
+        ] {
+            let error = refusal(&f.dedup, payload.as_bytes()).await;
+            assert_eq!(error.report.code, "malformed_event", "{payload}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tag_edit_is_not_a_new_upload() {
+        let f = fixture();
+        let a = upload(&f.buckets, "a.jpg", b"first").await;
+        assert_eq!(publications(&f.dedup, notification(&a, 0)).await.len(), 1);
+        for (offset, edit) in [(1, "PutTagging"), (2, "DeleteTagging")] {
+            let mut event = UploadEvent::for_object(&a, None, Utc::now());
+            event.event_name = format!("s3:ObjectCreated:{edit}");
+            event.records[0].event_name = event.event_name.clone();
+            let published = publications(&f.dedup, delivery(&event, offset)).await;
+            assert!(published.is_empty(), "{edit}: {published:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_object_overwritten_before_dedup_reads_it_is_dead_lettered() {
+        let f = fixture();
+        let first = upload(&f.buckets, "a.jpg", b"first").await;
+        let second = upload(&f.buckets, "a.jpg", b"second").await;
+
+        // The first version's event arrives after the overwrite.
+        let published = publications(&f.dedup, notification(&first, 0)).await;
+        assert_eq!(published.len(), 1);
+        assert_eq!(published[0].topic, f.dedup.settings.topics.deadletter);
+        let letter: DeadLetter = serde_json::from_slice(&published[0].payload).unwrap();
+        assert_eq!(letter.error.code, "content_changed");
+        assert_eq!(letter.source, Some(first));
+
+        // The second version's own event: its bytes, under its ETag.
+        let published = publications(&f.dedup, notification(&second, 1)).await;
+        let job: Job = serde_json::from_slice(&published[0].payload).unwrap();
+        assert_eq!(job.source, second);
+        assert_eq!(job.content_hash, ContentHash::of(b"second").0);
+    }
+
+    #[tokio::test]
+    async fn an_event_without_an_etag_is_given_the_etag_of_what_was_hashed() {
+        let f = fixture();
+        let a = upload(&f.buckets, "a.jpg", b"first").await;
+        let unversioned = SourceObject {
+            etag: String::new(),
+            ..a.clone()
+        };
+        let published = publications(&f.dedup, notification(&unversioned, 0)).await;
+        let job: Job = serde_json::from_slice(&published[0].payload).unwrap();
+        assert_eq!(job.source, a);
     }
 
     #[tokio::test]

@@ -64,6 +64,10 @@ pub struct Claim {
     /// Uploads that arrived while processing; the worker publishes their results when it finishes.
     pub waiters: Vec<SeenSource>,
     pub outputs: Vec<OutputObject>,
+    /// Stage-specific result fields, kept in the index as JSON text: pouchdb-server stores
+    /// numbers as JavaScript doubles and gives `810.0` back as `810`, and a result issued from
+    /// the claim must read exactly as the fresh one.
+    #[serde(with = "payload_text")]
     pub payload: Map<String, Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorReport>,
@@ -161,6 +165,35 @@ impl Claim {
                 finished_at: Utc::now(),
                 processing_ms: processing.as_millis() as u64,
             },
+        }
+    }
+}
+
+/// A claim's payload as a JSON string inside the claim document.
+mod payload_text {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+    use serde_json::{Map, Value};
+
+    pub fn serialize<S: Serializer>(
+        payload: &Map<String, Value>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&Value::Object(payload.clone()).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Map<String, Value>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            Text(String),
+            /// Claims written before payloads were kept as text.
+            Fields(Map<String, Value>),
+        }
+        match Stored::deserialize(deserializer)? {
+            Stored::Text(text) => serde_json::from_str(&text).map_err(D::Error::custom),
+            Stored::Fields(fields) => Ok(fields),
         }
     }
 }
@@ -519,6 +552,63 @@ mod tests {
         let claim = index.get("thumbnail:fp:hash").await.unwrap().unwrap();
         assert_eq!(claim.sources_seen, 4);
         assert_eq!(claim.sources.len(), 3);
+    }
+
+    /// What JavaScript's JSON.stringify makes of `value`: a whole number has no fraction.
+    fn as_javascript_writes_it(value: &mut Value) {
+        match value {
+            Value::Number(number) if number.as_f64().is_some_and(|n| n.fract() == 0.0) => {
+                *value = Value::from(number.as_f64().unwrap() as i64);
+            }
+            Value::Array(items) => items.iter_mut().for_each(as_javascript_writes_it),
+            Value::Object(fields) => fields.values_mut().for_each(as_javascript_writes_it),
+            _ => {}
+        }
+    }
+
+    #[tokio::test]
+    async fn a_result_from_a_stored_claim_reads_the_same_as_the_fresh_one() {
+        let index = MemoryIndex::default();
+        let Admission::Run(job) = admit(&index, work(), seen("a.jpg"), LEASE).await.unwrap() else {
+            panic!("first upload must run");
+        };
+        // As detect makes it: f32 corners, one clipped to the image's edge.
+        let corners = serde_json::json!({"x1": 0.5f32, "y1": 228.75f32, "x2": 810.0f32, "y2": 0.0});
+        let payload = Map::from_iter([(
+            "detections".to_string(),
+            serde_json::json!([{"class": "bus", "confidence": 0.87f32, "box": corners}]),
+        )]);
+        let finished = finish(&index, &job, Ok((vec![output()], payload)))
+            .await
+            .unwrap();
+        let fresh = finished.claim.result_for(&seen("a.jpg"), false, LEASE);
+        // The claim through pouchdb-server, which keeps documents as JavaScript objects.
+        let mut document = serde_json::to_value(&finished.claim).unwrap();
+        as_javascript_writes_it(&mut document);
+        let stored: Claim = serde_json::from_value(document).unwrap();
+        let deduplicated = stored.result_for(&seen("b.jpg"), true, LEASE);
+        let payload = |result: &StageResult| serde_json::to_string(&result.payload).unwrap();
+        assert_eq!(payload(&fresh), payload(&deduplicated));
+        assert!(
+            payload(&fresh).contains(r#""x2":810.0,"#),
+            "{}",
+            payload(&fresh)
+        );
+    }
+
+    #[tokio::test]
+    async fn claims_stored_with_their_payload_as_fields_still_read() {
+        let index = MemoryIndex::default();
+        admit(&index, work(), seen("a.jpg"), LEASE).await.unwrap();
+        let claim = Claim {
+            payload: Map::from_iter([("detections".to_string(), serde_json::json!([]))]),
+            ..index.get("thumbnail:fp:hash").await.unwrap().unwrap()
+        };
+        let mut document = serde_json::to_value(&claim).unwrap();
+        assert!(document["payload"].is_string(), "{}", document["payload"]);
+        document["payload"] = serde_json::json!({"detections": []});
+        let read: Claim = serde_json::from_value(document).unwrap();
+        assert_eq!(read, claim);
     }
 
     #[tokio::test]

@@ -42,6 +42,17 @@ pub enum StoreError {
     /// right. Retried like an outage (fixing it loses nothing), but an operator must act.
     #[error("object store refuses Prism's requests: {reason}; {fix}")]
     Misconfigured { reason: String, fix: &'static str },
+    #[error(
+        "object {key:?} in bucket {bucket:?} is no longer the version its event announced (ETag \
+         {announced:?}, now {found:?}): it was overwritten before it was processed; the new \
+         version has its own event"
+    )]
+    Changed {
+        bucket: String,
+        key: String,
+        announced: String,
+        found: String,
+    },
     #[error("object store: {0}")]
     Unavailable(object_store::Error),
 }
@@ -91,6 +102,7 @@ impl Classify for StoreError {
             StoreError::SymbolicLink { .. } => "symbolic_link",
             StoreError::TooLarge { .. } => "too_many_bytes",
             StoreError::Misconfigured { .. } => "object_store_misconfigured",
+            StoreError::Changed { .. } => "content_changed",
             StoreError::Unavailable(_) => "object_store_unavailable",
         }
     }
@@ -127,6 +139,15 @@ struct Opened {
 pub struct Buckets {
     backend: Arc<Backend>,
     opened: Arc<Mutex<HashMap<String, Opened>>>,
+}
+
+/// What [`Buckets::hash`] read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hashed {
+    pub hash: ContentHash,
+    pub size: u64,
+    /// The ETag of the version whose bytes were hashed (unquoted).
+    pub etag: String,
 }
 
 /// One object found by [`Buckets::list`].
@@ -306,14 +327,30 @@ impl Buckets {
         Ok(listing)
     }
 
-    /// Streams an object through `consume`, failing once more than `max_bytes` arrived.
+    /// The ETag of the version `meta` describes, unquoted (S3 quotes it, MinIO's events do not).
+    fn etag(&self, meta: &object_store::ObjectMeta) -> String {
+        match &*self.backend {
+            Backend::Folders(_) => folder_etag(meta.last_modified, meta.size),
+            _ => meta
+                .e_tag
+                .as_deref()
+                .unwrap_or_default()
+                .trim_matches('"')
+                .to_string(),
+        }
+    }
+
+    /// Streams an object through `consume`, failing once more than `max_bytes` arrived, or before
+    /// reading when `announced_etag` is given and the bucket holds another version. Returns the
+    /// size and the ETag of the version read.
     async fn stream(
         &self,
         bucket: &str,
         key: &str,
+        announced_etag: Option<&str>,
         max_bytes: u64,
         mut consume: impl FnMut(&Bytes),
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(u64, String), StoreError> {
         let store = self.bucket(bucket)?;
         let path = object_path(key)?;
         if let Backend::Folders(folders) = &*self.backend
@@ -337,6 +374,17 @@ impl Buckets {
             },
             other => other.into(),
         })?;
+        let etag = self.etag(&result.meta);
+        if let Some(announced) = announced_etag
+            && announced.trim_matches('"') != etag
+        {
+            return Err(StoreError::Changed {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+                announced: announced.to_string(),
+                found: etag,
+            });
+        }
         if result.meta.size > max_bytes {
             return Err(StoreError::TooLarge {
                 size: result.meta.size,
@@ -356,23 +404,26 @@ impl Buckets {
             }
             consume(&chunk);
         }
-        Ok(total)
+        Ok((total, etag))
     }
 
-    /// BLAKE3 of an object's bytes, computed while streaming, and its size.
-    pub async fn hash(
-        &self,
-        bucket: &str,
-        key: &str,
-        max_bytes: u64,
-    ) -> Result<(ContentHash, u64), StoreError> {
+    /// BLAKE3 of an announced object's bytes, computed while streaming. Refused as
+    /// [`StoreError::Changed`] when the bucket holds another version than `object.etag` (unless
+    /// that is empty): one GET reads the bytes and the ETag that names them, so a result never
+    /// pairs one version's ETag with another's content.
+    pub async fn hash(&self, object: &SourceObject, max_bytes: u64) -> Result<Hashed, StoreError> {
         let mut hasher = blake3::Hasher::new();
-        let size = self
-            .stream(bucket, key, max_bytes, |chunk| {
+        let announced = Some(object.etag.as_str()).filter(|etag| !etag.is_empty());
+        let (size, etag) = self
+            .stream(&object.bucket, &object.key, announced, max_bytes, |chunk| {
                 hasher.update(chunk);
             })
             .await?;
-        Ok((ContentHash::from(hasher.finalize()), size))
+        Ok(Hashed {
+            hash: ContentHash::from(hasher.finalize()),
+            size,
+            etag,
+        })
     }
 
     /// An object's bytes (up to `max_bytes`) and their BLAKE3.
@@ -384,7 +435,7 @@ impl Buckets {
     ) -> Result<(Bytes, ContentHash), StoreError> {
         let mut hasher = blake3::Hasher::new();
         let mut bytes = Vec::new();
-        self.stream(bucket, key, max_bytes, |chunk| {
+        self.stream(bucket, key, None, max_bytes, |chunk| {
             hasher.update(chunk);
             bytes.extend_from_slice(chunk);
         })
@@ -517,12 +568,7 @@ fn list_folder(dir: &std::path::Path, bucket: &str) -> Result<Listing, StoreErro
                 source: SourceObject {
                     bucket: bucket.to_string(),
                     key,
-                    // Changes whenever the file is rewritten: all an ETag is used for here.
-                    etag: format!(
-                        "{:x}-{:x}",
-                        last_modified.timestamp_nanos_opt().unwrap_or_default(),
-                        metadata.len()
-                    ),
+                    etag: folder_etag(last_modified, metadata.len()),
                     size: metadata.len(),
                 },
                 last_modified,
@@ -530,6 +576,16 @@ fn list_folder(dir: &std::path::Path, bucket: &str) -> Result<Listing, StoreErro
         }
     }
     Ok(listing)
+}
+
+/// The ETag of a file in a folder bucket, from what both a listing and a read see of it. Changes
+/// whenever the file is rewritten: all an ETag is used for here.
+fn folder_etag(last_modified: DateTime<Utc>, size: u64) -> String {
+    format!(
+        "{:x}-{:x}",
+        last_modified.timestamp_nanos_opt().unwrap_or_default(),
+        size
+    )
 }
 
 /// Whether `key` in the folder `dir`, or a folder on the way to it, is a symbolic link.
@@ -855,15 +911,86 @@ pub(crate) mod tests {
             .unwrap();
         let expected = ContentHash::of(&content);
 
-        let (hash, size) = buckets.hash("in", "dir/x y.bin", 10_000).await.unwrap();
-        assert_eq!((hash.clone(), size), (expected.clone(), 10_000));
+        let listed = buckets.list("in").await.unwrap().objects.remove(0).source;
+        let hashed = buckets.hash(&listed, 10_000).await.unwrap();
+        assert_eq!(
+            (hashed.hash, hashed.size, hashed.etag),
+            (expected.clone(), 10_000, listed.etag.clone())
+        );
         let (bytes, hash) = buckets.read("in", "dir/x y.bin", 10_000).await.unwrap();
         assert_eq!((bytes, hash), (content, expected));
 
         let error = buckets.read("in", "dir/x y.bin", 9_999).await.unwrap_err();
         assert_eq!(error.code(), "too_many_bytes");
-        let error = buckets.hash("in", "missing", 10).await.unwrap_err();
+        let missing = SourceObject {
+            key: "missing".into(),
+            ..listed
+        };
+        let error = buckets.hash(&missing, 10).await.unwrap_err();
         assert_eq!(error.code(), "object_not_found");
         assert!(!error.is_transient());
+    }
+
+    /// Writes `body` as `key` in bucket `in` and lists it back, ETag included.
+    async fn put_and_list(buckets: &Buckets, key: &str, body: &'static [u8]) -> SourceObject {
+        buckets
+            .write("in", key, Bytes::from_static(body), "image/jpeg")
+            .await
+            .unwrap();
+        let listing = buckets.list("in").await.unwrap();
+        let listed = listing.objects.into_iter().find(|o| o.source.key == key);
+        listed.unwrap().source
+    }
+
+    /// The version an event announced is hashed, or none: never another version's bytes under its
+    /// ETag.
+    async fn assert_hashes_only_the_announced_version(buckets: Buckets) {
+        let first = put_and_list(&buckets, "a.jpg", b"first").await;
+        assert_eq!(
+            buckets.hash(&first, 100).await.unwrap().hash,
+            ContentHash::of(b"first")
+        );
+        // Folder ETags change with the modification time, which must move on.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        let second = put_and_list(&buckets, "a.jpg", b"second").await;
+        assert_ne!(first.etag, second.etag);
+
+        let error = buckets.hash(&first, 100).await.unwrap_err();
+        assert_eq!(error.code(), "content_changed");
+        assert!(!error.is_transient());
+        assert!(error.to_string().contains("overwritten"), "{error}");
+
+        let hashed = buckets.hash(&second, 100).await.unwrap();
+        assert_eq!(
+            (hashed.hash, hashed.etag.as_str()),
+            (ContentHash::of(b"second"), second.etag.as_str())
+        );
+        // An event without an ETag cannot be checked: it learns the ETag of what was hashed.
+        let unversioned = SourceObject {
+            etag: String::new(),
+            ..second.clone()
+        };
+        assert_eq!(
+            buckets.hash(&unversioned, 100).await.unwrap().etag,
+            second.etag
+        );
+        // S3 quotes ETags, MinIO's events do not: both name the same version.
+        let quoted = SourceObject {
+            etag: format!("\"{}\"", second.etag),
+            ..second
+        };
+        assert!(buckets.hash(&quoted, 100).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_object_overwritten_after_its_event_is_refused_in_memory() {
+        assert_hashes_only_the_announced_version(Buckets::memory()).await;
+    }
+
+    #[tokio::test]
+    async fn an_object_overwritten_after_its_event_is_refused_in_a_folder() {
+        let scratch = ScratchDir::new();
+        let folders = HashMap::from([("in".to_string(), scratch.0.clone())]);
+        assert_hashes_only_the_announced_version(Buckets::folders(folders)).await;
     }
 }

@@ -210,7 +210,7 @@ pub enum ImageError {
         reason: String,
     },
     #[error(
-        "decoding this {format} would cost too much CPU ({reason}); re-save it with standard settings"
+        "decoding this {format} would cost too much CPU ({reason}); re-save it as a baseline JPEG"
     )]
     TooCostly {
         format: SourceFormat,

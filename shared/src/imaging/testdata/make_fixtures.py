@@ -35,7 +35,9 @@ BRADFORD = ((0.8951, 0.2664, -0.1614), (-0.7502, 1.7135, 0.0367), (0.0389, -0.06
 
 
 def matmul(a, b):
-    return tuple(tuple(sum(a[i][k] * b[k][j] for k in range(3)) for j in range(3)) for i in range(3))
+    return tuple(
+        tuple(sum(a[i][k] * b[k][j] for k in range(3)) for j in range(3)) for i in range(3)
+    )
 
 
 def matvec(a, v):
@@ -64,7 +66,9 @@ def colourants_d50(primaries, white):
     scale = matvec(inverse(m), white_xyz)
     m = tuple(tuple(m[i][j] * scale[j] for j in range(3)) for i in range(3))
     source_cone, d50_cone = matvec(BRADFORD, white_xyz), matvec(BRADFORD, D50)
-    gain = tuple(tuple((d50_cone[i] / source_cone[i]) if i == j else 0.0 for j in range(3)) for i in range(3))
+    gain = tuple(
+        tuple(d50_cone[i] / source_cone[i] if i == j else 0.0 for j in range(3)) for i in range(3)
+    )
     adapt = matmul(inverse(BRADFORD), matmul(gain, BRADFORD))
     m = matmul(adapt, m)
     return [tuple(m[i][j] for i in range(3)) for j in range(3)]
@@ -172,7 +176,7 @@ def hsv_to_rgb(h, s, v):
 
 
 def srgb_truth(path, profile):
-    """What LittleCMS makes of the file's pixels as Pillow decodes them (Pillow's default intent)."""
+    """LittleCMS's sRGB of the file's pixels as Pillow decodes them (Pillow's default intent)."""
     decoded = Image.open(path).convert("RGB")
     source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
     return ImageCms.profileToProfile(decoded, source, ImageCms.createProfile("sRGB"))
@@ -190,7 +194,8 @@ def wide_gamut():
         ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(profile)))
         path = HERE / file_name
         picture.save(path, icc_profile=profile, **options)
-        srgb_truth(path, profile).save(HERE / f"{name}.srgb.png")
+        # No profile in the truth (sRGB by default): LittleCMS stamps its own with the time.
+        srgb_truth(path, profile).save(HERE / f"{name}.srgb.png", icc_profile=None)
 
 
 def photo_like(width=320, height=240):
@@ -217,7 +222,8 @@ def al10():
         script.write("\n".join(dc + luma_ac + chroma_ac) + "\n")
         script.flush()
         subprocess.run(
-            ["jpegtran", "-copy", "none", "-scans", script.name, "-outfile", HERE / "al10.jpg", baseline],
+            ["jpegtran", "-copy", "none", "-scans", script.name]
+            + ["-outfile", HERE / "al10.jpg", baseline],
             check=True,
         )
 

@@ -102,6 +102,24 @@ pub fn mean_delta_e(a: &RgbImage, b: &RgbImage) -> f64 {
     total / f64::from(a.width() * a.height())
 }
 
+/// The image reduced to the mean colour of each `block` x `block` square (partial squares at the
+/// right and bottom dropped): lossy coding moves single pixels, and colour management moves
+/// every pixel of an area, so comparing these tells the two apart.
+pub fn block_means(image: &RgbImage, block: u32) -> RgbImage {
+    RgbImage::from_fn(image.width() / block, image.height() / block, |bx, by| {
+        let mut sums = [0u32; 3];
+        for y in by * block..(by + 1) * block {
+            for x in bx * block..(bx + 1) * block {
+                for (sum, &value) in sums.iter_mut().zip(&image[(x, y)].0) {
+                    *sum += u32::from(value);
+                }
+            }
+        }
+        let pixels = block * block;
+        image::Rgb(sums.map(|sum| ((sum + pixels / 2) / pixels) as u8))
+    })
+}
+
 /// CIELAB (D65 white) of an 8-bit sRGB colour.
 fn lab(rgb: [u8; 3]) -> [f64; 3] {
     let linear = rgb.map(|c| {

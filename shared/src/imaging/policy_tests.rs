@@ -78,16 +78,19 @@ fn jpeg_with_more_scans_than_the_limit_is_too_costly_in_every_decode_path() {
 }
 
 #[test]
-fn jpeg_whose_scans_reread_its_coefficients_too_often_is_too_costly_in_every_decode_path() {
-    // Its Cr band (1 to 63), a sixth of its blocks, sent 150 times more: about 25 passes over
-    // every coefficient in 226 scans, under the scan limit.
-    let reread = with_last_scan_repeated(AL10_JPEG, 150);
-    let reason = refused_everywhere(&reread, "too_costly_to_decode");
-    assert!(reason.contains("read its coefficients"), "{reason}");
-    // A few repeats stay within the bound and decode: valid, if wasteful.
-    for (path, outcome) in every_path(&with_last_scan_repeated(AL10_JPEG, 10)) {
-        outcome.unwrap_or_else(|error| panic!("{path}: {error}"));
-    }
+fn jpeg_whose_scans_would_decode_too_many_blocks_is_too_costly_in_every_decode_path() {
+    // 262,144 blocks decoded by each of 1000 scans: 262.1 million, over the limit of 250.
+    let costly = with_last_scan_repeated(FLAT_4096_JPEG, 998);
+    assert!(costly.len() < 100_000, "{} bytes", costly.len());
+    let reason = refused_everywhere(&costly, "too_costly_to_decode");
+    assert!(
+        reason.contains("would decode 262.1 million blocks"),
+        "{reason}"
+    );
+    // 100 scans: within the limit, valid, if wasteful.
+    let within = with_last_scan_repeated(FLAT_4096_JPEG, 98);
+    let image = decode(&within, &Limits::default()).expect("decodes");
+    assert_eq!(rgb(&image)[(2048, 2048)].0, [128; 3]);
 }
 
 #[test]

@@ -11,6 +11,9 @@ use image::RgbImage;
 pub const AL10_JPEG: &[u8] = include_bytes!("al10.jpg");
 /// The baseline JPEG [`AL10_JPEG`] was transcoded from: the same coefficients, one scan.
 pub const BASELINE_JPEG: &[u8] = include_bytes!("baseline.jpg");
+/// A 4096x4096 flat grey progressive JPEG of 32 KB: 262,144 blocks, a DC scan and a 33-byte
+/// AC scan that codes nothing, for [`with_last_scan_repeated`].
+pub const FLAT_4096_JPEG: &[u8] = include_bytes!("flat_4096.jpg");
 
 /// A wide-gamut image in one format with its embedded ICC profile, and what Pillow's ImageCms
 /// (LittleCMS) makes of it in sRGB.

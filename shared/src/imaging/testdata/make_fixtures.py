@@ -17,6 +17,10 @@ white point and transfer curve, so no profile file from elsewhere is needed.
 Progressive with a DC point transform Al=10 (the most libjpeg allows for 8-bit samples):
   al10.jpg       baseline.jpg transcoded losslessly by jpegtran with the scan script below
   baseline.jpg   its source, a photo-like picture from Pillow
+
+Many blocks in few bytes:
+  flat_4096.jpg  4096x4096 flat grey, progressive: a DC scan and an AC scan that codes nothing
+                 (a few end-of-block runs), which tests repeat to make decoding costly
 """
 
 import io
@@ -228,6 +232,21 @@ def al10():
         )
 
 
+def flat():
+    with tempfile.NamedTemporaryFile(suffix=".jpg") as baseline, tempfile.NamedTemporaryFile(
+        "w", suffix=".txt"
+    ) as script:
+        Image.new("L", (4096, 4096), 128).save(baseline.name, format="JPEG", quality=75)
+        script.write("0: 0 0 0 0;\n0: 1 63 0 0;\n")
+        script.flush()
+        subprocess.run(
+            ["jpegtran", "-copy", "none", "-scans", script.name]
+            + ["-outfile", HERE / "flat_4096.jpg", baseline.name],
+            check=True,
+        )
+
+
 if __name__ == "__main__":
     wide_gamut()
     al10()
+    flat()

@@ -125,7 +125,7 @@ impl DetectStage {
             Err(error) => {
                 let failure = StageFailure {
                     code: "model_failed".into(),
-                    reason: format!("the detector failed on this batch: {error}"),
+                    reason: one_line(&format!("the detector failed on this batch: {error}")),
                 };
                 return inputs.iter().map(|_| Err(failure.clone())).collect();
             }

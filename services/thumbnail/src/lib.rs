@@ -8,7 +8,7 @@ pub mod stage;
 use bytes::Bytes;
 use prism_shared::config::Settings;
 use prism_shared::contract::StageName;
-use prism_shared::imaging::Limits;
+use prism_shared::imaging::{Limits, one_line};
 use prism_shared::service;
 use prism_shared::stages::ThumbnailSpec;
 use prism_shared::worker::{OutputFile, Stage, StageFailure, StageOutput};
@@ -43,7 +43,8 @@ impl ThumbnailStage {
             })?;
         let thumbnails = stage::render(&image, &self.spec).map_err(|error| StageFailure {
             code: error.code().into(),
-            reason: error.to_string(),
+            // Encoders' messages may span lines; dead letters carry one.
+            reason: one_line(&error.to_string()),
         })?;
         let files = thumbnails
             .into_iter()

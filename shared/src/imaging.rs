@@ -960,7 +960,7 @@ mod tests {
         );
     }
 
-    /// The size of the ICC profile the PNG decoder read, if any; Prism itself never uses it.
+    /// The size of the ICC profile the PNG decoder read, if any.
     fn png_icc_profile_bytes(bytes: &[u8]) -> Option<usize> {
         let mut decoder = open(SourceFormat::Png, bytes).expect("opens");
         let profile = decoder.icc_profile().expect("PNG supports ICC profiles");

@@ -679,6 +679,20 @@ impl Listener {
     }
 }
 
+/// Sends one small picture through every stage, so that every consumer group has joined and every
+/// stage works before the measured part of a test starts; returns that upload.
+pub async fn warm_up(
+    buckets: &Buckets,
+    settings: &Settings,
+    listener: &mut Listener,
+    services: &mut Services,
+) -> Upload {
+    let warmup = generated("warmup.png", 10_000, (64, 48), ImageFormat::Png);
+    upload_until_stored(buckets, &settings.input_bucket, &warmup).await;
+    listener.wait_for_all(&[&warmup], services).await;
+    warmup
+}
+
 /// A steady stream of uploads: `count` small pictures (every `copy_every`th a copy of an earlier
 /// one under a new key), one every `pause`.
 pub struct Stream {
@@ -694,8 +708,7 @@ pub struct LoadTest {
     pub services: Services,
     pub listener: Listener,
     pub buckets: Buckets,
-    /// One small picture sent through every stage before the measured part, so that every
-    /// consumer group has joined and every stage works.
+    /// What [`warm_up`] sent.
     pub warmup: Upload,
     /// The stream, going up in the background since the pipeline was warm.
     pub uploads: Vec<Upload>,
@@ -727,9 +740,7 @@ impl LoadTest {
         }
         let mut listener = Listener::new(observer(&settings, &run), &settings.topics);
         let buckets = Buckets::s3(&settings.s3);
-        let warmup = generated("warmup.png", 10_000, (64, 48), ImageFormat::Png);
-        upload_until_stored(&buckets, &settings.input_bucket, &warmup).await;
-        listener.wait_for_all(&[&warmup], &mut running).await;
+        let warmup = warm_up(&buckets, &settings, &mut listener, &mut running).await;
         let uploads = stream_of_uploads("stream", stream.count, stream.copy_every);
         let uploaded = Arc::new(AtomicUsize::new(0));
         let uploader = upload_steadily(

@@ -10,12 +10,12 @@ pub mod model;
 use std::ops::Range;
 
 use bytes::Bytes;
-use model::{Detection, Detector, DetectorConfig, annotate};
+use model::{Detection, Detector, DetectorConfig, JPEG_MAX_EDGE, annotate_within};
 use prism_core::contract::StageName;
 use prism_core::runtime::config::Settings;
 use prism_core::runtime::service;
 use prism_core::runtime::worker::{OutputFile, Stage, StageFailure, StageOutput};
-use prism_imaging::{self as imaging, Limits};
+use prism_imaging::{self as imaging, Limits, one_line};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -66,16 +66,19 @@ impl DetectStage {
         format: &str,
         detections: Vec<Detection>,
     ) -> Result<StageOutput, StageFailure> {
+        // Boxes stay in source pixels; only the picture of them is scaled to fit a JPEG.
+        let annotated_image = annotate_within(image, &detections, JPEG_MAX_EDGE);
         let mut annotated = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut annotated, ANNOTATED_JPEG_QUALITY)
-            .encode_image(&annotate(image, &detections))
+            .encode_image(&annotated_image)
             .map_err(|error| StageFailure {
                 code: "encode_failed".into(),
-                reason: format!("encoding the annotated image failed: {error}"),
+                reason: one_line(&format!("encoding the annotated image failed: {error}")),
             })?;
         let listed = serde_json::to_vec_pretty(&json!({ "detections": detections }))
             .expect("detections serialise");
         let (width, height) = image.dimensions();
+        let (annotated_width, annotated_height) = annotated_image.dimensions();
         let mut payload = serde_json::Map::new();
         payload.insert("detections".into(), json!(detections));
         payload.insert(
@@ -94,8 +97,8 @@ impl DetectStage {
                 OutputFile {
                     name: "annotated.jpg".into(),
                     content_type: "image/jpeg".into(),
-                    width: Some(width),
-                    height: Some(height),
+                    width: Some(annotated_width),
+                    height: Some(annotated_height),
                     bytes: Bytes::from(annotated),
                 },
             ],
@@ -125,7 +128,7 @@ impl DetectStage {
             Err(error) => {
                 let failure = StageFailure {
                     code: "model_failed".into(),
-                    reason: format!("the detector failed on this batch: {error}"),
+                    reason: one_line(&format!("the detector failed on this batch: {error}")),
                 };
                 return inputs.iter().map(|_| Err(failure.clone())).collect();
             }
@@ -204,6 +207,80 @@ pub async fn serve(mut settings: Settings, shutdown: CancellationToken) -> anyho
 #[cfg(test)]
 mod tests {
     use super::groups_within;
+
+    /// The tests that run the stage on the real weights (`deploy/local/fetch-assets.sh`).
+    #[cfg(feature = "weights")]
+    mod with_weights {
+        use std::sync::OnceLock;
+
+        use bytes::Bytes;
+        use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
+        use prism_core::runtime::config::Settings;
+        use prism_core::runtime::worker::Stage;
+        use prism_imaging::fixtures::verdicts;
+
+        use crate::DetectStage;
+
+        /// The stage with the real weights (deploy/local/fetch-assets.sh), loaded once.
+        fn stage() -> &'static DetectStage {
+            static STAGE: OnceLock<DetectStage> = OnceLock::new();
+            STAGE.get_or_init(|| {
+                DetectStage::new(&Settings::default()).expect(
+                    "the YOLOv8n weights are missing from $PRISM_HOME/models: run \
+                     deploy/local/fetch-assets.sh",
+                )
+            })
+        }
+
+        #[test]
+        fn detect_judges_damaged_and_costly_jpegs_as_every_stage_does() {
+            let inputs: Vec<Bytes> = verdicts().into_iter().map(|v| Bytes::from(v.1)).collect();
+            for ((key, _, expected), outcome) in verdicts().into_iter().zip(stage().run(&inputs)) {
+                match (expected, outcome) {
+                    (None, Ok(_)) => {}
+                    (Some(code), Err(failure)) => {
+                        assert_eq!(failure.code, code, "{key}: {}", failure.reason);
+                        assert!(
+                            !failure.reason.contains('\n'),
+                            "{key}: {:?}",
+                            failure.reason
+                        );
+                    }
+                    (expected, outcome) => panic!(
+                        "{key}: expected {expected:?}, got {:?}",
+                        outcome
+                            .map(|_| "processed")
+                            .map_err(|failure| failure.reason)
+                    ),
+                }
+            }
+        }
+
+        #[test]
+        fn panorama_wider_than_a_jpeg_gets_an_annotated_copy_that_fits_one() {
+            let panorama = RgbImage::from_fn(66_000, 1_000, |x, y| {
+                Rgb([(x / 300 % 256) as u8, (y / 4) as u8, 120])
+            });
+            let mut png = Vec::new();
+            DynamicImage::ImageRgb8(panorama)
+                .write_to(&mut std::io::Cursor::new(&mut png), ImageFormat::Png)
+                .unwrap();
+            let outcome = stage().run(&[Bytes::from(png)]).remove(0);
+            let output = outcome.unwrap_or_else(|failure| panic!("{failure:?}"));
+            assert_eq!(output.payload["image"]["width"], 66_000);
+            let annotated = output
+                .files
+                .iter()
+                .find(|file| file.name == "annotated.jpg")
+                .expect("an annotated copy");
+            assert_eq!(
+                (annotated.width, annotated.height),
+                (Some(65_535), Some(993))
+            );
+            let decoded = image::load_from_memory(&annotated.bytes).expect("a valid JPEG");
+            assert_eq!((decoded.width(), decoded.height()), (65_535, 993));
+        }
+    }
 
     #[test]
     fn a_batch_is_split_where_its_pixels_would_exceed_the_budget() {

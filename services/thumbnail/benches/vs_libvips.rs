@@ -4,7 +4,7 @@
 //! Every tool turns each image into JPEG q85 thumbnails of 128, 256 and 512 px (longest edge),
 //! once with one worker and once with one worker per core; each worker is single-threaded
 //! (VIPS_CONCURRENCY=1), and a lone worker is pinned to one core with taskset, so that no
-//! library's helper threads (jpeg-decoder starts some) borrow a second one. Prism's workers are threads of one child process of this binary (so its
+//! library's helper threads borrow a second one. Prism's workers are threads of one child process of this binary (so its
 //! peak RSS is its own), the other tools' workers are processes; peak RSS of parallel processes
 //! is their sum. Wall time includes process start-up for every tool.
 //! vipsthumbnail makes one size per run, so it decodes each image once per size; the row

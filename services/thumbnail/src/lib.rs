@@ -11,7 +11,7 @@ use prism_core::contract::stages::ThumbnailSpec;
 use prism_core::runtime::config::Settings;
 use prism_core::runtime::service;
 use prism_core::runtime::worker::{OutputFile, Stage, StageFailure, StageOutput};
-use prism_imaging::Limits;
+use prism_imaging::{Limits, one_line};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -46,7 +46,8 @@ impl ThumbnailStage {
             })?;
         let thumbnails = stage::render(&image, &self.spec).map_err(|error| StageFailure {
             code: error.code().into(),
-            reason: error.to_string(),
+            // Encoders' messages may span lines; dead letters carry one.
+            reason: one_line(&error.to_string()),
         })?;
         let files = thumbnails
             .into_iter()

@@ -7,10 +7,15 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageBuffer, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
+use prism_core::runtime::config::Settings;
+use prism_core::runtime::worker::Stage;
+use prism_imaging::fixtures;
 use prism_imaging::test_images::*;
 use prism_imaging::{DecodedImage, Limits, Pixels, SourceFormat, decode};
+use prism_thumbnail::ThumbnailStage;
 use prism_thumbnail::stage::{
     MAX_SIZE, Thumbnail, ThumbnailFormat, ThumbnailSpec, fit_within, psnr, render,
 };
@@ -473,5 +478,54 @@ fn sixteen_bit_source_renders_with_its_colours() {
     for thumbnail in render(&image, &spec(&[32])).unwrap() {
         let pixel = redecode(&thumbnail).into_rgb()[(16, 16)].0;
         assert_eq!(nearest_named(pixel), BLUE, "{thumbnail:?}");
+    }
+}
+
+#[test]
+fn thumbnail_judges_damaged_and_costly_jpegs_as_every_stage_does() {
+    let stage = ThumbnailStage::new(&Settings::default()).expect("default settings are valid");
+    let verdicts = fixtures::verdicts();
+    let inputs: Vec<Bytes> = verdicts.iter().map(|v| Bytes::from(v.1.clone())).collect();
+    for ((key, _, expected), outcome) in verdicts.into_iter().zip(stage.run(&inputs)) {
+        match (expected, outcome) {
+            (None, Ok(_)) => {}
+            (Some(code), Err(failure)) => {
+                assert_eq!(failure.code, code, "{key}: {}", failure.reason);
+                assert!(
+                    !failure.reason.contains('\n'),
+                    "{key}: {:?}",
+                    failure.reason
+                );
+            }
+            (expected, outcome) => panic!(
+                "{key}: expected {expected:?}, got {:?}",
+                outcome
+                    .map(|_| "processed")
+                    .map_err(|failure| failure.reason)
+            ),
+        }
+    }
+}
+
+#[test]
+fn wide_gamut_jpeg_gives_colour_correct_thumbnails() {
+    let fixture = fixtures::ADOBE_RGB_JPEG;
+    let truth = fixture.srgb_truth();
+    let spec = ThumbnailSpec {
+        sizes: vec![truth.width()],
+        formats: vec![ThumbnailFormat::Jpeg, ThumbnailFormat::Webp],
+        ..ThumbnailSpec::default()
+    };
+    let image = prism_thumbnail::stage::decode_for(&spec, fixture.encoded, &Limits::default())
+        .expect("decodes");
+    for thumbnail in render(&image, &spec).unwrap() {
+        // Over 16x16 means, so that what is measured is colour, not lossy coding's noise.
+        let pixels = fixtures::block_means(&redecode(&thumbnail).into_rgb(), 16);
+        let delta_e = fixtures::mean_delta_e(&pixels, &fixtures::block_means(&truth, 16));
+        println!("{:?}: mean ΔE {delta_e:.2}", thumbnail.format);
+        assert!(
+            delta_e < 2.0,
+            "{thumbnail:?}: mean ΔE {delta_e:.2} from the sRGB truth"
+        );
     }
 }

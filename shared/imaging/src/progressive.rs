@@ -1,67 +1,45 @@
-//! A progressive JPEG decoded at 1/8 scale needs only its DC coefficients: the 1x1 inverse DCT
-//! of a block is its DC term. Most of such a file's decoding time goes to the AC scans, so they
-//! are dropped before decoding.
+//! A progressive JPEG decoded at 1/8 scale needs little more than its DC coefficients: the 1x1
+//! inverse DCT of a block is its DC term. Most of such a file's decoding time goes to the AC
+//! scans, so nearly all of them are dropped before decoding.
 
-/// The JPEG with every scan that carries only AC coefficients (spectral start above 0) removed,
-/// or `None` when its marker structure cannot be followed (the decoder then sees the original
-/// bytes and reports what is wrong with them).
-pub(super) fn without_ac_scans(jpeg: &[u8]) -> Option<Vec<u8>> {
-    const SOI: [u8; 2] = [0xFF, 0xD8];
-    const EOI: u8 = 0xD9;
-    const SOS: u8 = 0xDA;
+use super::jpeg::{Jpeg, ScanHeader, segments};
 
-    if !jpeg.starts_with(&SOI) {
-        return None;
-    }
-    let mut kept = Vec::with_capacity(jpeg.len() / 4);
-    kept.extend_from_slice(&SOI);
-    let mut position = SOI.len();
-    loop {
-        if *jpeg.get(position)? != 0xFF {
-            return None;
-        }
-        // Any number of 0xFF may pad before a marker.
-        let mut marker_at = position + 1;
-        while *jpeg.get(marker_at)? == 0xFF {
-            marker_at += 1;
-        }
-        let marker = jpeg[marker_at];
-        if marker == EOI {
-            break;
-        }
-        let length = usize::from(u16::from_be_bytes([
-            *jpeg.get(marker_at + 1)?,
-            *jpeg.get(marker_at + 2)?,
-        ]));
-        let header_end = marker_at.checked_add(1 + length)?;
-        let header = jpeg.get(marker_at - 1..header_end)?;
-        if marker != SOS {
-            kept.extend_from_slice(header);
-            position = header_end;
-            continue;
-        }
-        // SOS: FF DA, length, component count, two bytes per component, then spectral start.
-        let components = usize::from(*header.get(4)?);
-        let spectral_start = *header.get(5 + 2 * components)?;
-        let data_end = entropy_coded_end(jpeg, header_end)?;
-        if spectral_start == 0 {
-            kept.extend_from_slice(jpeg.get(marker_at - 1..data_end)?);
-        }
-        position = data_end;
-    }
-    kept.extend_from_slice(&[0xFF, EOI]);
-    Some(kept)
-}
+const SOS: u8 = 0xDA;
 
-/// Where the entropy-coded data starting at `start` ends: at the first marker that is neither a
-/// stuffed zero (FF 00) nor a restart marker (FF D0..D7), which belong to the data.
-fn entropy_coded_end(jpeg: &[u8], start: usize) -> Option<usize> {
-    let mut at = start;
-    loop {
-        at += jpeg.get(at..)?.iter().position(|&b| b == 0xFF)?;
-        match *jpeg.get(at + 1)? {
-            0x00 | 0xD0..=0xD7 | 0xFF => at += 1,
-            _ => return Some(at),
+/// The lowest AC coefficients (zig-zag 1 to 9): libjpeg-turbo smooths blocks from their
+/// neighbours' DC terms where these are missing, and alters the DC terms themselves (blurring
+/// the picture) where none of them arrived for a component.
+const LOW_AC: std::ops::RangeInclusive<u8> = 1..=9;
+
+/// The JPEG without its AC scans, except for each component the first that carries any of its
+/// [`LOW_AC`] coefficients. With those, libjpeg-turbo keeps every DC term as coded, and a
+/// subsampled component, which it scales by a 2x2 inverse DCT (its three lowest AC terms)
+/// rather than upsampling, keeps what it needs of them.
+pub(super) fn without_ac_scans(jpeg: &Jpeg<'_>) -> Vec<u8> {
+    let bytes = jpeg.bytes();
+    let mut kept = Vec::with_capacity(bytes.len() / 4);
+    let mut components_with_low_ac = Vec::new();
+    // Parsing the file walked these very segments without an error.
+    for segment in segments(bytes).map_while(Result::ok) {
+        if segment.marker == SOS {
+            let scan = ScanHeader::parse(&bytes[segment.payload.clone()])
+                .expect("parsing the file read every scan header");
+            let (start, end) = (*scan.spectral.start(), *scan.spectral.end());
+            if start > 0 {
+                // AC scans have one component each.
+                let carries_low_ac = start <= *LOW_AC.end() && end >= *LOW_AC.start();
+                let needed = carries_low_ac
+                    && scan
+                        .components
+                        .iter()
+                        .any(|id| !components_with_low_ac.contains(id));
+                if !needed {
+                    continue;
+                }
+                components_with_low_ac.extend_from_slice(&scan.components);
+            }
         }
+        kept.extend_from_slice(&bytes[segment.bytes]);
     }
+    kept
 }

@@ -2,12 +2,59 @@
 //! image like Ultralytics' plots, and a filled label with class and confidence in a built-in
 //! 8x8 bitmap font (no font files needed at run time), scaled with the line width.
 
+use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use font8x8::UnicodeFonts;
 use image::{Rgb, RgbImage};
 
 use super::{BoundingBox, Detection};
 
 const GLYPH_SIZE: u32 = 8;
+
+/// The longest edge a JPEG can carry.
+pub const JPEG_MAX_EDGE: u32 = 65_535;
+
+/// [`annotate`] for an image that may be larger than its encoder allows: an image with an edge
+/// over `max_edge` is first scaled down (aspect kept) so that its longest edge is `max_edge`,
+/// and the boxes with it, so they still frame their objects.
+pub fn annotate_within(image: &RgbImage, detections: &[Detection], max_edge: u32) -> RgbImage {
+    let (width, height) = image.dimensions();
+    let longest = width.max(height);
+    if longest <= max_edge {
+        return annotate(image, detections);
+    }
+    let scaled = |edge: u32| {
+        let edge =
+            (u64::from(edge) * u64::from(max_edge) + u64::from(longest) / 2) / u64::from(longest);
+        // At most max_edge, which is a u32.
+        edge.max(1) as u32
+    };
+    let mut smaller = RgbImage::new(scaled(width), scaled(height));
+    // Cannot fail: both sides are RGB with at least one pixel.
+    Resizer::new()
+        .resize(
+            image,
+            &mut smaller,
+            &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
+        )
+        .expect("an RGB image resizes into an RGB image of at least 1x1");
+    let (x_scale, y_scale) = (
+        smaller.width() as f32 / width as f32,
+        smaller.height() as f32 / height as f32,
+    );
+    let moved: Vec<Detection> = detections
+        .iter()
+        .map(|detection| Detection {
+            bbox: BoundingBox {
+                x1: detection.bbox.x1 * x_scale,
+                y1: detection.bbox.y1 * y_scale,
+                x2: detection.bbox.x2 * x_scale,
+                y2: detection.bbox.y2 * y_scale,
+            },
+            ..detection.clone()
+        })
+        .collect();
+    annotate(&smaller, &moved)
+}
 
 pub fn annotate(image: &RgbImage, detections: &[Detection]) -> RgbImage {
     let mut canvas = image.clone();
@@ -122,5 +169,50 @@ fn fill_rect(canvas: &mut RgbImage, x1: i64, y1: i64, x2: i64, y2: i64, colour: 
         for x in x1.max(0)..x2.min(width) {
             canvas.put_pixel(x as u32, y as u32, colour);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn boat(x1: f32, y1: f32, x2: f32, y2: f32) -> Detection {
+        Detection {
+            class: "boat".into(),
+            class_id: 8,
+            confidence: 0.9,
+            bbox: BoundingBox { x1, y1, x2, y2 },
+        }
+    }
+
+    #[test]
+    fn an_image_over_the_edge_limit_is_scaled_down_with_its_boxes() {
+        // 1000x200 into 500 pixels: half size, the box from (400, 20)-(600, 180) to
+        // (200, 10)-(300, 90), drawn 2 pixels wide, its label inside along the top.
+        let annotated = annotate_within(
+            &RgbImage::new(1000, 200),
+            &[boat(400.0, 20.0, 600.0, 180.0)],
+            500,
+        );
+        assert_eq!(annotated.dimensions(), (500, 100));
+        let colour = class_colour(8);
+        for x in [200, 201, 298, 299] {
+            assert_eq!(annotated[(x, 60)], colour, "box edge at x={x}");
+        }
+        for x in [197, 250, 302] {
+            assert_eq!(annotated[(x, 60)], Rgb([0, 0, 0]), "no box edge at x={x}");
+        }
+        assert_eq!(annotated[(250, 89)], colour, "bottom edge");
+
+        let fits = RgbImage::new(640, 480);
+        let unchanged = annotate_within(&fits, &[boat(10.0, 10.0, 50.0, 50.0)], JPEG_MAX_EDGE);
+        assert_eq!(unchanged, annotate(&fits, &[boat(10.0, 10.0, 50.0, 50.0)]));
+    }
+
+    #[test]
+    fn a_panorama_wider_than_a_jpeg_allows_is_scaled_to_fit_one() {
+        let panorama = RgbImage::new(66_000, 1_000);
+        let annotated = annotate_within(&panorama, &[], JPEG_MAX_EDGE);
+        assert_eq!(annotated.dimensions(), (65_535, 993));
     }
 }

@@ -25,9 +25,11 @@ pub fn fingerprint(stage: StageName, version: u32, params: &impl Serialize) -> S
 }
 
 /// Bump when the thumbnail code changes its output for the same parameters.
-pub const THUMBNAIL_VERSION: u32 = 1;
+/// 2: JPEG through libjpeg-turbo, ICC profiles converted to sRGB.
+pub const THUMBNAIL_VERSION: u32 = 2;
 /// Bump when the detection code changes its output for the same parameters and weights.
-pub const DETECT_VERSION: u32 = 1;
+/// 2: JPEG through libjpeg-turbo, ICC profiles converted to sRGB.
+pub const DETECT_VERSION: u32 = 2;
 
 /// An output encoding of the thumbnail stage.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]

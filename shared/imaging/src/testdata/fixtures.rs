@@ -174,3 +174,20 @@ pub fn verdicts() -> Vec<(&'static str, Vec<u8>, Option<&'static str>)> {
         ("adobe-rgb.jpg", ADOBE_RGB_JPEG.encoded.to_vec(), None),
     ]
 }
+
+/// Checks a stage's outcomes for [`verdicts`]' inputs, in order: processed, or refused with the
+/// expected code and a one-line reason (as `(code, reason)`).
+pub fn assert_verdicts(outcomes: impl IntoIterator<Item = Result<(), (String, String)>>) {
+    let outcomes: Vec<_> = outcomes.into_iter().collect();
+    assert_eq!(outcomes.len(), verdicts().len(), "one outcome per input");
+    for ((key, _, expected), outcome) in verdicts().into_iter().zip(outcomes) {
+        match (expected, outcome) {
+            (None, Ok(())) => {}
+            (Some(code), Err((got, reason))) => {
+                assert_eq!(got, code, "{key}: {reason}");
+                assert!(!reason.contains('\n'), "{key}: {reason:?}");
+            }
+            (expected, outcome) => panic!("{key}: expected {expected:?}, got {outcome:?}"),
+        }
+    }
+}

@@ -250,6 +250,16 @@ impl Services {
         self.children.remove(at)
     }
 
+    /// The process id of `name`, to read its CPU time.
+    pub fn pid(&self, name: &str) -> u32 {
+        self.children
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("{name} is not running"))
+            .child
+            .id()
+    }
+
     /// SIGKILL: the process gets no chance to finish, commit or leave its consumer group.
     pub fn kill(&mut self, name: &str) {
         let mut running = self.take(name);

@@ -11,17 +11,18 @@
 
 use async_trait::async_trait;
 use chrono::Utc;
+use futures::stream::{self, StreamExt};
 use prism_core::contract::ingest::UploadEvent;
 use prism_core::contract::reannounce;
-use prism_core::contract::{Origin, SourceObject, StageName};
+use prism_core::contract::{Classify, Origin, SourceObject, StageName};
 use prism_core::ports::bus::{Delivery, Publication};
 use prism_core::ports::claims::{self, Admission, ClaimIndex, HandledUpload, SeenSource, Work};
-use prism_core::ports::store::Buckets;
+use prism_core::ports::store::{Buckets, ContentHash};
 use prism_core::runtime::backends::Backends;
 use prism_core::runtime::config::Settings;
 use prism_core::runtime::consumer::{Outcome, ProcessError, Processor, dead_letter};
 use prism_core::runtime::service;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -48,112 +49,209 @@ impl Dedup {
         }
     }
 
-    /// What one upload turns into: jobs, deduplicated results, dead letters of earlier failures.
-    async fn admit(
-        &self,
-        delivery: &Delivery,
-        source: &SourceObject,
-    ) -> Result<Vec<Publication>, ProcessError> {
-        let received_at = Utc::now();
-        let max_bytes = self.settings.stages.limits.max_bytes;
-        let hashed = self
-            .buckets
-            .hash(source, max_bytes)
-            .await
-            .map_err(|error| ProcessError::from(error).about(source))?;
-        let hash = hashed.hash;
-        // The results name the version that was hashed; an event without an ETag learns it here.
-        let source = &SourceObject {
-            etag: hashed.etag,
-            ..source.clone()
+    /// The uploads an event announces (dropping re-announced ones another event admitted), or
+    /// why it is not an upload event.
+    fn read<'a>(&self, delivery: &'a Delivery) -> Event<'a> {
+        let mut event = Event {
+            delivery,
+            origin: Origin {
+                topic: delivery.topic.clone(),
+                partition: delivery.partition,
+                offset: delivery.offset,
+            },
+            reemitted: false,
+            uploads: Vec::new(),
+            publications: Vec::new(),
+            failed: None,
         };
-        let topics = &self.settings.topics;
-        let mut publications = Vec::with_capacity(self.stages.len());
-        for (stage, fingerprint) in &self.stages {
-            let work = Work {
-                stage: *stage,
-                fingerprint,
-                content_hash: &hash.0,
-            };
-            let seen = SeenSource {
-                source: source.clone(),
-                received_at,
-            };
-            let admission =
-                claims::admit(&*self.index, work, seen, self.settings.claim_lease).await?;
-            tracing::debug!(key = %source.key, %stage, hash = %hash, ?admission, "admitted");
-            match admission {
-                Admission::Run(job) => {
-                    publications.push(Publication::json(topics.jobs(*stage), &hash.0, &job))
-                }
-                Admission::Done(result) => {
-                    publications.push(Publication::json(topics.results(*stage), &hash.0, &result))
-                }
-                Admission::Failed(report) => publications.push(dead_letter(
-                    &topics.deadletter,
-                    stage.as_str(),
-                    delivery,
-                    &ProcessError::earlier_failure(report, source, &hash.0),
-                    1,
-                )),
-                Admission::Waiting => {}
+        let announced = UploadEvent::parse(&delivery.payload).and_then(|parsed| {
+            let uploads = parsed
+                .created_objects(&self.settings.input_bucket, &self.settings.output_bucket)?;
+            Ok((reannounce::is_reemitted(&parsed), uploads))
+        });
+        match announced {
+            Ok((reemitted, uploads)) => {
+                event.reemitted = reemitted;
+                event.uploads = uploads;
             }
+            Err(error) => event.failed = Some(error.into()),
         }
-        Ok(publications)
+        event
     }
 
-    async fn process_one(&self, delivery: &Delivery) -> Outcome {
-        let event = UploadEvent::parse(&delivery.payload)?;
-        let mut sources =
-            event.created_objects(&self.settings.input_bucket, &self.settings.output_bucket)?;
-        let origin = Origin {
-            topic: delivery.topic.clone(),
-            partition: delivery.partition,
-            offset: delivery.offset,
-        };
-        if reannounce::is_reemitted(&event) {
-            let ids: Vec<String> = sources.iter().map(claims::ledger_id).collect();
-            // A record made from this very event means it is being redelivered, perhaps before its
-            // messages went out: admit it again.
-            let handled_elsewhere: HashSet<String> = self
-                .index
-                .handled(&ids)
-                .await?
-                .into_iter()
-                .filter(|record| record.origin != origin)
-                .map(|record| record.id)
-                .collect();
-            sources.retain(|source| !handled_elsewhere.contains(&claims::ledger_id(source)));
-            if sources.is_empty() {
+    /// Drops the uploads of re-emitted events that another event put in the ledger; one ledger
+    /// lookup for the batch.
+    async fn drop_handled_elsewhere(&self, events: &mut [Event<'_>]) -> Result<(), ProcessError> {
+        let ids: Vec<String> = events
+            .iter()
+            .filter(|event| event.reemitted)
+            .flat_map(|event| event.uploads.iter().map(claims::ledger_id))
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let records: HashMap<String, Origin> = self
+            .index
+            .handled(&ids)
+            .await?
+            .into_iter()
+            .map(|record| (record.id, record.origin))
+            .collect();
+        for event in events.iter_mut().filter(|event| event.reemitted) {
+            // A record made from this very event means it is being redelivered, perhaps before
+            // its messages went out: admit it again.
+            let origin = &event.origin;
+            event.uploads.retain(|upload| {
+                records
+                    .get(&claims::ledger_id(upload))
+                    .is_none_or(|recorded| recorded == origin)
+            });
+            if event.uploads.is_empty() {
                 tracing::info!(
-                    offset = delivery.offset,
+                    offset = event.delivery.offset,
                     "re-emitted upload was handled meanwhile; dropped"
                 );
             }
         }
-        let mut publications = Vec::new();
-        for source in &sources {
-            match self.admit(delivery, source).await {
-                Ok(mut made) => publications.append(&mut made),
-                // Retry the whole event: admitting again is idempotent for the uploads already done.
-                Err(error) if error.is_transient() => return Err(error),
+        Ok(())
+    }
+
+    /// Hashes every upload of the batch, a few at a time. A failure for good dead-letters that
+    /// upload; one for now makes its whole event retried (admitting again is idempotent).
+    async fn hash_all(&self, events: &mut [Event<'_>]) -> Vec<(usize, SourceObject, ContentHash)> {
+        let max_bytes = self.settings.stages.limits.max_bytes;
+        let uploads: Vec<(usize, SourceObject)> = events
+            .iter()
+            .enumerate()
+            .flat_map(|(at, event)| event.uploads.iter().map(move |upload| (at, upload.clone())))
+            .collect();
+        let hashed: Vec<_> = stream::iter(uploads)
+            .map(|(at, upload)| async move {
+                let hashed = self.buckets.hash(&upload, max_bytes).await;
+                (at, upload, hashed)
+            })
+            .buffered(HASHES_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut admissible = Vec::with_capacity(hashed.len());
+        for (at, upload, hashed) in hashed {
+            let event = &mut events[at];
+            match hashed {
+                // The results name the version that was hashed; an event without an ETag learns
+                // it here.
+                Ok(hashed) => admissible.push((
+                    at,
+                    SourceObject {
+                        etag: hashed.etag,
+                        ..upload
+                    },
+                    hashed.hash,
+                )),
+                Err(error) if error.is_transient() => {
+                    event.failed = Some(ProcessError::from(error).about(&upload));
+                }
                 // One bad object must not hold back the others in the same event.
-                Err(error) => publications.push(dead_letter(
+                Err(error) => event.publications.push(dead_letter(
                     &self.settings.topics.deadletter,
                     self.name(),
-                    delivery,
-                    &error,
+                    event.delivery,
+                    &ProcessError::from(error).about(&upload),
                     1,
                 )),
             }
         }
-        // Recorded before the loop publishes: should that fail, this event comes again.
-        let handled: Vec<HandledUpload> = sources
+        admissible.retain(|(at, _, _)| events[*at].failed.is_none());
+        admissible
+    }
+
+    /// Admits the batch's events: what each upload turns into (jobs, deduplicated results, dead
+    /// letters of earlier failures) lands in its event's publications. The claims are made in
+    /// bulk and the uploads recorded in the ledger at the same time, before anything is
+    /// published: should publishing fail, the events come again.
+    async fn admit(&self, events: &mut [Event<'_>]) -> Result<(), ProcessError> {
+        self.drop_handled_elsewhere(events).await?;
+        let received_at = Utc::now();
+        let admissible = self.hash_all(events).await;
+        let requests: Vec<(Work<'_>, SeenSource)> = admissible
             .iter()
-            .map(|source| HandledUpload::new(source, &origin))
+            .flat_map(|(_, source, hash)| {
+                self.stages.iter().map(move |(stage, fingerprint)| {
+                    let work = Work {
+                        stage: *stage,
+                        fingerprint,
+                        content_hash: &hash.0,
+                    };
+                    let seen = SeenSource {
+                        source: source.clone(),
+                        received_at,
+                    };
+                    (work, seen)
+                })
+            })
             .collect();
-        self.index.record_handled(&handled).await?;
-        Ok(publications)
+        let handled: Vec<HandledUpload> = events
+            .iter()
+            .filter(|event| event.failed.is_none())
+            .flat_map(|event| {
+                event
+                    .uploads
+                    .iter()
+                    .map(|upload| HandledUpload::new(upload, &event.origin))
+            })
+            .collect();
+        let (admissions, ()) = tokio::try_join!(
+            claims::admit_all(&*self.index, &requests, self.settings.claim_lease),
+            self.index.record_handled(&handled),
+        )?;
+
+        let topics = &self.settings.topics;
+        let per_upload = admissions.chunks(self.stages.len().max(1));
+        for ((at, source, hash), admissions) in admissible.iter().zip(per_upload) {
+            let event = &mut events[*at];
+            for ((stage, _), admission) in self.stages.iter().zip(admissions) {
+                tracing::debug!(key = %source.key, %stage, %hash, ?admission, "admitted");
+                let publication = match admission {
+                    Admission::Run(job) => Publication::json(topics.jobs(*stage), &hash.0, job),
+                    Admission::Done(result) => {
+                        Publication::json(topics.results(*stage), &hash.0, result)
+                    }
+                    Admission::Failed(report) => dead_letter(
+                        &topics.deadletter,
+                        stage.as_str(),
+                        event.delivery,
+                        &ProcessError::earlier_failure(report.clone(), source, &hash.0),
+                        1,
+                    ),
+                    Admission::Waiting => continue,
+                };
+                event.publications.push(publication);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Uploads hashed at once per batch: enough to hide S3's latency, few enough to bound memory.
+const HASHES_IN_FLIGHT: usize = 16;
+
+/// One upload event on its way through a batch.
+struct Event<'a> {
+    delivery: &'a Delivery,
+    origin: Origin,
+    reemitted: bool,
+    uploads: Vec<SourceObject>,
+    publications: Vec<Publication>,
+    /// Not an upload event (dead-lettered), or one of its uploads failed for now (the whole
+    /// event is retried).
+    failed: Option<ProcessError>,
+}
+
+impl Event<'_> {
+    fn outcome(self) -> Outcome {
+        match self.failed {
+            Some(error) => Err(error),
+            None => Ok(self.publications),
+        }
     }
 }
 
@@ -164,11 +262,13 @@ impl Processor for Dedup {
     }
 
     async fn process(&self, batch: &[Delivery]) -> Vec<Outcome> {
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for delivery in batch {
-            outcomes.push(self.process_one(delivery).await);
+        let mut events: Vec<Event> = batch.iter().map(|delivery| self.read(delivery)).collect();
+        if let Err(error) = self.admit(&mut events).await {
+            for event in events.iter_mut().filter(|event| event.failed.is_none()) {
+                event.failed = Some(error.clone());
+            }
         }
-        outcomes
+        events.into_iter().map(Event::outcome).collect()
     }
 }
 
@@ -185,6 +285,7 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         &backends,
         &settings.topics.uploads,
         Arc::new(dedup),
+        &settings.intake.dedup,
         shutdown,
     )
     .await

@@ -197,9 +197,7 @@ fn groups_within(pixels: impl IntoIterator<Item = u64>, budget: u64) -> Vec<Rang
 }
 
 /// Runs the detect service against Kafka, S3 and CouchDB until `shutdown`, batching jobs.
-pub async fn serve(mut settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    settings.consumer.max_batch = settings.detect.max_batch;
-    settings.consumer.max_delay = settings.detect.max_delay;
+pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let stage = DetectStage::new(&settings)?;
     service::serve_stage(&settings, stage, shutdown).await
 }

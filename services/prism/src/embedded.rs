@@ -11,7 +11,7 @@ use prism_core::ports::bus::memory::MemoryBus;
 use prism_core::ports::claims::memory::MemoryIndex;
 use prism_core::ports::store::Buckets;
 use prism_core::runtime::backends::Backends;
-use prism_core::runtime::config::{ConsumerSettings, Settings};
+use prism_core::runtime::config::{Intake, Settings};
 use prism_core::runtime::consumer::{ConsumerLoop, Processor, Stats};
 use prism_core::runtime::worker::StageWorker;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -53,50 +53,41 @@ pub async fn run(
         index: index.clone(),
     };
 
-    let mut processors: Vec<(String, Arc<dyn Processor>, ConsumerSettings)> = vec![(
+    let mut processors: Vec<(String, Arc<dyn Processor>, Intake)> = vec![(
         settings.topics.uploads.clone(),
         Arc::new(prism_dedup::Dedup::new(
             settings.clone(),
             buckets.clone(),
             backends.index.clone(),
         )),
-        settings.consumer.clone(),
+        settings.intake.dedup.clone(),
     )];
     for &stage in stages {
-        let (worker, consumer): (Arc<dyn Processor>, _) = match stage {
-            StageName::Thumbnail => (
-                Arc::new(StageWorker::over(
-                    prism_thumbnail::ThumbnailStage::new(&settings)?,
-                    &settings,
-                    &backends,
-                )),
-                settings.consumer.clone(),
-            ),
-            // Detect batches jobs into one forward pass, as its service does.
-            StageName::Detect => (
-                Arc::new(StageWorker::over(
-                    prism_detect::DetectStage::new(&settings)?,
-                    &settings,
-                    &backends,
-                )),
-                ConsumerSettings {
-                    max_batch: settings.detect.max_batch,
-                    max_delay: settings.detect.max_delay,
-                    ..settings.consumer.clone()
-                },
-            ),
+        let worker: Arc<dyn Processor> = match stage {
+            StageName::Thumbnail => Arc::new(StageWorker::over(
+                prism_thumbnail::ThumbnailStage::new(&settings)?,
+                &settings,
+                &backends,
+            )),
+            StageName::Detect => Arc::new(StageWorker::over(
+                prism_detect::DetectStage::new(&settings)?,
+                &settings,
+                &backends,
+            )),
         };
-        processors.push((settings.topics.jobs(stage).to_string(), worker, consumer));
+        let intake = settings.intake.stage(stage).clone();
+        processors.push((settings.topics.jobs(stage).to_string(), worker, intake));
     }
     let stop = shutdown.child_token();
     let loops: Vec<_> = processors
         .into_iter()
-        .map(|(topic, processor, consumer_settings)| {
+        .map(|(topic, processor, intake)| {
             let consumer = ConsumerLoop {
                 subscriber: Box::new(bus.subscribe(&[&topic])),
                 publisher: backends.publisher.clone(),
                 processor,
-                settings: consumer_settings,
+                intake,
+                settings: settings.consumer.clone(),
                 deadletter_topic: settings.topics.deadletter.clone(),
                 stats: Arc::new(Stats::default()),
             };

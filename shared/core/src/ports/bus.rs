@@ -20,6 +20,24 @@ pub struct Delivery {
     pub payload: Vec<u8>,
 }
 
+impl Delivery {
+    pub fn position(&self) -> Position {
+        Position {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+        }
+    }
+}
+
+/// Where a message sits: what an acknowledgement names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Position {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
 /// A message to put on a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publication {
@@ -78,8 +96,9 @@ pub trait Publisher: Send + Sync {
 pub trait Subscriber: Send + Sync {
     /// The next message. Cancel-safe: a dropped call loses no message.
     async fn next(&mut self) -> Result<Delivery, BusError>;
-    /// Marks a message handled, so its offset may be committed. Acknowledge in order per partition.
-    fn ack(&mut self, delivery: &Delivery) -> Result<(), BusError>;
+    /// Marks the message at `position`, and every earlier one of its partition, handled, so the
+    /// offset may be committed.
+    fn ack(&mut self, position: &Position) -> Result<(), BusError>;
     /// Commits acknowledged offsets now (at shutdown).
     async fn commit(&mut self) -> Result<(), BusError>;
 }

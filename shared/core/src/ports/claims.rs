@@ -24,6 +24,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// Sources listed on a claim; past this only the count grows, so a popular image can't bloat it.
@@ -123,6 +124,84 @@ pub fn claim_id(stage: StageName, fingerprint: &str, content_hash: &str) -> Stri
 }
 
 impl Claim {
+    /// A claim on `work` for the upload `seen`, processing until `lease_expires_at`.
+    fn new(id: &str, work: &Work<'_>, seen: &SeenSource, lease_expires_at: DateTime<Utc>) -> Self {
+        let now = Utc::now();
+        Claim {
+            id: id.to_string(),
+            rev: String::new(),
+            stage: work.stage,
+            fingerprint: work.fingerprint.to_string(),
+            content_hash: work.content_hash.to_string(),
+            status: ClaimStatus::Processing,
+            lease_expires_at,
+            attempts: 1,
+            first_source: seen.clone(),
+            sources: vec![seen.clone()],
+            sources_seen: 1,
+            waiters: Vec::new(),
+            outputs: Vec::new(),
+            payload: Map::new(),
+            error: None,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+        }
+    }
+
+    /// What this existing claim means for one more upload of its content, noting the upload on
+    /// the claim (to be stored before the admission counts).
+    fn admit(
+        &mut self,
+        work: &Work<'_>,
+        seen: &SeenSource,
+        now: DateTime<Utc>,
+        lease: Duration,
+        elapsed: Duration,
+    ) -> Admission {
+        self.updated_at = now;
+        match self.status {
+            ClaimStatus::Done => {
+                self.note_source(seen);
+                // The upload that was processed, redelivered (its consumer died before committing),
+                // gets the same result again: not deduplicated.
+                let deduplicated = self.first_source.source != seen.source;
+                Admission::Done(Box::new(self.result_for(seen, deduplicated, elapsed)))
+            }
+            ClaimStatus::Failed => {
+                self.note_source(seen);
+                let earlier = self.error.clone().unwrap_or_else(|| ErrorReport {
+                    kind: crate::contract::ErrorKind::Permanent,
+                    code: "failed_earlier".into(),
+                    reason: String::new(),
+                });
+                Admission::Failed(ErrorReport {
+                    reason: format!(
+                        "the same content failed earlier in stage {}: {}",
+                        work.stage, earlier.reason
+                    ),
+                    ..earlier
+                })
+            }
+            ClaimStatus::Processing => {
+                let redelivered = self.first_source.source == seen.source;
+                let expired = self.lease_expires_at <= now;
+                if !redelivered && !self.waiters.iter().any(|w| w.source == seen.source) {
+                    self.note_source(seen);
+                    self.waiters.push(seen.clone());
+                }
+                if redelivered || expired {
+                    // Whoever held the work may have died before publishing it: run it again.
+                    self.lease_expires_at = now + lease;
+                    self.attempts += 1;
+                    Admission::Run(self.job())
+                } else {
+                    Admission::Waiting
+                }
+            }
+        }
+    }
+
     fn note_source(&mut self, seen: &SeenSource) {
         self.sources_seen += 1;
         if self.sources.len() < MAX_LISTED_SOURCES
@@ -220,14 +299,18 @@ impl Classify for IndexError {
     }
 }
 
-/// The storage a claim lives in: CouchDB, or memory for the embedded mode.
+/// The storage a claim lives in: CouchDB, or memory for the embedded mode. Claims are read and
+/// written in bulk, so dedup pays a few round trips per batch of uploads, not per upload.
 #[async_trait]
 pub trait ClaimIndex: Send + Sync {
-    /// Stores a new claim; `Ok(false)` when a claim with its id exists. Sets `rev` on success.
-    async fn create(&self, claim: &mut Claim) -> Result<bool, IndexError>;
-    async fn get(&self, id: &str) -> Result<Option<Claim>, IndexError>;
-    /// Replaces the claim if its `rev` is still current; `Ok(false)` if someone else changed it.
-    async fn replace(&self, claim: &mut Claim) -> Result<bool, IndexError>;
+    /// Stores new claims (ids distinct); for each, `false` when a claim with its id exists. Sets
+    /// `rev` on those stored.
+    async fn create_all(&self, claims: &mut [Claim]) -> Result<Vec<bool>, IndexError>;
+    /// The claims with these ids, `None` for those that do not exist.
+    async fn get_all(&self, ids: &[String]) -> Result<Vec<Option<Claim>>, IndexError>;
+    /// Replaces each claim (ids distinct) if its `rev` is still current; for each, `false` if
+    /// someone else changed or removed it.
+    async fn replace_all(&self, claims: &mut [Claim]) -> Result<Vec<bool>, IndexError>;
     /// Removes the claim if its `rev` is still current (or it is gone already); `Ok(false)` if
     /// someone else changed it.
     async fn remove(&self, claim: &Claim) -> Result<bool, IndexError>;
@@ -235,6 +318,15 @@ pub trait ClaimIndex: Send + Sync {
     async fn record_handled(&self, uploads: &[HandledUpload]) -> Result<(), IndexError>;
     /// The ledger's records of these ids ([`ledger_id`]); ids never recorded are left out.
     async fn handled(&self, ids: &[String]) -> Result<Vec<HandledUpload>, IndexError>;
+
+    async fn get(&self, id: &str) -> Result<Option<Claim>, IndexError> {
+        Ok(self.get_all(&[id.to_string()]).await?.pop().flatten())
+    }
+
+    /// [`ClaimIndex::replace_all`] for one claim.
+    async fn replace(&self, claim: &mut Claim) -> Result<bool, IndexError> {
+        Ok(self.replace_all(std::slice::from_mut(claim)).await?[0])
+    }
 }
 
 /// What dedup does with an upload for one stage.
@@ -258,93 +350,124 @@ pub struct Work<'a> {
     pub content_hash: &'a str,
 }
 
-/// Claims `work` for an upload, or finds out what became of the earlier claim.
-pub async fn admit(
+/// Claims each piece of work for its upload, or finds out what became of the earlier claim, in a
+/// few bulk round trips however many uploads: one create for every claim, then one read and one
+/// update for those that existed. Uploads of one content share their claim's document in a round.
+pub async fn admit_all(
+    index: &dyn ClaimIndex,
+    requests: &[(Work<'_>, SeenSource)],
+    lease: Duration,
+) -> Result<Vec<Admission>, IndexError> {
+    let started = std::time::Instant::now();
+    let mut admissions: Vec<Option<Admission>> = vec![None; requests.len()];
+    let mut pending: Vec<usize> = (0..requests.len()).collect();
+    while !pending.is_empty() {
+        let now = Utc::now();
+        let groups = by_claim(requests, &pending);
+        let mut fresh: Vec<Claim> = groups
+            .iter()
+            .map(|(id, members)| {
+                let (work, seen) = &requests[members[0]];
+                Claim::new(id, work, seen, now + lease)
+            })
+            .collect();
+        let created = index.create_all(&mut fresh).await?;
+        let existing: Vec<String> = groups
+            .iter()
+            .zip(&created)
+            .filter(|(_, created)| !**created)
+            .map(|((id, _), _)| id.clone())
+            .collect();
+        let mut found = match existing.is_empty() {
+            true => Vec::new(),
+            false => index.get_all(&existing).await?,
+        }
+        .into_iter();
+
+        pending = Vec::new();
+        let mut updated = Vec::new();
+        let mut decided = Vec::new();
+        for ((_, members), (claim, created)) in
+            groups.into_iter().zip(fresh.into_iter().zip(created))
+        {
+            let (mut claim, arrivals) = if created {
+                admissions[members[0]] = Some(Admission::Run(claim.job()));
+                (claim, &members[1..])
+            } else {
+                match found.next().expect("one lookup per claim that existed") {
+                    Some(existing) => (existing, &members[..]),
+                    None => {
+                        // Removed between our create and our read: create it again.
+                        pending.extend(members);
+                        continue;
+                    }
+                }
+            };
+            if arrivals.is_empty() {
+                continue;
+            }
+            let admitted: Vec<(usize, Admission)> = arrivals
+                .iter()
+                .map(|&index| {
+                    let (work, seen) = &requests[index];
+                    (
+                        index,
+                        claim.admit(work, seen, now, lease, started.elapsed()),
+                    )
+                })
+                .collect();
+            updated.push(claim);
+            decided.push(admitted);
+        }
+        let replaced = match updated.is_empty() {
+            true => Vec::new(),
+            false => index.replace_all(&mut updated).await?,
+        };
+        for (admitted, replaced) in decided.into_iter().zip(replaced) {
+            if replaced {
+                for (index, admission) in admitted {
+                    admissions[index] = Some(admission);
+                }
+            } else {
+                // Someone changed the claim meanwhile (a worker finished, another twin arrived):
+                // look again.
+                pending.extend(admitted.into_iter().map(|(index, _)| index));
+            }
+        }
+    }
+    Ok(admissions
+        .into_iter()
+        .map(|admission| admission.expect("every request admitted"))
+        .collect())
+}
+
+/// [`admit_all`] for one upload.
+#[cfg(test)]
+pub(crate) async fn admit(
     index: &dyn ClaimIndex,
     work: Work<'_>,
     seen: SeenSource,
     lease: Duration,
 ) -> Result<Admission, IndexError> {
-    let id = claim_id(work.stage, work.fingerprint, work.content_hash);
-    let started = std::time::Instant::now();
-    loop {
-        let now = Utc::now();
-        let mut claim = Claim {
-            id: id.clone(),
-            rev: String::new(),
-            stage: work.stage,
-            fingerprint: work.fingerprint.to_string(),
-            content_hash: work.content_hash.to_string(),
-            status: ClaimStatus::Processing,
-            lease_expires_at: now + lease,
-            attempts: 1,
-            first_source: seen.clone(),
-            sources: vec![seen.clone()],
-            sources_seen: 1,
-            waiters: Vec::new(),
-            outputs: Vec::new(),
-            payload: Map::new(),
-            error: None,
-            created_at: now,
-            updated_at: now,
-            finished_at: None,
-        };
-        if index.create(&mut claim).await? {
-            return Ok(Admission::Run(claim.job()));
+    Ok(admit_all(index, &[(work, seen)], lease).await?.remove(0))
+}
+
+/// The pending requests grouped by claim id, in order of first appearance.
+fn by_claim(requests: &[(Work<'_>, SeenSource)], pending: &[usize]) -> Vec<(String, Vec<usize>)> {
+    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut positions: HashMap<String, usize> = HashMap::new();
+    for &index in pending {
+        let work = &requests[index].0;
+        let id = claim_id(work.stage, work.fingerprint, work.content_hash);
+        match positions.get(&id) {
+            Some(&group) => groups[group].1.push(index),
+            None => {
+                positions.insert(id.clone(), groups.len());
+                groups.push((id, vec![index]));
+            }
         }
-        let Some(mut existing) = index.get(&id).await? else {
-            continue; // deleted between our create and get: try to create again
-        };
-        let admission = match existing.status {
-            ClaimStatus::Done => {
-                existing.note_source(&seen);
-                // The upload that was processed, redelivered (its consumer died before committing),
-                // gets the same result again: not deduplicated.
-                let deduplicated = existing.first_source.source != seen.source;
-                Admission::Done(Box::new(existing.result_for(
-                    &seen,
-                    deduplicated,
-                    started.elapsed(),
-                )))
-            }
-            ClaimStatus::Failed => {
-                existing.note_source(&seen);
-                let earlier = existing.error.clone().unwrap_or_else(|| ErrorReport {
-                    kind: crate::contract::ErrorKind::Permanent,
-                    code: "failed_earlier".into(),
-                    reason: String::new(),
-                });
-                Admission::Failed(ErrorReport {
-                    reason: format!(
-                        "the same content failed earlier in stage {}: {}",
-                        work.stage, earlier.reason
-                    ),
-                    ..earlier
-                })
-            }
-            ClaimStatus::Processing => {
-                let redelivered = existing.first_source.source == seen.source;
-                let expired = existing.lease_expires_at <= now;
-                if !redelivered && !existing.waiters.iter().any(|w| w.source == seen.source) {
-                    existing.note_source(&seen);
-                    existing.waiters.push(seen.clone());
-                }
-                if redelivered || expired {
-                    // Whoever held the work may have died before publishing it: run it again.
-                    existing.lease_expires_at = now + lease;
-                    existing.attempts += 1;
-                    Admission::Run(existing.job())
-                } else {
-                    Admission::Waiting
-                }
-            }
-        };
-        existing.updated_at = now;
-        if index.replace(&mut existing).await? {
-            return Ok(admission);
-        }
-        // Someone changed the claim meanwhile (a worker finished, another twin arrived): look again.
     }
+    groups
 }
 
 /// Passes on the claim of a job whose upload cannot be read (deleted or overwritten before the
@@ -693,5 +816,76 @@ mod tests {
         assert_eq!(runs, 1);
         let claim = index.get("thumbnail:fp:hash").await.unwrap().unwrap();
         assert_eq!(claim.waiters.len(), 15);
+    }
+
+    /// A [`MemoryIndex`] that counts the requests a server would get.
+    #[derive(Default)]
+    struct Counting {
+        index: MemoryIndex,
+        requests: std::sync::Mutex<Vec<&'static str>>,
+    }
+
+    #[async_trait]
+    impl ClaimIndex for Counting {
+        async fn create_all(&self, claims: &mut [Claim]) -> Result<Vec<bool>, IndexError> {
+            self.requests.lock().unwrap().push("create");
+            self.index.create_all(claims).await
+        }
+        async fn get_all(&self, ids: &[String]) -> Result<Vec<Option<Claim>>, IndexError> {
+            self.requests.lock().unwrap().push("get");
+            self.index.get_all(ids).await
+        }
+        async fn replace_all(&self, claims: &mut [Claim]) -> Result<Vec<bool>, IndexError> {
+            self.requests.lock().unwrap().push("replace");
+            self.index.replace_all(claims).await
+        }
+        async fn remove(&self, claim: &Claim) -> Result<bool, IndexError> {
+            self.index.remove(claim).await
+        }
+        async fn record_handled(&self, uploads: &[HandledUpload]) -> Result<(), IndexError> {
+            self.index.record_handled(uploads).await
+        }
+        async fn handled(&self, ids: &[String]) -> Result<Vec<HandledUpload>, IndexError> {
+            self.index.handled(ids).await
+        }
+    }
+
+    fn work_on(content_hash: &'static str) -> Work<'static> {
+        Work {
+            content_hash,
+            ..work()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_admitted_in_bulk_and_twins_in_it_share_one_claim() {
+        let index = Counting::default();
+        let requests = [
+            (work_on("a"), seen("a.jpg")),
+            (work_on("b"), seen("b.jpg")),
+            (work_on("a"), seen("a-copy.jpg")),
+            (work_on("c"), seen("c.jpg")),
+        ];
+        let admissions = admit_all(&index, &requests, LEASE).await.unwrap();
+        assert!(matches!(&admissions[0], Admission::Run(job) if job.source.key == "a.jpg"));
+        assert!(matches!(&admissions[1], Admission::Run(job) if job.source.key == "b.jpg"));
+        assert_eq!(admissions[2], Admission::Waiting);
+        assert!(matches!(&admissions[3], Admission::Run(job) if job.source.key == "c.jpg"));
+        // One create for the three claims; the twin is added to its claim in one update.
+        assert_eq!(*index.requests.lock().unwrap(), ["create", "replace"]);
+        let claim = index.get("thumbnail:fp:a").await.unwrap().unwrap();
+        assert_eq!(claim.waiters.len(), 1);
+        assert_eq!(claim.sources_seen, 2);
+
+        // The same batch again (a redelivery): every claim exists; one create, one read, one
+        // update for all of them, and the redelivered uploads run again.
+        index.requests.lock().unwrap().clear();
+        let again = admit_all(&index, &requests, LEASE).await.unwrap();
+        assert_eq!(
+            *index.requests.lock().unwrap(),
+            ["create", "get", "replace"]
+        );
+        assert!(matches!(&again[0], Admission::Run(job) if job.source.key == "a.jpg"));
+        assert_eq!(again[2], Admission::Waiting);
     }
 }

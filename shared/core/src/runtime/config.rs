@@ -224,15 +224,10 @@ impl Topics {
     }
 }
 
-/// How the shared consumer loop takes work.
+/// How the shared consumer loop retries what failed for now (the same for every service).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConsumerSettings {
-    /// Most messages handed to the stage at once (detect batches them into one forward pass).
-    pub max_batch: usize,
-    /// Longest wait for a batch to fill once its first message is in.
-    #[serde(with = "millis")]
-    pub max_delay: Duration,
     /// First and longest pause between retries of a transient failure.
     #[serde(with = "millis")]
     pub retry_initial: Duration,
@@ -243,10 +238,86 @@ pub struct ConsumerSettings {
 impl Default for ConsumerSettings {
     fn default() -> Self {
         ConsumerSettings {
-            max_batch: 1,
-            max_delay: Duration::from_millis(10),
             retry_initial: Duration::from_millis(200),
             retry_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How one service takes work from its topic: batches of up to `max_batch` messages (waiting at
+/// most `max_delay` for one to fill once its first message is in), `concurrency` batches at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Intake {
+    pub max_batch: usize,
+    #[serde(with = "millis")]
+    pub max_delay: Duration,
+    /// Batches in flight at once; unset means one per core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+}
+
+impl Intake {
+    /// Batches in flight at once (at least one).
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |cores| cores.get()))
+            .max(1)
+    }
+
+    /// Dedup waits on its servers, not on CPU: many events in flight, claimed in bulk.
+    fn dedup() -> Self {
+        Intake {
+            max_batch: 100,
+            max_delay: Duration::ZERO,
+            concurrency: Some(4),
+        }
+    }
+
+    /// One image per job, one job per core.
+    fn thumbnail() -> Self {
+        Intake {
+            max_batch: 1,
+            max_delay: Duration::ZERO,
+            concurrency: None,
+        }
+    }
+
+    /// Jobs gathered into one forward pass (which uses every core); a second batch is read and
+    /// decoded while the first is inferred.
+    fn detect() -> Self {
+        Intake {
+            max_batch: 8,
+            max_delay: Duration::from_millis(10),
+            concurrency: Some(2),
+        }
+    }
+}
+
+/// Each service's [`Intake`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Intakes {
+    pub dedup: Intake,
+    pub thumbnail: Intake,
+    pub detect: Intake,
+}
+
+impl Default for Intakes {
+    fn default() -> Self {
+        Intakes {
+            dedup: Intake::dedup(),
+            thumbnail: Intake::thumbnail(),
+            detect: Intake::detect(),
+        }
+    }
+}
+
+impl Intakes {
+    pub fn stage(&self, stage: StageName) -> &Intake {
+        match stage {
+            StageName::Thumbnail => &self.thumbnail,
+            StageName::Detect => &self.detect,
         }
     }
 }
@@ -275,6 +346,8 @@ pub struct Settings {
     pub couchdb: CouchSettings,
     pub topics: Topics,
     pub consumer: ConsumerSettings,
+    /// How each service takes its messages.
+    pub intake: Intakes,
     /// Where users upload (the bucket watcher lists it; events may name others).
     pub input_bucket: String,
     /// Where stages write; events for it are ignored so Prism never processes its own output.
@@ -290,27 +363,12 @@ pub struct Settings {
     pub detect: DetectRuntime,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectRuntime {
     /// The YOLOv8 ONNX file; empty means `$PRISM_HOME/models/yolov8n.onnx`, where
     /// `deploy/local/fetch-assets.sh` puts it.
     pub weights: Option<PathBuf>,
-    /// Jobs gathered into one forward pass (the detect service's `consumer.max_batch`).
-    pub max_batch: usize,
-    /// Longest wait for a batch to fill once its first job is in.
-    #[serde(with = "millis")]
-    pub max_delay: Duration,
-}
-
-impl Default for DetectRuntime {
-    fn default() -> Self {
-        DetectRuntime {
-            weights: None,
-            max_batch: 8,
-            max_delay: Duration::from_millis(10),
-        }
-    }
 }
 
 impl Default for Settings {
@@ -321,6 +379,7 @@ impl Default for Settings {
             couchdb: CouchSettings::default(),
             topics: Topics::default(),
             consumer: ConsumerSettings::default(),
+            intake: Intakes::default(),
             input_bucket: "prism-input".into(),
             output_bucket: "prism-output".into(),
             claim_lease: Duration::from_secs(300),
@@ -353,11 +412,14 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.set_env("PRISM_KAFKA__BROKERS", "k1:9092,k2:9092");
             jail.set_env("PRISM_COUCHDB__PASSWORD", "hunter2");
-            jail.set_env("PRISM_CONSUMER__MAX_BATCH", "8");
+            jail.set_env("PRISM_INTAKE__THUMBNAIL__CONCURRENCY", "1");
             jail.set_env("PRISM_TOPICS__UPLOADS", "custom.uploads");
             let settings: Settings = load().map_err(|e| e.to_string())?;
             assert_eq!(settings.kafka.brokers, "k1:9092,k2:9092");
-            assert_eq!(settings.consumer.max_batch, 8);
+            // One field of a section set; the rest keep the service's defaults.
+            assert_eq!(settings.intake.thumbnail.concurrency(), 1);
+            assert_eq!(settings.intake.thumbnail.max_batch, 1);
+            assert_eq!(settings.intake.detect.max_batch, 8);
             assert_eq!(settings.topics.uploads, "custom.uploads");
             assert_eq!(settings.topics.detect_results, "prism.results.detect");
             assert_eq!(settings.couchdb.password.expose(), "hunter2");

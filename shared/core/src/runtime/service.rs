@@ -3,7 +3,7 @@
 
 use crate::ports::bus::kafka::KafkaSubscriber;
 use crate::runtime::backends::Backends;
-use crate::runtime::config::Settings;
+use crate::runtime::config::{Intake, Settings};
 use crate::runtime::consumer::{ConsumerLoop, Processor, Stats};
 use crate::runtime::worker::{Stage, StageWorker};
 use std::sync::Arc;
@@ -27,21 +27,31 @@ pub fn shutdown_signal() -> CancellationToken {
     token
 }
 
-/// Runs `processor` on `topic` in consumer group `prism-<service>` until shutdown.
+/// Runs `processor` on `topic` in consumer group `prism-<service>` until shutdown, taking work as
+/// `intake` says.
 pub async fn serve(
     settings: &Settings,
     backends: &Backends,
     topic: &str,
     processor: Arc<dyn Processor>,
+    intake: &Intake,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let group = format!("{}-{}", settings.kafka.group_prefix, processor.name());
     let subscriber = KafkaSubscriber::new(&settings.kafka, &group, &[topic])?;
-    tracing::info!(service = processor.name(), %topic, %group, "consuming");
+    tracing::info!(
+        service = processor.name(),
+        %topic,
+        %group,
+        max_batch = intake.max_batch,
+        concurrency = intake.concurrency(),
+        "consuming"
+    );
     ConsumerLoop {
         subscriber: Box::new(subscriber),
         publisher: backends.publisher.clone(),
         processor,
+        intake: intake.clone(),
         settings: settings.consumer.clone(),
         deadletter_topic: settings.topics.deadletter.clone(),
         stats: Arc::new(Stats::default()),
@@ -63,6 +73,7 @@ pub async fn serve_stage<S: Stage>(
         .create_bucket(&settings.output_bucket, &shutdown)
         .await?;
     let topic = settings.topics.jobs(stage.name()).to_string();
+    let intake = settings.intake.stage(stage.name()).clone();
     let worker = Arc::new(StageWorker::over(stage, settings, &backends));
-    serve(settings, &backends, &topic, worker, shutdown).await
+    serve(settings, &backends, &topic, worker, &intake, shutdown).await
 }

@@ -3,7 +3,7 @@
 //! Used by the embedded mode (one process, no servers) and by tests. Logs live as long as the bus,
 //! which suits a bounded run over a folder; it is not meant for unbounded streams.
 
-use super::{BusError, Delivery, Publication, Publisher, Subscriber};
+use super::{BusError, Delivery, Position, Publication, Publisher, Subscriber};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -115,7 +115,7 @@ impl Subscriber for MemorySubscriber {
         }
     }
 
-    fn ack(&mut self, _delivery: &Delivery) -> Result<(), BusError> {
+    fn ack(&mut self, _position: &Position) -> Result<(), BusError> {
         Ok(())
     }
 

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use couch_rs::{Client, database::Database, document::TypedCouchDocument, error::CouchError};
 use http::StatusCode;
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 /// Both document types carry `_id` and `_rev` as `id` and `rev`.
 macro_rules! couch_document {
@@ -35,8 +36,8 @@ macro_rules! couch_document {
 couch_document!(Claim);
 couch_document!(HandledUpload);
 
-/// Ledger ids asked for in one `_all_docs` request: a bounded request body however big the bucket.
-const LEDGER_IDS_PER_REQUEST: usize = 500;
+/// Ids asked for in one `_all_docs` request: a bounded request body however many are wanted.
+const IDS_PER_REQUEST: usize = 500;
 
 /// Upper bound on one status listing; reconciliation works in passes, so this only sizes a pass.
 const MAX_CLAIMS_LISTED: u64 = 100_000;
@@ -61,6 +62,23 @@ fn describe(error: &CouchError) -> String {
 }
 
 impl CouchIndex {
+    /// Writes claims through `_bulk_docs`: a new one is created unless its id exists, an existing
+    /// one replaced if its `_rev` is current; a conflict (409) is `false`, not an error.
+    async fn write_all(&self, claims: &mut [Claim]) -> Result<Vec<bool>, IndexError> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let outcomes = self.db.bulk_docs(claims).await.map_err(unavailable)?;
+        outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                Ok(_) => Ok(true),
+                Err(error) if is_conflict(&error) => Ok(false),
+                Err(error) => Err(unavailable(error)),
+            })
+            .collect()
+    }
+
     /// Claims in a status (at most a few thousand), for inspection and tests.
     pub async fn with_status(&self, status: ClaimStatus) -> Result<Vec<Claim>, IndexError> {
         let query = couch_rs::types::find::FindQuery::new(serde_json::json!({ "status": status }))
@@ -132,28 +150,30 @@ fn is_conflict(error: &CouchError) -> bool {
 
 #[async_trait]
 impl ClaimIndex for CouchIndex {
-    async fn create(&self, claim: &mut Claim) -> Result<bool, IndexError> {
-        match self.db.create(claim).await {
-            Ok(_) => Ok(true),
-            Err(error) if is_conflict(&error) => Ok(false),
-            Err(error) => Err(unavailable(error)),
-        }
+    async fn create_all(&self, claims: &mut [Claim]) -> Result<Vec<bool>, IndexError> {
+        self.write_all(claims).await
     }
 
-    async fn get(&self, id: &str) -> Result<Option<Claim>, IndexError> {
-        match self.db.get::<Claim>(id).await {
-            Ok(claim) => Ok(Some(claim)),
-            Err(error) if error.is_not_found() => Ok(None),
-            Err(error) => Err(unavailable(error)),
+    async fn get_all(&self, ids: &[String]) -> Result<Vec<Option<Claim>>, IndexError> {
+        let mut found = HashMap::new();
+        for chunk in ids.chunks(IDS_PER_REQUEST) {
+            let documents = self
+                .db
+                .get_bulk::<Claim>(chunk.to_vec())
+                .await
+                .map_err(unavailable)?;
+            found.extend(
+                documents
+                    .rows
+                    .into_iter()
+                    .map(|claim| (claim.id.clone(), claim)),
+            );
         }
+        Ok(ids.iter().map(|id| found.remove(id)).collect())
     }
 
-    async fn replace(&self, claim: &mut Claim) -> Result<bool, IndexError> {
-        match self.db.save(claim).await {
-            Ok(_) => Ok(true),
-            Err(error) if is_conflict(&error) => Ok(false),
-            Err(error) => Err(unavailable(error)),
-        }
+    async fn replace_all(&self, claims: &mut [Claim]) -> Result<Vec<bool>, IndexError> {
+        self.write_all(claims).await
     }
 
     async fn remove(&self, claim: &Claim) -> Result<bool, IndexError> {
@@ -187,7 +207,7 @@ impl ClaimIndex for CouchIndex {
 
     async fn handled(&self, ids: &[String]) -> Result<Vec<HandledUpload>, IndexError> {
         let mut found = Vec::new();
-        for chunk in ids.chunks(LEDGER_IDS_PER_REQUEST) {
+        for chunk in ids.chunks(IDS_PER_REQUEST) {
             let documents = self
                 .db
                 .get_bulk::<HandledUpload>(chunk.to_vec())

@@ -24,31 +24,39 @@ fn next_rev(rev: &str) -> String {
 
 #[async_trait]
 impl ClaimIndex for MemoryIndex {
-    async fn create(&self, claim: &mut Claim) -> Result<bool, IndexError> {
+    async fn create_all(&self, new: &mut [Claim]) -> Result<Vec<bool>, IndexError> {
         let mut claims = self.claims.lock().expect("index lock");
-        if claims.contains_key(&claim.id) {
-            return Ok(false);
-        }
-        claim.rev = next_rev("");
-        claims.insert(claim.id.clone(), claim.clone());
-        Ok(true)
-    }
-
-    async fn get(&self, id: &str) -> Result<Option<Claim>, IndexError> {
-        Ok(self.claims.lock().expect("index lock").get(id).cloned())
-    }
-
-    async fn replace(&self, claim: &mut Claim) -> Result<bool, IndexError> {
-        let mut claims = self.claims.lock().expect("index lock");
-        match claims.get(&claim.id) {
-            Some(current) if current.rev == claim.rev => {
-                claim.rev = next_rev(&claim.rev);
+        Ok(new
+            .iter_mut()
+            .map(|claim| {
+                if claims.contains_key(&claim.id) {
+                    return false;
+                }
+                claim.rev = next_rev("");
                 claims.insert(claim.id.clone(), claim.clone());
-                Ok(true)
-            }
-            Some(_) => Ok(false),
-            None => Err(IndexError::Vanished(claim.id.clone())),
-        }
+                true
+            })
+            .collect())
+    }
+
+    async fn get_all(&self, ids: &[String]) -> Result<Vec<Option<Claim>>, IndexError> {
+        let claims = self.claims.lock().expect("index lock");
+        Ok(ids.iter().map(|id| claims.get(id).cloned()).collect())
+    }
+
+    async fn replace_all(&self, updated: &mut [Claim]) -> Result<Vec<bool>, IndexError> {
+        let mut claims = self.claims.lock().expect("index lock");
+        Ok(updated
+            .iter_mut()
+            .map(|claim| match claims.get(&claim.id) {
+                Some(current) if current.rev == claim.rev => {
+                    claim.rev = next_rev(&claim.rev);
+                    claims.insert(claim.id.clone(), claim.clone());
+                    true
+                }
+                _ => false,
+            })
+            .collect())
     }
 
     async fn remove(&self, claim: &Claim) -> Result<bool, IndexError> {

@@ -1,0 +1,176 @@
+//! Dedup's throughput over the real local servers (Kafka, S3, CouchDB): events per second of wall
+//! time and per CPU-second of the dedup process itself, which is what "per core" means here (the
+//! servers share the same cores).
+//!
+//! `deploy/local/servers.sh start && eval "$(deploy/local/servers.sh env)" &&
+//!  cargo bench -p prism-e2e --features e2e --bench dedup`
+//!
+//! Two passes over the same small objects (2 KiB each, both stages enabled, so two claims per
+//! upload): first as new content (one bulk create per batch), then the same events again, as a
+//! consumer that died before committing would see them (each claim exists: create, read, update).
+//! Environment: PRISM_BENCH_EVENTS (default 2000).
+
+use bytes::Bytes;
+use chrono::Utc;
+use futures::{StreamExt, stream};
+use prism_core::contract::SourceObject;
+use prism_core::contract::ingest::UploadEvent;
+use prism_core::ports::store::Buckets;
+use prism_e2e::{
+    DEADLINE, Services, TansuConfig, prepare, run_environment, run_name, settings_for,
+};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::time::{Duration, Instant};
+
+const OBJECT_BYTES: usize = 2048;
+
+#[tokio::main]
+async fn main() {
+    let events: usize = std::env::var("PRISM_BENCH_EVENTS")
+        .ok()
+        .map(|n| n.parse().expect("PRISM_BENCH_EVENTS is a number"))
+        .unwrap_or(2000);
+    let run = run_name();
+    let mut environment = run_environment(&run);
+    let tansu = TansuConfig::write(&run);
+    environment.push(tansu.variable());
+    let settings = settings_for(&environment);
+    prepare(&settings).await;
+
+    let buckets = Buckets::s3(&settings.s3);
+    let mut objects = upload_objects(&buckets, &settings.input_bucket, events + 1).await;
+    let warmup = objects.split_off(events);
+    let services = Services::start(&environment, &[&["serve", "dedup"]]);
+    let dedup = services.pid("serve-dedup");
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let jobs: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .set("group.id", format!("bench-{run}"))
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .expect("consumer");
+    jobs.subscribe(&[&settings.topics.thumbnail_jobs]).unwrap();
+
+    println!(
+        "dedup over the local servers, {events} events of {OBJECT_BYTES} B objects, stages thumbnail + detect, {} cores, load {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load_average()
+    );
+    println!(
+        "{:<34} {:>8} {:>10} {:>10} {:>16}",
+        "pass", "wall s", "events/s", "dedup CPU s", "events/CPU-second"
+    );
+    // The group join and first connections are not dedup's throughput.
+    publish_events(&producer, &settings.topics.uploads, &warmup).await;
+    let mut seen = 0;
+    wait_for_jobs(&jobs, &mut seen, 1).await;
+    for pass in ["new content", "existing claims (redelivered)"] {
+        let cpu_before = cpu_seconds(dedup);
+        let started = Instant::now();
+        publish_events(&producer, &settings.topics.uploads, &objects).await;
+        wait_for_jobs(&jobs, &mut seen, events).await;
+        let wall = started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds(dedup) - cpu_before;
+        println!(
+            "{pass:<34} {wall:>8.2} {:>10.0} {cpu:>10.2} {:>16.0}",
+            events as f64 / wall,
+            events as f64 / cpu
+        );
+    }
+    drop(services);
+}
+
+/// `count` distinct small objects, uploaded 32 at a time.
+async fn upload_objects(buckets: &Buckets, bucket: &str, count: usize) -> Vec<SourceObject> {
+    stream::iter(0..count)
+        .map(|n| async move {
+            let mut body = vec![0u8; OBJECT_BYTES];
+            let seed = blake3::hash(&n.to_le_bytes());
+            for (chunk, byte) in body.chunks_mut(32).zip(seed.as_bytes().iter().cycle()) {
+                chunk.fill(*byte);
+            }
+            body[..8].copy_from_slice(&(n as u64).to_le_bytes());
+            let key = format!("bench/{n:06}.bin");
+            buckets
+                .write(bucket, &key, Bytes::from(body), "application/octet-stream")
+                .await
+                .expect("S3 must take the upload");
+            SourceObject {
+                bucket: bucket.to_string(),
+                key,
+                // Dedup learns the ETag of what it hashes.
+                etag: String::new(),
+                size: OBJECT_BYTES as u64,
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await
+}
+
+/// One MinIO-format notification per object, as fast as the producer takes them.
+async fn publish_events(producer: &FutureProducer, topic: &str, objects: &[SourceObject]) {
+    let sends = objects.iter().map(|object| {
+        let event = UploadEvent::for_object(object, None, Utc::now());
+        let payload = serde_json::to_vec(&event).unwrap();
+        async move {
+            let record = FutureRecord::to(topic).key(&object.key).payload(&payload);
+            producer
+                .send(record, Duration::from_secs(30))
+                .await
+                .map_err(|(error, _)| error)
+                .expect("Kafka must take the event");
+        }
+    });
+    stream::iter(sends)
+        .buffer_unordered(1000)
+        .collect::<()>()
+        .await;
+}
+
+/// Reads `count` more jobs; `seen` counts every job read so far.
+async fn wait_for_jobs(jobs: &StreamConsumer, seen: &mut usize, count: usize) {
+    let mut stream = jobs.stream();
+    let deadline = Instant::now() + DEADLINE;
+    for _ in 0..count {
+        let message = tokio::time::timeout_at(deadline.into(), stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {seen} jobs within {DEADLINE:?}"));
+        message.expect("stream").expect("consume");
+        *seen += 1;
+    }
+}
+
+/// User plus system time of a process so far, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process runs");
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat format")
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // Linux reports these in USER_HZ, 100 on every architecture.
+    ticks as f64 / 100.0
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}

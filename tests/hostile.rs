@@ -717,7 +717,7 @@ fn a_detect_batch_of_large_images_holds_one_at_a_time() {
         &[
             ("PRISM_STAGES__LIMITS__MAX_PIXELS", "20000000"),
             // Time for all eight to gather into one batch.
-            ("PRISM_DETECT__MAX_DELAY", "2000"),
+            ("PRISM_INTAKE__DETECT__MAX_DELAY", "2000"),
         ],
     );
     assert_outcomes("detect_large_batch", &inputs, &["detect"], &run);

@@ -1,25 +1,31 @@
-//! Dedup's throughput over the real local servers (Kafka, S3, CouchDB): events per second of wall
-//! time and per CPU-second of the dedup process itself, which is what "per core" means here (the
-//! servers share the same cores).
+//! The served pipeline over the real local servers (Kafka, S3, CouchDB), measured from outside.
 //!
 //! `deploy/local/servers.sh start && eval "$(deploy/local/servers.sh env)" &&
-//!  cargo bench -p prism-e2e --features e2e --bench dedup`
+//!  cargo bench -p prism-e2e --features e2e --bench served`
 //!
-//! Two passes over the same small objects (2 KiB each, both stages enabled, so two claims per
-//! upload): first as new content (one bulk create per batch), then the same events again, as a
-//! consumer that died before committing would see them (each claim exists: create, read, update).
-//! Environment: PRISM_BENCH_EVENTS (default 2000).
+//! 1. Dedup's throughput: events per second of wall time and per CPU-second of the dedup process
+//!    itself, which is what "per core" means here (the servers share the same cores). Two passes
+//!    over the same small objects (2 KiB each, both stages enabled, so two claims per upload):
+//!    first as new content (one bulk create per batch), then the same events again, as a consumer
+//!    that died before committing would see them (each claim exists: create, read, update).
+//! 2. Idle latency: one 1600x1200 JPEG at a time on a warm, idle pipeline (dedup, thumbnail and
+//!    detect replicas), its notification published right after the upload as MinIO would; time
+//!    from the start of the upload to each stage's result.
+//!
+//! Environment: PRISM_BENCH_EVENTS (default 2000), PRISM_BENCH_SOLO (uploads timed, default 30).
 
 use bytes::Bytes;
 use chrono::Utc;
 use futures::{StreamExt, stream};
-use prism_core::contract::SourceObject;
+use image::ImageFormat;
+use prism_core::contract::{SourceObject, StageName, StageResult};
 use prism_core::contract::ingest::UploadEvent;
 use prism_core::ports::store::Buckets;
+use prism_core::runtime::config::Settings;
 use prism_e2e::{
-    DEADLINE, Services, TansuConfig, prepare, run_environment, run_name, settings_for,
+    DEADLINE, Services, TansuConfig, generated, prepare, run_environment, run_name, settings_for,
 };
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, Message};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::time::{Duration, Instant};
@@ -28,6 +34,11 @@ const OBJECT_BYTES: usize = 2048;
 
 #[tokio::main]
 async fn main() {
+    dedup_throughput().await;
+    idle_latency().await;
+}
+
+async fn dedup_throughput() {
     let events: usize = std::env::var("PRISM_BENCH_EVENTS")
         .ok()
         .map(|n| n.parse().expect("PRISM_BENCH_EVENTS is a number"))
@@ -45,19 +56,8 @@ async fn main() {
     let services = Services::start(&environment, &[&["serve", "dedup"]]);
     let dedup = services.pid("serve-dedup");
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka.brokers)
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
-    let jobs: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka.brokers)
-        .set("group.id", format!("bench-{run}"))
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .expect("consumer");
-    jobs.subscribe(&[&settings.topics.thumbnail_jobs]).unwrap();
+    let producer = producer(&settings);
+    let jobs = consumer(&settings, &run, &[&settings.topics.thumbnail_jobs]);
 
     println!(
         "dedup over the local servers, {events} events of {OBJECT_BYTES} B objects, stages thumbnail + detect, {} cores, load {}",
@@ -86,6 +86,113 @@ async fn main() {
         );
     }
     drop(services);
+}
+
+fn producer(settings: &Settings) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .set("linger.ms", "1")
+        .create()
+        .expect("producer")
+}
+
+fn consumer(settings: &Settings, run: &str, topics: &[&str]) -> StreamConsumer {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .set("group.id", format!("bench-{run}"))
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(topics).unwrap();
+    consumer
+}
+
+async fn idle_latency() {
+    let solo: u32 = std::env::var("PRISM_BENCH_SOLO")
+        .ok()
+        .map(|n| n.parse().expect("PRISM_BENCH_SOLO is a number"))
+        .unwrap_or(30);
+    let run = run_name();
+    let mut environment = run_environment(&run);
+    let tansu = TansuConfig::write(&run);
+    environment.push(tansu.variable());
+    let settings = settings_for(&environment);
+    prepare(&settings).await;
+    let services = Services::start(
+        &environment,
+        &[&["serve", "dedup"], &["serve", "thumbnail"], &["serve", "detect"]],
+    );
+    let buckets = Buckets::s3(&settings.s3);
+    let producer = producer(&settings);
+    let topics = &settings.topics;
+    let results = consumer(
+        &settings,
+        &run,
+        &[&topics.thumbnail_results, &topics.detect_results],
+    );
+    let mut stream = results.stream();
+    let mut thumbnail = Vec::new();
+    let mut detect = Vec::new();
+    // The first upload warms every group join and connection up; it is not counted.
+    for n in 0..=solo {
+        let upload = generated(&format!("solo/{n:03}.jpg"), n, (1600, 1200), ImageFormat::Jpeg);
+        let started = Instant::now();
+        let object = SourceObject {
+            bucket: settings.input_bucket.clone(),
+            key: upload.key.clone(),
+            etag: String::new(),
+            size: upload.bytes.len() as u64,
+        };
+        buckets
+            .write(&object.bucket, &object.key, upload.bytes, "image/jpeg")
+            .await
+            .expect("S3 must take the upload");
+        publish_events(&producer, &topics.uploads, std::slice::from_ref(&object)).await;
+        let (mut thumbnail_ms, mut detect_ms) = (None, None);
+        while thumbnail_ms.is_none() || detect_ms.is_none() {
+            let message = tokio::time::timeout(DEADLINE, stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("no result for {} within {DEADLINE:?}", object.key))
+                .expect("stream")
+                .expect("consume");
+            let result: StageResult =
+                serde_json::from_slice(message.payload().unwrap_or_default()).expect("a result");
+            if result.source.key != object.key {
+                continue;
+            }
+            let elapsed = Some(started.elapsed().as_secs_f64() * 1000.0);
+            match result.stage {
+                StageName::Thumbnail => thumbnail_ms = elapsed,
+                StageName::Detect => detect_ms = elapsed,
+            }
+        }
+        if n > 0 {
+            thumbnail.extend(thumbnail_ms);
+            detect.extend(detect_ms);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    println!(
+        "idle latency, upload start to result, {solo} 1600x1200 JPEGs one at a time, load {}",
+        load_average()
+    );
+    for (stage, mut times) in [("thumbnail", thumbnail), ("detect", detect)] {
+        times.sort_by(f64::total_cmp);
+        println!(
+            "{stage:<10} p50 {:>6.0} ms   p95 {:>6.0} ms   max {:>6.0} ms",
+            percentile(&times, 0.50),
+            percentile(&times, 0.95),
+            times.last().copied().unwrap_or_default()
+        );
+    }
+    drop(services);
+}
+
+/// The `q` quantile of sorted `times` (nearest rank).
+fn percentile(times: &[f64], q: f64) -> f64 {
+    let rank = ((times.len() as f64 * q).ceil() as usize).clamp(1, times.len());
+    times[rank - 1]
 }
 
 /// `count` distinct small objects, uploaded 32 at a time.

@@ -60,8 +60,20 @@ pub struct Camera {
     pub weight: u32,
 }
 
-const fn camera(make: &'static str, model: &'static str, width: u32, height: u32, weight: u32) -> Camera {
-    Camera { make, model, width, height, weight }
+const fn camera(
+    make: &'static str,
+    model: &'static str,
+    width: u32,
+    height: u32,
+    weight: u32,
+) -> Camera {
+    Camera {
+        make,
+        model,
+        width,
+        height,
+        weight,
+    }
 }
 
 /// 2 to 20 MP, about 11 MP on average; 12 MP phones most often, as in a photo library.
@@ -219,7 +231,10 @@ pub fn generate(options: &DatasetOptions) -> anyhow::Result<Manifest> {
         "--duplicates is the share of copies in the whole set: at least 0, below 1"
     );
     let images_dir = options.out.join(IMAGES_DIR);
-    if images_dir.read_dir().is_ok_and(|mut entries| entries.next().is_some()) {
+    if images_dir
+        .read_dir()
+        .is_ok_and(|mut entries| entries.next().is_some())
+    {
         bail!(
             "{} already has files; choose another --out or delete it",
             images_dir.display()
@@ -343,7 +358,11 @@ fn read_sources(dir: &Path) -> anyhow::Result<Vec<Source>> {
             height,
         });
     }
-    ensure!(!sources.is_empty(), "no JPEG or PNG photos in {}: {hint}", dir.display());
+    ensure!(
+        !sources.is_empty(),
+        "no JPEG or PNG photos in {}: {hint}",
+        dir.display()
+    );
     sources.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(sources)
 }
@@ -380,7 +399,11 @@ pub fn plan(
     // The largest crop of a source with the photo's aspect ratio.
     let largest_crop = |s: &Source| {
         let (w, h) = (f64::from(s.width), f64::from(s.height));
-        if w / h > aspect { (h * aspect, h) } else { (w, w / aspect) }
+        if w / h > aspect {
+            (h * aspect, h)
+        } else {
+            (w, w / aspect)
+        }
     };
     let fitting: Vec<&Source> = sources
         .iter()
@@ -471,9 +494,7 @@ fn layout(seed: u64, distinct: usize, copies: usize) -> (Vec<String>, Vec<usize>
         .into_iter()
         .map(|n| format!("IMG_{n:0digits$}.jpg"))
         .collect();
-    let copied = (0..copies)
-        .map(|_| rng.random_range(0..distinct))
-        .collect();
+    let copied = (0..copies).map(|_| rng.random_range(0..distinct)).collect();
     (names, copied)
 }
 
@@ -526,7 +547,9 @@ fn shift_colours_and_add_grain(image: &mut RgbImage, recipe: &Recipe) -> anyhow:
         // Luminance noise, the same on every channel, like a sensor's after demosaicing.
         let grain = noise.sample(&mut rng);
         for (channel, curve) in pixel.0.iter_mut().zip(&curves) {
-            *channel = (curve[usize::from(*channel)] + grain).round().clamp(0.0, 255.0) as u8;
+            *channel = (curve[usize::from(*channel)] + grain)
+                .round()
+                .clamp(0.0, 255.0) as u8;
         }
     }
     Ok(())
@@ -582,7 +605,11 @@ mod tests {
         std::fs::create_dir_all(&sources).unwrap();
         for (name, width, height) in [("a.png", 200, 150), ("b.jpg", 160, 240)] {
             let image = RgbImage::from_fn(width, height, |x, y| {
-                Rgb([(x * 7 % 256) as u8, (y * 5 % 256) as u8, ((x ^ y) % 256) as u8])
+                Rgb([
+                    (x * 7 % 256) as u8,
+                    (y * 5 % 256) as u8,
+                    ((x ^ y) % 256) as u8,
+                ])
             });
             image.save(sources.join(name)).unwrap();
         }
@@ -613,7 +640,12 @@ mod tests {
             assert_eq!(sha256_hex(&bytes), photo.sha256, "{}", photo.file);
         }
         let first_digests: HashSet<_> = first.photos.iter().map(|p| &p.sha256).collect();
-        assert!(other.photos.iter().all(|p| !first_digests.contains(&p.sha256)));
+        assert!(
+            other
+                .photos
+                .iter()
+                .all(|p| !first_digests.contains(&p.sha256))
+        );
         assert_eq!(first, Manifest::load(&dir.path().join("first")).unwrap());
     }
 
@@ -638,7 +670,8 @@ mod tests {
         assert_eq!(digests.len(), originals.len());
         for copy in copies {
             let original = copy.duplicate_of.as_ref().unwrap();
-            let read = |name: &str| std::fs::read(dir.path().join("set/images").join(name)).unwrap();
+            let read =
+                |name: &str| std::fs::read(dir.path().join("set/images").join(name)).unwrap();
             assert_eq!(read(&copy.file), read(original));
         }
         let names: HashSet<_> = manifest.photos.iter().map(|p| &p.file).collect();
@@ -677,8 +710,18 @@ mod tests {
     #[test]
     fn plans_are_pure_and_frame_the_source_inside_its_bounds() {
         let sources = vec![
-            Source { name: "wide.jpg".into(), sha256: String::new(), width: 6000, height: 3400 },
-            Source { name: "small.jpg".into(), sha256: String::new(), width: 1600, height: 1200 },
+            Source {
+                name: "wide.jpg".into(),
+                sha256: String::new(),
+                width: 6000,
+                height: 3400,
+            },
+            Source {
+                name: "small.jpg".into(),
+                sha256: String::new(),
+                width: 1600,
+                height: 1200,
+            },
         ];
         for index in 0..200 {
             let recipe = plan(5, index, &sources, CAMERAS).unwrap();

@@ -76,7 +76,7 @@ struct ThumbnailsArgs {
     /// Python with Pillow [default: $PRISM_HOME/venv-pillow/bin/python].
     #[arg(long)]
     python: Option<PathBuf>,
-    /// The `prism` binary [default: release/prism under $CARGO_TARGET_DIR, or the workspace's target/].
+    /// The `prism` binary [default: beside this one, or release/prism under $CARGO_TARGET_DIR].
     #[arg(long)]
     prism: Option<PathBuf>,
     #[arg(long, default_value = "vipsthumbnail")]
@@ -177,11 +177,18 @@ fn prism_home() -> PathBuf {
     )
 }
 
-/// `cargo build --release -p prism-cli`'s output.
+/// `cargo build --release -p prism-cli`'s output: beside this binary when both were built into the
+/// same target folder, else under $CARGO_TARGET_DIR or the workspace's target/.
 fn default_prism_binary() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
-        PathBuf::from,
-    );
-    target.join("release/prism")
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("prism")))
+        .filter(|path| path.exists());
+    sibling.unwrap_or_else(|| {
+        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+            PathBuf::from,
+        );
+        target.join("release/prism")
+    })
 }

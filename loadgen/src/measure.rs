@@ -70,7 +70,15 @@ pub fn run_measured(sequences: Vec<Vec<Command>>, log: &Path) -> anyhow::Result<
     let cpu = children_cpu()?.saturating_sub(before);
     if let Some(error) = results.into_iter().find_map(Result::err) {
         let output = std::fs::read_to_string(log).unwrap_or_default();
-        let tail: String = output.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        let tail: String = output
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
         bail!("{error:#}\nlast lines of {}:\n{tail}", log.display());
     }
     Ok(Usage {
@@ -173,7 +181,10 @@ mod tests {
         let log = dir.path().join("log");
         // A shell whose child burns CPU: the grandchild's time counts.
         let mut busy = Command::new("sh");
-        busy.args(["-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done & wait"]);
+        busy.args([
+            "-c",
+            "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done & wait",
+        ]);
         let usage = run_measured(vec![vec![busy]], &log).unwrap();
         assert!(usage.cpu > Duration::ZERO);
         assert!(usage.wall > Duration::ZERO);

@@ -57,8 +57,13 @@ impl Method {
 
     fn description(self, workers: usize) -> String {
         match self {
-            Self::PillowSeq => "Pillow, one image after another (draft + thumbnail, one decode, 512->256->128)".into(),
-            Self::PillowMp => format!("Pillow, multiprocessing.Pool of {workers} over the same function"),
+            Self::PillowSeq => {
+                "Pillow, one image after another (draft + thumbnail, one decode, 512->256->128)"
+                    .into()
+            }
+            Self::PillowMp => {
+                format!("Pillow, multiprocessing.Pool of {workers} over the same function")
+            }
             Self::Vips => format!(
                 "vipsthumbnail, {workers} single-threaded processes; one shrink-on-load decode to 512 (.v), sizes from it"
             ),
@@ -247,15 +252,21 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Report> {
             std::fs::create_dir_all(&out)?;
             let commands = commands(method, options, &images, &out, &script, &manifest.photos);
             let load_before = measure::load_average();
-            let usage = measure::run_measured(commands, &options.work.join(format!("{}.log", method.name())))
-                .with_context(|| format!("{} (round {round})", method.name()))?;
+            let usage = measure::run_measured(
+                commands,
+                &options.work.join(format!("{}.log", method.name())),
+            )
+            .with_context(|| format!("{} (round {round})", method.name()))?;
             let run = Run::from_usage(usage, load_before, measure::load_average());
             let outputs = match method {
                 Method::Prism => prism_outputs(&out)?,
                 _ => named_outputs(&out, &manifest.photos),
             };
             verify(&manifest.photos, &outputs).with_context(|| {
-                format!("{} (round {round}) made wrong or missing thumbnails", method.name())
+                format!(
+                    "{} (round {round}) made wrong or missing thumbnails",
+                    method.name()
+                )
             })?;
             eprintln!(
                 "round {round}/{}: {:<10} {:>7.2} s wall {:>7.2} s CPU {:>7.1} MiB (load {:.2})",
@@ -306,7 +317,10 @@ fn check_tools(options: &BenchOptions) -> anyhow::Result<()> {
                 options.tools.python.display()
             ),
             Method::Vips => ensure!(
-                Command::new(&options.tools.vipsthumbnail).arg("--version").output().is_ok(),
+                Command::new(&options.tools.vipsthumbnail)
+                    .arg("--version")
+                    .output()
+                    .is_ok(),
                 "{} does not run: {setup}",
                 options.tools.vipsthumbnail.display()
             ),
@@ -378,15 +392,28 @@ fn commands(
 
 /// One decode per source (shrink-on-load to 512, EXIF orientation applied, into `.v` files), then
 /// one run per size and format over those.
-fn vips_sequence(vipsthumbnail: &Path, sources: &[PathBuf], decoded: &Path, out: &Path) -> Vec<Command> {
+fn vips_sequence(
+    vipsthumbnail: &Path,
+    sources: &[PathBuf],
+    decoded: &Path,
+    out: &Path,
+) -> Vec<Command> {
     if sources.is_empty() {
         return Vec::new();
     }
     let vips = |size: u32, output: String, inputs: &[PathBuf]| {
         let mut command = Command::new(vipsthumbnail);
         // One thread per process, one process per core: no library's helper threads take a second.
+        command.env("VIPS_CONCURRENCY", "1");
+        if inputs
+            .first()
+            .is_some_and(|input| input.starts_with(decoded))
+        {
+            // Already upright, but libvips 8.14 keeps the orientation tag in the .v file and
+            // would turn them a second time.
+            command.arg("--no-rotate");
+        }
         command
-            .env("VIPS_CONCURRENCY", "1")
             .arg("--size")
             .arg(size.to_string())
             .arg("-o")
@@ -396,10 +423,18 @@ fn vips_sequence(vipsthumbnail: &Path, sources: &[PathBuf], decoded: &Path, out:
     };
     let _ = std::fs::create_dir_all(decoded);
     let largest = sizes()[0];
-    let mut sequence = vec![vips(largest, format!("{}/%s.v", decoded.display()), sources)];
+    let mut sequence = vec![vips(
+        largest,
+        format!("{}/%s.v", decoded.display()),
+        sources,
+    )];
     let intermediates: Vec<PathBuf> = sources
         .iter()
-        .map(|source| decoded.join(source.file_stem().unwrap()).with_extension("v"))
+        .map(|source| {
+            decoded
+                .join(source.file_stem().unwrap())
+                .with_extension("v")
+        })
         .collect();
     for size in sizes() {
         sequence.push(vips(
@@ -424,7 +459,10 @@ fn named_outputs(out: &Path, photos: &[Photo]) -> Outputs {
     photos
         .iter()
         .map(|photo| {
-            let stem = Path::new(&photo.file).file_stem().unwrap().to_string_lossy();
+            let stem = Path::new(&photo.file)
+                .file_stem()
+                .unwrap()
+                .to_string_lossy();
             let files = sizes()
                 .into_iter()
                 .flat_map(|size| FORMATS.map(|format| (size, format)))
@@ -442,7 +480,8 @@ fn named_outputs(out: &Path, photos: &[Photo]) -> Outputs {
 /// the same objects as its twin's).
 fn prism_outputs(out: &Path) -> anyhow::Result<Outputs> {
     let path = out.join("results.jsonl");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     parse_prism_results(&text, out)
 }
 
@@ -471,7 +510,9 @@ pub(crate) fn parse_prism_results(text: &str, out: &Path) -> anyhow::Result<Outp
         for output in result.outputs {
             // thumbnails/<hash>/<fingerprint>/<size>.<jpg|webp>
             let name = output.key.rsplit('/').next().unwrap_or_default();
-            let Some((size, format)) = name.split_once('.') else { continue };
+            let Some((size, format)) = name.split_once('.') else {
+                continue;
+            };
             let Ok(size) = size.parse() else { continue };
             files.insert((size, format.to_string()), out.join(&output.key));
         }
@@ -496,13 +537,20 @@ fn verify(photos: &[Photo], outputs: &Outputs) -> anyhow::Result<()> {
                         "{}: {size} {format} is {}x{}, expected the shape of {}x{} within {size}",
                         photo.file, found.0, found.1, photo.width, photo.height
                     )),
-                    Err(error) => problems.push(format!("{}: {}: {error}", photo.file, path.display())),
+                    Err(error) => {
+                        problems.push(format!("{}: {}: {error}", photo.file, path.display()))
+                    }
                 }
             }
         }
     }
     if !problems.is_empty() {
-        let shown = problems.iter().take(10).cloned().collect::<Vec<_>>().join("\n  ");
+        let shown = problems
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n  ");
         bail!("{} problems, such as:\n  {shown}", problems.len());
     }
     Ok(())
@@ -515,10 +563,13 @@ pub fn fits(found: (u32, u32), source: (u32, u32), size: u32) -> bool {
     let (width, height) = source;
     let longest = width.max(height);
     let target = longest.min(size);
-    let scale = |edge: u32| (f64::from(edge) * f64::from(target) / f64::from(longest)).round() as i64;
+    let scale =
+        |edge: u32| (f64::from(edge) * f64::from(target) / f64::from(longest)).round() as i64;
     let close = |found: u32, expected: i64| (i64::from(found) - expected).abs() <= 1;
     let (expected_width, expected_height) = (scale(width), scale(height));
-    found.0.max(found.1) == target && close(found.0, expected_width) && close(found.1, expected_height)
+    found.0.max(found.1) == target
+        && close(found.0, expected_width)
+        && close(found.1, expected_height)
 }
 
 pub fn median(values: impl Iterator<Item = f64>) -> f64 {
@@ -538,7 +589,11 @@ pub fn median(values: impl Iterator<Item = f64>) -> f64 {
 /// Issue #13's goals for Prism, where the methods they compare were run.
 fn goals(methods: &[MethodResult]) -> Vec<Goal> {
     let find = |method| methods.iter().find(|m| m.method == method);
-    let (Some(prism), pillow_seq, pillow_mp) = (find(Method::Prism), find(Method::PillowSeq), find(Method::PillowMp)) else {
+    let (Some(prism), pillow_seq, pillow_mp) = (
+        find(Method::Prism),
+        find(Method::PillowSeq),
+        find(Method::PillowMp),
+    ) else {
         return Vec::new();
     };
     let goal = |name: &str, ratio: f64, at_least: bool, bound: f64| Goal {
@@ -546,18 +601,37 @@ fn goals(methods: &[MethodResult]) -> Vec<Goal> {
         ratio,
         comparison: if at_least { "at least" } else { "at most" }.into(),
         bound,
-        met: if at_least { ratio >= bound } else { ratio <= bound },
+        met: if at_least {
+            ratio >= bound
+        } else {
+            ratio <= bound
+        },
     };
     let mut goals = Vec::new();
     if let Some(mp) = pillow_mp {
-        goals.push(goal("images/s, prism / pillow-mp", prism.images_per_s / mp.images_per_s, true, 1.5));
+        goals.push(goal(
+            "images/s, prism / pillow-mp",
+            prism.images_per_s / mp.images_per_s,
+            true,
+            1.5,
+        ));
     }
     // Pillow's own cost per image is its sequential run's: no pool, no process start-ups.
     if let Some(seq) = pillow_seq {
-        goals.push(goal("CPU s per image, prism / pillow-seq", prism.cpu_s_per_image / seq.cpu_s_per_image, false, 0.7));
+        goals.push(goal(
+            "CPU s per image, prism / pillow-seq",
+            prism.cpu_s_per_image / seq.cpu_s_per_image,
+            false,
+            0.7,
+        ));
     }
     if let Some(mp) = pillow_mp {
-        goals.push(goal("peak RSS, prism / pillow-mp (all its processes)", prism.peak_rss_mib / mp.peak_rss_mib, false, 2.0));
+        goals.push(goal(
+            "peak RSS, prism / pillow-mp (all its processes)",
+            prism.peak_rss_mib / mp.peak_rss_mib,
+            false,
+            2.0,
+        ));
     }
     goals
 }
@@ -644,7 +718,10 @@ mod tests {
         );
         let outputs = parse_prism_results(results, Path::new("/out")).unwrap();
         let first = &outputs["IMG_0001.jpg"];
-        assert_eq!(first[&(512, "jpg".to_string())], Path::new("/out/thumbnails/ab/cd/512.jpg"));
+        assert_eq!(
+            first[&(512, "jpg".to_string())],
+            Path::new("/out/thumbnails/ab/cd/512.jpg")
+        );
         assert_eq!(first.len(), 2);
         assert!(outputs["IMG_0002.jpg"].is_empty());
     }

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Prepares what `cargo bench -p prism-thumbnail --bench vs_libvips` compares against:
+# Prepares what the thumbnail benchmarks compare against, `cargo bench -p prism-thumbnail --bench
+# vs_libvips` and `prism-loadgen thumbnails`:
 #   vipsthumbnail          Debian libvips-tools (apt-get install, needs root)
 #   venv-pillow/           a venv with Pillow from PyPI
 #   bench-images/          large real photos and art from Debian's wallpaper packages
 #                          (plasma-workspace-wallpapers, gnome-backgrounds), sha256-checked:
 #                          six 5120x2880 JPEGs, one 5120x2880 PNG, one 4096x4096 WebP
+#   photos/                26 real photographs that `prism-loadgen dataset` makes photo sets from
+#                          (fetch-photos.sh beside this script)
 # All of it under ${PRISM_HOME:-$HOME/.cache/prism}, never in the repo.
 # Idempotent: what is already there with the expected checksum is kept.
 set -euo pipefail
@@ -73,5 +76,8 @@ for entry in "${IMAGES[@]}"; do
     cp "$unpacked/$inner" "$target"
 done
 
-log "ready: $IMAGES_DIR, $PILLOW_VENV, $(command -v vipsthumbnail)"
+PRISM_HOME="$PRISM_HOME" "$(dirname "$0")/fetch-photos.sh"
+
+log "ready: $IMAGES_DIR, $PILLOW_VENV, $(command -v vipsthumbnail), $PRISM_HOME/photos"
 log "run: cargo bench -p prism-thumbnail --bench vs_libvips"
+log "or:  cargo run --release -p prism-loadgen -- dataset --out SET && cargo run --release -p prism-loadgen -- thumbnails --dataset SET"

@@ -1,4 +1,9 @@
-//! Uploading to Prism's input bucket through the S3 API, as a user or a test would.
+//! Load for Prism: uploading to its input bucket through the S3 API, as a user or a test would;
+//! benchmark photo sets (`dataset`); the end-to-end thumbnail benchmark (`thumbnails`).
+
+pub mod dataset;
+pub mod measure;
+pub mod thumbnails;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};

@@ -1,12 +1,16 @@
-//! `prism-loadgen upload DIR`: puts a folder of images into the input bucket.
+//! `prism-loadgen`: uploads a folder of images to the input bucket, makes benchmark photo sets and
+//! runs the end-to-end thumbnail benchmark.
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
 use prism_core::ports::store::Buckets;
 use prism_core::runtime::config::{self, Settings};
-use std::path::PathBuf;
+use prism_loadgen::dataset::{self, CAMERAS, DatasetOptions};
+use prism_loadgen::thumbnails::{self, BenchOptions, Method, Tools};
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
-#[command(version, about = "Uploads images to Prism's input bucket")]
+#[command(version, about = "Load and benchmarks for Prism")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,33 +27,168 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
     },
+    /// Make a set of distinct camera-like JPEG photos (2-20 MP) from real photographs, the same
+    /// bytes for the same seed: OUT/images/ and OUT/manifest.json (every file's sha256 and recipe).
+    Dataset(DatasetArgs),
+    /// Thumbnails of a photo set by Pillow (sequential and multiprocessing), vipsthumbnail and
+    /// `prism run`, the same outputs each: wall time, images/s, CPU seconds, peak RSS.
+    Thumbnails(ThumbnailsArgs),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+#[derive(Args)]
+struct DatasetArgs {
+    /// Distinct photos.
+    #[arg(long, default_value_t = 200)]
+    count: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long)]
+    out: PathBuf,
+    /// Share of the whole set that are exact copies of other photos under other names (0.3: 30%
+    /// of the files are copies; the distinct photos are still --count).
+    #[arg(long, default_value_t = 0.0)]
+    duplicates: f64,
+    /// Real photographs to make the set from [default: $PRISM_HOME/photos, which
+    /// deploy/local/fetch-photos.sh fills].
+    #[arg(long)]
+    sources: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ThumbnailsArgs {
+    /// A folder made by `prism-loadgen dataset`.
+    #[arg(long)]
+    dataset: PathBuf,
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Method::PillowSeq, Method::PillowMp, Method::Vips, Method::Prism])]
+    methods: Vec<Method>,
+    /// Runs of each method; the figures are medians.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Processes for the parallel methods [default: the cores].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Scratch folder for the outputs [default: a new folder under the temporary directory].
+    #[arg(long)]
+    work: Option<PathBuf>,
+    /// Python with Pillow [default: $PRISM_HOME/venv-pillow/bin/python].
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// The `prism` binary [default: beside this one, or release/prism under $CARGO_TARGET_DIR].
+    #[arg(long)]
+    prism: Option<PathBuf>,
+    #[arg(long, default_value = "vipsthumbnail")]
+    vipsthumbnail: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
     prism_core::runtime::telemetry::init();
-    let settings: Settings = config::load()?;
     match Cli::parse().command {
         Command::Upload {
             dir,
             bucket,
             concurrency,
-        } => {
-            let bucket = bucket.unwrap_or(settings.input_bucket.clone());
-            prism_loadgen::create_bucket(&settings.s3, &bucket).await?;
-            let mut objects = Vec::new();
-            for (key, path) in prism_loadgen::files_under(&dir)? {
-                objects.push((key, bytes::Bytes::from(std::fs::read(path)?)));
-            }
-            let count = objects.len();
-            let started = std::time::Instant::now();
-            prism_loadgen::upload(&Buckets::s3(&settings.s3), &bucket, objects, concurrency)
-                .await?;
-            println!(
-                "uploaded {count} files to s3://{bucket} in {:.2} s",
-                started.elapsed().as_secs_f64()
-            );
-            Ok(())
-        }
+        } => tokio::runtime::Runtime::new()?.block_on(upload(dir, bucket, concurrency)),
+        Command::Dataset(args) => make_dataset(args),
+        Command::Thumbnails(args) => benchmark_thumbnails(args),
     }
+}
+
+async fn upload(dir: PathBuf, bucket: Option<String>, concurrency: usize) -> anyhow::Result<()> {
+    let settings: Settings = config::load()?;
+    let bucket = bucket.unwrap_or(settings.input_bucket.clone());
+    prism_loadgen::create_bucket(&settings.s3, &bucket).await?;
+    let mut objects = Vec::new();
+    for (key, path) in prism_loadgen::files_under(&dir)? {
+        objects.push((key, bytes::Bytes::from(std::fs::read(path)?)));
+    }
+    let count = objects.len();
+    let started = std::time::Instant::now();
+    prism_loadgen::upload(&Buckets::s3(&settings.s3), &bucket, objects, concurrency).await?;
+    println!(
+        "uploaded {count} files to s3://{bucket} in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn make_dataset(args: DatasetArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let manifest = dataset::generate(&DatasetOptions {
+        sources: args.sources.unwrap_or_else(|| prism_home().join("photos")),
+        out: args.out.clone(),
+        count: args.count,
+        seed: args.seed,
+        duplicates: args.duplicates,
+        cameras: CAMERAS,
+    })?;
+    let bytes: u64 = manifest.photos.iter().map(|p| p.bytes).sum();
+    println!(
+        "{} photos ({} distinct, {} copies, {:.0} MiB) from {} sources in {:.1} s: {}",
+        manifest.photos.len(),
+        manifest.distinct,
+        manifest.duplicates,
+        bytes as f64 / (1024.0 * 1024.0),
+        manifest.sources.len(),
+        started.elapsed().as_secs_f64(),
+        args.out.join(dataset::MANIFEST_FILE).display()
+    );
+    Ok(())
+}
+
+fn benchmark_thumbnails(args: ThumbnailsArgs) -> anyhow::Result<()> {
+    let work = args.work.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("prism-thumbnails-{}", std::process::id()))
+    });
+    let options = BenchOptions {
+        dataset: args.dataset,
+        methods: args.methods,
+        rounds: args.rounds,
+        workers: args
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
+        work: work.clone(),
+        tools: Tools {
+            python: args
+                .python
+                .unwrap_or_else(|| prism_home().join("venv-pillow/bin/python")),
+            prism: args.prism.unwrap_or_else(default_prism_binary),
+            vipsthumbnail: args.vipsthumbnail,
+        },
+    };
+    let report = thumbnails::run(&options);
+    let _ = std::fs::remove_dir_all(&work);
+    let report = report?;
+    print!("{}", thumbnails::render_table(&report));
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Where Prism's tools keep what they fetch: $PRISM_HOME, or ~/.cache/prism.
+fn prism_home() -> PathBuf {
+    std::env::var_os("PRISM_HOME").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/prism"),
+        PathBuf::from,
+    )
+}
+
+/// `cargo build --release -p prism-cli`'s output: beside this binary when both were built into the
+/// same target folder, else under $CARGO_TARGET_DIR or the workspace's target/.
+fn default_prism_binary() -> PathBuf {
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("prism")))
+        .filter(|path| path.exists());
+    sibling.unwrap_or_else(|| {
+        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+            PathBuf::from,
+        );
+        target.join("release/prism")
+    })
 }

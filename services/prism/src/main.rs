@@ -4,6 +4,7 @@
 //! crate.
 
 mod embedded;
+mod memory;
 
 use clap::{Parser, Subcommand};
 use prism_announce::{ReconcileArgs, WatchArgs};
@@ -50,6 +51,7 @@ enum Service {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    memory::return_large_buffers();
     telemetry::init();
     let cli = Cli::parse();
     let settings: Settings = config::load()?;

@@ -18,16 +18,16 @@ use bytes::Bytes;
 use chrono::Utc;
 use futures::{StreamExt, stream};
 use image::ImageFormat;
-use prism_core::contract::{SourceObject, StageName, StageResult};
 use prism_core::contract::ingest::UploadEvent;
+use prism_core::contract::{SourceObject, StageName, StageResult};
 use prism_core::ports::store::Buckets;
 use prism_core::runtime::config::Settings;
 use prism_e2e::{
     DEADLINE, Services, TansuConfig, generated, prepare, run_environment, run_name, settings_for,
 };
-use rdkafka::{ClientConfig, Message};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message};
 use std::time::{Duration, Instant};
 
 const OBJECT_BYTES: usize = 2048;
@@ -121,7 +121,11 @@ async fn idle_latency() {
     prepare(&settings).await;
     let services = Services::start(
         &environment,
-        &[&["serve", "dedup"], &["serve", "thumbnail"], &["serve", "detect"]],
+        &[
+            &["serve", "dedup"],
+            &["serve", "thumbnail"],
+            &["serve", "detect"],
+        ],
     );
     let buckets = Buckets::s3(&settings.s3);
     let producer = producer(&settings);
@@ -134,10 +138,19 @@ async fn idle_latency() {
     let mut stream = results.stream();
     let mut thumbnail = Vec::new();
     let mut detect = Vec::new();
+    // Where a thumbnail's time goes: to dedup's receipt, from there to the stage's finish, from
+    // there to the result read here.
+    let mut legs: [Vec<f64>; 3] = Default::default();
     // The first upload warms every group join and connection up; it is not counted.
     for n in 0..=solo {
-        let upload = generated(&format!("solo/{n:03}.jpg"), n, (1600, 1200), ImageFormat::Jpeg);
+        let upload = generated(
+            &format!("solo/{n:03}.jpg"),
+            n,
+            (1600, 1200),
+            ImageFormat::Jpeg,
+        );
         let started = Instant::now();
+        let started_at = Utc::now();
         let object = SourceObject {
             bucket: settings.input_bucket.clone(),
             key: upload.key.clone(),
@@ -163,7 +176,18 @@ async fn idle_latency() {
             }
             let elapsed = Some(started.elapsed().as_secs_f64() * 1000.0);
             match result.stage {
-                StageName::Thumbnail => thumbnail_ms = elapsed,
+                StageName::Thumbnail => {
+                    thumbnail_ms = elapsed;
+                    if n > 0 {
+                        let timings = &result.timings;
+                        let ms = |from: chrono::DateTime<Utc>, to: chrono::DateTime<Utc>| {
+                            (to - from).num_microseconds().unwrap_or_default() as f64 / 1000.0
+                        };
+                        legs[0].push(ms(started_at, timings.received_at));
+                        legs[1].push(ms(timings.received_at, timings.finished_at));
+                        legs[2].push(ms(timings.finished_at, Utc::now()));
+                    }
+                }
                 StageName::Detect => detect_ms = elapsed,
             }
         }
@@ -186,6 +210,13 @@ async fn idle_latency() {
             times.last().copied().unwrap_or_default()
         );
     }
+    let [to_dedup, to_finish, to_reader] = legs.map(|mut times| {
+        times.sort_by(f64::total_cmp);
+        percentile(&times, 0.5)
+    });
+    println!(
+        "thumbnail medians: upload start -> dedup received {to_dedup:.0} ms, -> stage finished {to_finish:.0} ms, -> result read {to_reader:.0} ms"
+    );
     drop(services);
 }
 

@@ -275,7 +275,8 @@ def tiff_rgb16(picture, icc_profile):
         value = struct.pack("<HH", value, 0) if inline_short else struct.pack("<I", value)
         ifd += struct.pack("<HHI", tag, kind, count) + value
     ifd += struct.pack("<I", 0)  # no next IFD
-    return b"II*\0" + struct.pack("<I", 8) + ifd + struct.pack("<3H", 16, 16, 16) + icc_profile + strip
+    header = b"II*\0" + struct.pack("<I", 8)
+    return header + ifd + struct.pack("<3H", 16, 16, 16) + icc_profile + strip
 
 
 def quadrants(width=64, height=32):

@@ -28,10 +28,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 # What the Rust build needs: rdkafka's bundled librdkafka runs ./configure and
 # make with the C toolchain and links zlib (found by pkg-config); cmake and
 # libssl-dev serve crates that build C code through cmake or link OpenSSL;
-# turbojpeg-sys builds libjpeg-turbo 3 with cmake and its SIMD code with nasm.
+# turbojpeg-sys builds libjpeg-turbo 3 with cmake and its SIMD code with nasm;
+# libheif-sys links Debian's libheif (HEIC/HEIF and AVIF; libheif1 itself
+# decodes HEVC with libde265 and AV1 with dav1d, no plugin packages in Debian 12).
 # For the tests: jpegtran (libjpeg-turbo-progs) makes the progressive JPEG
 # fixtures (shared/imaging/src/testdata/make_fixtures.py).
-APT_PACKAGES=(build-essential pkg-config zlib1g-dev libssl-dev cmake nasm libjpeg-turbo-progs ca-certificates python3 python3-venv)
+APT_PACKAGES=(build-essential pkg-config zlib1g-dev libssl-dev cmake nasm libheif-dev libjpeg-turbo-progs ca-certificates python3 python3-venv)
 
 step_started=0
 step() {

@@ -7,9 +7,14 @@
 //! library's helper threads borrow a second one. Prism's workers are threads of one child process of this binary (so its
 //! peak RSS is its own), the other tools' workers are processes; peak RSS of parallel processes
 //! is their sum. Wall time includes process start-up for every tool.
+//! CPU ms/img is the user and system time of all of a tool's processes per image, which other
+//! work on the machine hardly moves (wall time it does).
 //! vipsthumbnail makes one size per run, so it decodes each image once per size; the row
 //! "vips-512-only" (not a ratio's base) shows what one decode and the largest size cost it.
 //! Quality guard: each Prism thumbnail against vipsthumbnail's of the same size (PSNR, SSIM).
+//! Then the encoders alone, on the JPEG set's thumbnails: the stage's JPEG encoder
+//! (libjpeg-turbo) against jpeg-encoder at equal settings, and libwebp at the stage's settings
+//! against vips' webpsave defaults; speed, bytes, and SSIM against the pixels encoded.
 //!
 //! Environment: PRISM_HOME (cache root), PRISM_BENCH_ROUNDS (passes over each set, default 3),
 //! PRISM_BENCH_FULL_DECODE=1 (Prism decodes at full size, without shrink-on-load, for comparison).
@@ -22,9 +27,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::Instant;
 
+use image::imageops::FilterType;
 use image::{GrayImage, RgbImage};
-use prism_imaging::{Limits, decode};
-use prism_thumbnail::stage::{ThumbnailFormat, ThumbnailSpec, decode_for, psnr, render};
+use prism_imaging::{Limits, decode, decode_for_thumbnails};
+use prism_thumbnail::stage::{
+    ThumbnailFormat, ThumbnailSpec, decode_for, encode_jpeg, fit_within, psnr, render,
+};
 
 const SIZES: [u32; 3] = [128, 256, 512];
 const JPEG_QUALITY: u8 = 85;
@@ -83,6 +91,9 @@ impl Tool {
 struct Measurement {
     images_per_second: f64,
     peak_rss_kib: u64,
+    /// User and system CPU time per image, all processes and threads: unlike images/s, hardly
+    /// moved by other work on the machine.
+    cpu_ms_per_image: f64,
 }
 
 /// What Pillow runs: per size, draft (JPEG DCT scaling) then thumbnail with LANCZOS, as its
@@ -168,8 +179,8 @@ fn run() -> Result<bool, String> {
          images/s counts source images (all sizes each)"
     );
     println!(
-        "{:<16} {:>7} {:<14} {:>9} {:>9} {:>9} {:>9}",
-        "set", "workers", "tool", "images/s", "RSS MiB", "speed/vips", "RSS/vips"
+        "{:<16} {:>7} {:<14} {:>9} {:>9} {:>9} {:>9} {:>11}",
+        "set", "workers", "tool", "images/s", "RSS MiB", "speed/vips", "RSS/vips", "CPU ms/img"
     );
     for set in &SETS {
         let inputs: Vec<PathBuf> = set.files.iter().map(|f| images_dir.join(f)).collect();
@@ -181,7 +192,7 @@ fn run() -> Result<bool, String> {
                 let m = measure(tool, &inputs, rounds, workers, &out, &python)?;
                 let vips_m = *vips.get_or_insert(m);
                 println!(
-                    "{:<16} {:>7} {:<14} {:>9.2} {:>9.1} {:>9.2}x {:>8.2}x",
+                    "{:<16} {:>7} {:<14} {:>9.2} {:>9.1} {:>9.2}x {:>8.2}x {:>11.0}",
                     set.name,
                     workers,
                     tool.name(),
@@ -189,6 +200,7 @@ fn run() -> Result<bool, String> {
                     m.peak_rss_kib as f64 / 1024.0,
                     m.images_per_second / vips_m.images_per_second,
                     m.peak_rss_kib as f64 / vips_m.peak_rss_kib as f64,
+                    m.cpu_ms_per_image,
                 );
             }
         }
@@ -228,6 +240,7 @@ fn run() -> Result<bool, String> {
         }
     }
     let _ = fs::remove_dir_all(&scratch);
+    compare_encoders(&images_dir, rounds)?;
     if !guard_held {
         eprintln!("vs_libvips: quality guard failed: SSIM below {MIN_SSIM} or sizes differ");
     }
@@ -297,38 +310,50 @@ fn measure(
     };
 
     let started = Instant::now();
-    // Each worker runs its commands in sequence, under /usr/bin/time for the peak RSS.
-    let peaks: Vec<Result<u64, String>> = thread::scope(|scope| {
+    // Each worker runs its commands in sequence, under /usr/bin/time for the peak RSS and CPU.
+    let usages: Vec<Result<Usage, String>> = thread::scope(|scope| {
         let handles: Vec<_> = commands
             .into_iter()
             .enumerate()
             .map(|(worker, sequence)| {
                 scope.spawn(move || {
-                    let mut peak = 0;
+                    let mut total = Usage::default();
                     for (step, command) in sequence.into_iter().enumerate() {
-                        let rss_file = out.join(format!(".rss-{worker}-{step}"));
-                        peak = peak.max(run_timed(command, &rss_file, workers == 1)?);
+                        let usage_file = out.join(format!(".usage-{worker}-{step}"));
+                        let usage = run_timed(command, &usage_file, workers == 1)?;
+                        total.peak_rss_kib = total.peak_rss_kib.max(usage.peak_rss_kib);
+                        total.cpu_seconds += usage.cpu_seconds;
                     }
-                    Ok(peak)
+                    Ok(total)
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let elapsed = started.elapsed().as_secs_f64();
-    let peak_rss_kib = peaks.into_iter().sum::<Result<u64, String>>()?;
+    let usages = usages.into_iter().collect::<Result<Vec<Usage>, String>>()?;
     Ok(Measurement {
         images_per_second: jobs.len() as f64 / elapsed,
-        peak_rss_kib,
+        peak_rss_kib: usages.iter().map(|u| u.peak_rss_kib).sum(),
+        cpu_ms_per_image: usages.iter().map(|u| u.cpu_seconds).sum::<f64>() * 1000.0
+            / jobs.len() as f64,
     })
 }
 
-/// Runs `command` under `/usr/bin/time`, failing loudly on a non-zero exit; returns its peak RSS.
-/// With `one_core`, pinned to CPU 0.
-fn run_timed(command: Command, rss_file: &Path, one_core: bool) -> Result<u64, String> {
+/// What /usr/bin/time reports of a command.
+#[derive(Default)]
+struct Usage {
+    peak_rss_kib: u64,
+    /// User plus system time.
+    cpu_seconds: f64,
+}
+
+/// Runs `command` under `/usr/bin/time`, failing loudly on a non-zero exit; returns its peak RSS
+/// and CPU time. With `one_core`, pinned to CPU 0.
+fn run_timed(command: Command, usage_file: &Path, one_core: bool) -> Result<Usage, String> {
     let program = command.get_program().to_owned();
     let mut timed = Command::new("/usr/bin/time");
-    timed.arg("-f").arg("%M").arg("-o").arg(rss_file);
+    timed.arg("-f").arg("%M %U %S").arg("-o").arg(usage_file);
     if one_core {
         timed.args(["/usr/bin/taskset", "--cpu-list", "0"]);
     }
@@ -350,11 +375,18 @@ fn run_timed(command: Command, rss_file: &Path, one_core: bool) -> Result<u64, S
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    let text = fs::read_to_string(rss_file).map_err(|e| e.to_string())?;
-    text.lines()
-        .last()
-        .and_then(|line| line.trim().parse().ok())
-        .ok_or_else(|| format!("/usr/bin/time wrote no peak RSS: {text:?}"))
+    let text = fs::read_to_string(usage_file).map_err(|e| e.to_string())?;
+    let parse = || -> Option<Usage> {
+        let mut fields = text.lines().last()?.split_whitespace();
+        let peak_rss_kib = fields.next()?.parse().ok()?;
+        let user: f64 = fields.next()?.parse().ok()?;
+        let system: f64 = fields.next()?.parse().ok()?;
+        Some(Usage {
+            peak_rss_kib,
+            cpu_seconds: user + system,
+        })
+    };
+    parse().ok_or_else(|| format!("/usr/bin/time wrote no peak RSS and CPU times: {text:?}"))
 }
 
 /// The child process: `--prism-child WORKERS OUT_DIR INPUT...`, the stage in-process.
@@ -419,6 +451,117 @@ fn prism_child(args: &[String]) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// One encoder under comparison: its name and what it makes of an RGB image.
+struct Encoder {
+    name: &'static str,
+    encode: fn(&RgbImage) -> Vec<u8>,
+}
+
+fn jpeg_encoder_q85(rgb: &RgbImage) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    // 4:2:0 below quality 90 by default, standard Huffman tables: as the stage's encoder.
+    jpeg_encoder::Encoder::new(&mut bytes, JPEG_QUALITY)
+        .encode(
+            rgb.as_raw(),
+            rgb.width() as u16,
+            rgb.height() as u16,
+            jpeg_encoder::ColorType::Rgb,
+        )
+        .expect("jpeg-encoder encodes a thumbnail");
+    bytes
+}
+
+fn webp_lossy(rgb: &RgbImage, quality: f32, method: i32) -> Vec<u8> {
+    let mut config = webp::WebPConfig::new().expect("libwebp's default config");
+    config.quality = quality;
+    config.method = method;
+    webp::Encoder::from_rgb(rgb, rgb.width(), rgb.height())
+        .encode_advanced(&config)
+        .expect("libwebp encodes a thumbnail")
+        .to_vec()
+}
+
+const ENCODERS: [Encoder; 5] = [
+    Encoder {
+        name: "libjpeg-turbo q85 4:2:0 (stage)",
+        encode: |rgb| encode_jpeg(rgb, JPEG_QUALITY).expect("encodes"),
+    },
+    Encoder {
+        name: "jpeg-encoder q85 4:2:0",
+        encode: jpeg_encoder_q85,
+    },
+    Encoder {
+        name: "libwebp q80 method 4 (stage)",
+        encode: |rgb| webp_lossy(rgb, 80.0, 4),
+    },
+    Encoder {
+        name: "libwebp q75 method 4 (vips)",
+        encode: |rgb| webp_lossy(rgb, 75.0, 4),
+    },
+    Encoder {
+        name: "libwebp q80 method 2",
+        encode: |rgb| webp_lossy(rgb, 80.0, 2),
+    },
+];
+
+/// Times each of [`ENCODERS`] over the thumbnails of the JPEG set (made once with Lanczos3,
+/// not timed), `rounds` passes on this thread, and compares what they make.
+fn compare_encoders(images_dir: &Path, rounds: usize) -> Result<(), String> {
+    let mut thumbnails = Vec::new();
+    for file in SETS[0].files {
+        let path = images_dir.join(file);
+        let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let largest = SIZES[SIZES.len() - 1];
+        let source = decode_for_thumbnails(&bytes, &Limits::default(), largest)
+            .map_err(|e| format!("{file}: {e}"))?;
+        let (width, height) = (source.full_width(), source.full_height());
+        let source = source.into_rgb();
+        for size in SIZES {
+            let (w, h) = fit_within(width, height, size);
+            thumbnails.push(image::imageops::resize(&source, w, h, FilterType::Lanczos3));
+        }
+    }
+    let megapixels: f64 = thumbnails
+        .iter()
+        .map(|t| f64::from(t.width() * t.height()) / 1e6)
+        .sum();
+    println!(
+        "\nencoders: {} thumbnails of {SIZES:?} px ({megapixels:.2} MP), {rounds} rounds, one thread",
+        thumbnails.len()
+    );
+    println!(
+        "{:<32} {:>12} {:>9} {:>11} {:>7}",
+        "encoder", "thumbnails/s", "MP/s", "total KiB", "SSIM"
+    );
+    for encoder in &ENCODERS {
+        let started = Instant::now();
+        for _ in 0..rounds {
+            for thumbnail in &thumbnails {
+                std::hint::black_box((encoder.encode)(thumbnail));
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let encoded: Vec<Vec<u8>> = thumbnails.iter().map(|t| (encoder.encode)(t)).collect();
+        let total_bytes: usize = encoded.iter().map(Vec::len).sum();
+        let mut similarity = 0.0;
+        for (thumbnail, bytes) in thumbnails.iter().zip(&encoded) {
+            let decoded = image::load_from_memory(bytes)
+                .map_err(|e| format!("{}: {e}", encoder.name))?
+                .into_rgb8();
+            similarity += ssim(&luma(thumbnail), &luma(&decoded));
+        }
+        println!(
+            "{:<32} {:>12.1} {:>9.1} {:>11.1} {:>7.4}",
+            encoder.name,
+            (rounds * thumbnails.len()) as f64 / seconds,
+            rounds as f64 * megapixels / seconds,
+            total_bytes as f64 / 1024.0,
+            similarity / thumbnails.len() as f64,
+        );
+    }
+    Ok(())
 }
 
 fn read_rgb(path: &Path) -> Result<RgbImage, String> {

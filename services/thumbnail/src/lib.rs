@@ -38,7 +38,7 @@ impl ThumbnailStage {
     }
 
     fn render_one(&self, input: &[u8]) -> Result<StageOutput, StageFailure> {
-        // Only as large as the largest thumbnail needs: JPEGs shrink while decoding.
+        // Only as large as the largest thumbnail needs: JPEGs and WebPs shrink while decoding.
         let image =
             stage::decode_for(&self.spec, input, &self.limits).map_err(|error| StageFailure {
                 code: error.code().into(),

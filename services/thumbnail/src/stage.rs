@@ -9,6 +9,7 @@ use fast_image_resize::{
     FilterType, IntoImageView, IntoImageViewMut, ResizeAlg, ResizeOptions, Resizer,
 };
 use image::{ImageBuffer, Pixel};
+pub use prism_imaging::fit_within;
 use prism_imaging::{
     DecodedImage, ImageError, Limits, Pixels, decode_for_thumbnails, flatten_onto_white,
 };
@@ -72,8 +73,8 @@ impl ThumbnailError {
     }
 }
 
-/// Decodes an upload only as large as `spec`'s largest size needs (JPEGs shrink on load), with
-/// the same limits and errors as a full decode.
+/// Decodes an upload only as large as `spec`'s largest size needs (JPEGs and WebPs shrink on
+/// load), with the same limits and errors as a full decode.
 pub fn decode_for(
     spec: &ThumbnailSpec,
     bytes: &[u8],
@@ -156,22 +157,6 @@ fn largest_thumbnail<'a>(
     })
 }
 
-/// Scales (width, height) so the longest edge is `size`, keeping the aspect ratio, never
-/// upscaling, and never shrinking an edge below one pixel.
-pub fn fit_within(width: u32, height: u32, size: u32) -> (u32, u32) {
-    let longest = width.max(height);
-    if longest <= size {
-        return (width, height);
-    }
-    let scale = |edge: u32| {
-        let scaled =
-            (u64::from(edge) * u64::from(size) + u64::from(longest) / 2) / u64::from(longest);
-        // At most `size`, which is a u32.
-        scaled.max(1) as u32
-    };
-    (scale(width), scale(height))
-}
-
 fn resize(
     resizer: &mut Resizer,
     source: &Pixels,
@@ -234,17 +219,29 @@ fn encode(
     }
 }
 
-fn encode_jpeg(rgb: &image::RgbImage, quality: u8) -> Result<Vec<u8>, String> {
-    let too_big = |edge: u32| format!("{edge} pixels is over JPEG's limit of 65535");
-    let width = u16::try_from(rgb.width()).map_err(|_| too_big(rgb.width()))?;
-    let height = u16::try_from(rgb.height()).map_err(|_| too_big(rgb.height()))?;
-    let mut bytes = Vec::new();
-    // Standard Huffman tables, not optimised ones: zune-jpeg 0.5 (the image crate's decoder)
-    // mis-decodes the one-symbol tables jpeg-encoder optimises flat images into.
-    jpeg_encoder::Encoder::new(&mut bytes, quality)
-        .encode(rgb, width, height, jpeg_encoder::ColorType::Rgb)
-        .map_err(|e| e.to_string())?;
-    Ok(bytes)
+/// The stage's JPEG encoder: libjpeg-turbo, already linked for decoding and SIMD throughout
+/// (measured against jpeg-encoder at equal settings by the vs_libvips bench). Chroma is
+/// subsampled 4:2:0 below quality 90 and kept whole from 90, as libvips chooses; standard
+/// Huffman tables.
+pub fn encode_jpeg(rgb: &image::RgbImage, quality: u8) -> Result<Vec<u8>, String> {
+    let failed = |e: turbojpeg::Error| format!("libjpeg-turbo: {e}");
+    let mut compressor = turbojpeg::Compressor::new().map_err(failed)?;
+    compressor.set_quality(i32::from(quality)).map_err(failed)?;
+    let subsampling = if quality < 90 {
+        turbojpeg::Subsamp::Sub2x2
+    } else {
+        turbojpeg::Subsamp::None
+    };
+    compressor.set_subsamp(subsampling).map_err(failed)?;
+    let (width, height) = (rgb.width() as usize, rgb.height() as usize);
+    let image = turbojpeg::Image {
+        pixels: rgb.as_raw().as_slice(),
+        width,
+        pitch: width * 3,
+        height,
+        format: turbojpeg::PixelFormat::RGB,
+    };
+    compressor.compress_to_vec(image).map_err(failed)
 }
 
 fn encode_webp(encoder: webp::Encoder<'_>, quality: u8) -> Result<Vec<u8>, String> {
@@ -315,5 +312,29 @@ mod tests {
             assert_eq!(sizes(&render(&shrunk, &spec).unwrap()), expected);
             assert_eq!(sizes(&render(&full, &spec).unwrap()), expected);
         }
+    }
+
+    #[test]
+    fn lossy_webp_shrinks_on_load_to_the_largest_thumbnail() {
+        let spec = ThumbnailSpec {
+            sizes: vec![64, 32],
+            formats: vec![ThumbnailFormat::Jpeg],
+            ..ThumbnailSpec::default()
+        };
+        let bytes = encode(
+            &Pixels::Rgb(synthetic_photo(400, 210)),
+            ThumbnailFormat::Webp,
+            90,
+        )
+        .unwrap();
+        let limits = Limits::default();
+        let shrunk = decode_for(&spec, &bytes, &limits).unwrap();
+        let stored = shrunk.stored_pixels();
+        assert_eq!((stored.width(), stored.height()), fit_within(400, 210, 64));
+        let full = decode(&bytes, &limits).unwrap();
+        assert_eq!(
+            sizes(&render(&shrunk, &spec).unwrap()),
+            sizes(&render(&full, &spec).unwrap())
+        );
     }
 }

@@ -5,15 +5,18 @@
 //! allocates anything for pixels, and bounds the decoder's own allocations too.
 //!
 //! One decoding policy for every stage: JPEG goes through libjpeg-turbo ([`jpeg`]), which is
-//! refused when truncated or damaged and when its scans would cost too much CPU; the other
-//! formats through the image crate. Pixels with an ICC profile are converted to sRGB
-//! ([`colour`]).
+//! refused when truncated or damaged and when its scans would cost too much CPU; still WebPs
+//! through libwebp ([`webp`]); HEIC/HEIF and AVIF through libheif ([`heif`]); PNG, GIF, TIFF,
+//! BMP and animated WebPs through the image crate. Pixels with an ICC profile are converted to
+//! sRGB ([`colour`]).
 
 use std::fmt;
 use std::io::{self, Cursor};
 
+use image::codecs::bmp::BmpDecoder;
 use image::codecs::gif::GifDecoder;
 use image::codecs::png::PngDecoder;
+use image::codecs::tiff::TiffDecoder;
 use image::codecs::webp::WebPDecoder;
 use image::error::{ImageError as CodecError, LimitErrorKind};
 use image::metadata::Orientation;
@@ -58,10 +61,17 @@ impl Default for Limits {
 
 impl Limits {
     /// The allocation bound handed to the codec: enough for an image at the pixel limit in the
-    /// codec's widest pixel format, and no more.
-    fn for_codec(&self) -> image::Limits {
+    /// codec's widest pixel format, and no more. The TIFF decoder needs up to three such images:
+    /// ours, a whole-image buffer of its own that it copies from, and a strip or tile, which
+    /// can be the whole image.
+    fn for_codec(&self, format: SourceFormat) -> image::Limits {
+        let images = if format == SourceFormat::Tiff { 3 } else { 1 };
         let mut limits = image::Limits::default();
-        limits.max_alloc = Some(self.max_pixels.saturating_mul(WIDEST_DECODED_PIXEL_BYTES));
+        limits.max_alloc = Some(
+            self.max_pixels
+                .saturating_mul(WIDEST_DECODED_PIXEL_BYTES)
+                .saturating_mul(images),
+        );
         limits
     }
 }
@@ -74,6 +84,11 @@ pub enum SourceFormat {
     Png,
     Webp,
     Gif,
+    /// HEIC (HEVC in a HEIF container, as phones write it) and other HEIF stills.
+    Heif,
+    Avif,
+    Tiff,
+    Bmp,
 }
 
 impl SourceFormat {
@@ -84,6 +99,10 @@ impl SourceFormat {
             Self::Png => "PNG",
             Self::Webp => "WebP",
             Self::Gif => "GIF",
+            Self::Heif => "HEIC/HEIF",
+            Self::Avif => "AVIF",
+            Self::Tiff => "TIFF",
+            Self::Bmp => "BMP",
         }
     }
 
@@ -93,6 +112,10 @@ impl SourceFormat {
             Self::Png => "image/png",
             Self::Webp => "image/webp",
             Self::Gif => "image/gif",
+            Self::Heif => "image/heif",
+            Self::Avif => "image/avif",
+            Self::Tiff => "image/tiff",
+            Self::Bmp => "image/bmp",
         }
     }
 
@@ -101,12 +124,15 @@ impl SourceFormat {
         if bytes.is_empty() {
             return Err(ImageError::Empty);
         }
-        if let Some(brand) = heif_brand(bytes) {
+        if let Some(format) = heif_format(bytes) {
+            return Ok(format);
+        }
+        // The image crate does not know it, and it is what people upload next.
+        const JPEG_XL_CODESTREAM: &[u8] = &[0xFF, 0x0A];
+        const JPEG_XL_CONTAINER: &[u8] = b"\0\0\0\x0cJXL \r\n\x87\n";
+        if bytes.starts_with(JPEG_XL_CODESTREAM) || bytes.starts_with(JPEG_XL_CONTAINER) {
             return Err(ImageError::UnsupportedFormat {
-                detected: format!(
-                    "a HEIC/HEIF image (brand '{brand}'); HEIC/HEIF is not supported yet, \
-                     convert it to JPEG"
-                ),
+                detected: "a JPEG XL image".to_owned(),
             });
         }
         match image::guess_format(bytes) {
@@ -114,6 +140,8 @@ impl SourceFormat {
             Ok(ImageFormat::Png) => Ok(Self::Png),
             Ok(ImageFormat::WebP) => Ok(Self::Webp),
             Ok(ImageFormat::Gif) => Ok(Self::Gif),
+            Ok(ImageFormat::Tiff) => Ok(Self::Tiff),
+            Ok(ImageFormat::Bmp) => Ok(Self::Bmp),
             Ok(other) => Err(ImageError::UnsupportedFormat {
                 detected: format!("a {} image", other.extensions_str()[0].to_uppercase()),
             }),
@@ -127,10 +155,11 @@ impl SourceFormat {
     }
 }
 
-/// The brand of a HEIF container (HEIC photos from phones, HEIF stills and sequences), read
-/// from its `ftyp` box: the major brand, or a compatible brand when the major one is generic.
-/// AVIF shares the container and is left to the image crate's sniffing, which names it.
-fn heif_brand(bytes: &[u8]) -> Option<String> {
+/// HEIF or AVIF, from the brands of the `ftyp` box that opens the container (the major
+/// brand, then the compatible ones): an AVIF brand makes it AVIF, else a HEIF brand (HEIC photos
+/// from phones, HEIF stills and sequences) makes it HEIF.
+fn heif_format(bytes: &[u8]) -> Option<SourceFormat> {
+    const AVIF_BRANDS: [&[u8; 4]; 2] = [b"avif", b"avis"];
     const HEIF_BRANDS: [&[u8; 4]; 10] = [
         b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1",
     ];
@@ -146,13 +175,18 @@ fn heif_brand(bytes: &[u8]) -> Option<String> {
         .filter(|(i, _)| *i != 1)
         .map(|(_, brand)| brand)
         .collect();
-    if brands.iter().any(|brand| brand.starts_with(b"avi")) {
-        return None;
+    let any_of = |known: &[&[u8; 4]]| {
+        brands
+            .iter()
+            .any(|brand| known.iter().any(|k| k.as_slice() == *brand))
+    };
+    if any_of(&AVIF_BRANDS) {
+        Some(SourceFormat::Avif)
+    } else if any_of(&HEIF_BRANDS) {
+        Some(SourceFormat::Heif)
+    } else {
+        None
     }
-    brands
-        .iter()
-        .find(|brand| HEIF_BRANDS.iter().any(|heif| heif.as_slice() == **brand))
-        .map(|brand| String::from_utf8_lossy(brand).into_owned())
 }
 
 impl fmt::Display for SourceFormat {
@@ -188,7 +222,10 @@ pub enum ImageError {
         describe_pixels(*.limit)
     )]
     TooManyPixels { width: u32, height: u32, limit: u64 },
-    #[error("unsupported format: {detected}; Prism accepts JPEG, PNG, WebP and GIF")]
+    #[error(
+        "unsupported format: {detected}; Prism accepts JPEG, PNG, WebP, GIF, HEIC/HEIF, AVIF, \
+         TIFF and BMP"
+    )]
     UnsupportedFormat { detected: String },
     #[error(
         "this {format} uses a feature Prism cannot decode ({reason}); re-save it with standard settings"
@@ -370,6 +407,26 @@ pub struct DecodedImage {
 }
 
 impl DecodedImage {
+    /// Pixels as the file stores them, converted to sRGB from the colour space `icc_profile`
+    /// describes, if any.
+    fn new(
+        format: SourceFormat,
+        full_stored_size: (u32, u32),
+        mut stored: Pixels,
+        orientation: Orientation,
+        icc_profile: Option<&[u8]>,
+    ) -> Self {
+        if let Some(profile) = icc_profile {
+            colour::convert_to_srgb(&mut stored, profile);
+        }
+        Self {
+            format,
+            stored,
+            orientation,
+            full_stored_size,
+        }
+    }
+
     pub fn format(&self) -> SourceFormat {
         self.format
     }
@@ -450,15 +507,22 @@ impl fmt::Debug for DecodedImage {
 /// Reads format and displayed dimensions from the header; no pixels are decoded.
 pub fn probe(bytes: &[u8]) -> Result<ImageInfo, ImageError> {
     let format = SourceFormat::sniff(bytes)?;
-    let ((width, height), orientation) = if format == SourceFormat::Jpeg {
-        let jpeg = jpeg::Jpeg::parse(bytes)?;
-        (jpeg.size(), jpeg.orientation())
-    } else {
-        let mut decoder = open(format, bytes)?;
-        let orientation = decoder
-            .orientation()
-            .map_err(|e| ImageError::from_codec(format, e))?;
-        (decoder.dimensions(), orientation)
+    let ((width, height), orientation) = match format {
+        SourceFormat::Jpeg => {
+            let jpeg = jpeg::Jpeg::parse(bytes)?;
+            (jpeg.size(), jpeg.orientation())
+        }
+        // libheif reports the size as displayed.
+        SourceFormat::Heif | SourceFormat::Avif => {
+            (heif::probe(format, bytes)?, Orientation::NoTransforms)
+        }
+        _ => {
+            let mut decoder = open(format, bytes)?;
+            let orientation = decoder
+                .orientation()
+                .map_err(|e| ImageError::from_codec(format, e))?;
+            (decoder.dimensions(), orientation)
+        }
     };
     let (width, height) = if swaps_axes(orientation) {
         (height, width)
@@ -474,13 +538,50 @@ pub fn probe(bytes: &[u8]) -> Result<ImageInfo, ImageError> {
 
 /// Decodes an upload into 8-bit sRGB pixels, refusing it early when it breaks `limits`.
 ///
-/// GIFs yield their first frame.
+/// GIFs and animated WebPs yield their first frame.
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<DecodedImage, ImageError> {
+    decode_at_least(bytes, limits, None)
+}
+
+/// Decodes an upload for a consumer that shrinks it anyway (thumbnails), possibly smaller than
+/// full size but never with its longest edge below `min_longest_edge` (nor above full size).
+///
+/// JPEGs and WebPs shrink on load, which skips most of the decoding work and memory: a JPEG's
+/// inverse DCT is computed at 1/2, 1/4 or 1/8 scale, the smallest that keeps the longest edge at
+/// least `min_longest_edge`; a still WebP is rescaled by libwebp while it decodes, to exactly
+/// that longest edge. Everything else is as in [`decode`]: the limits apply to the full-size
+/// image, checked from the header, and the same files are refused for the same reasons. Other
+/// formats decode at full size.
+pub fn decode_for_thumbnails(
+    bytes: &[u8],
+    limits: &Limits,
+    min_longest_edge: u32,
+) -> Result<DecodedImage, ImageError> {
+    decode_at_least(bytes, limits, Some(min_longest_edge))
+}
+
+/// [`decode`], or [`decode_for_thumbnails`] with a `min_longest_edge`.
+fn decode_at_least(
+    bytes: &[u8],
+    limits: &Limits,
+    min_longest_edge: Option<u32>,
+) -> Result<DecodedImage, ImageError> {
     check_byte_limit(bytes, limits)?;
-    let format = SourceFormat::sniff(bytes)?;
-    if format == SourceFormat::Jpeg {
-        return decode_jpeg(bytes, limits, None);
+    match SourceFormat::sniff(bytes)? {
+        SourceFormat::Jpeg => decode_jpeg(bytes, limits, min_longest_edge),
+        format @ (SourceFormat::Heif | SourceFormat::Avif) => heif::decode(format, bytes, limits),
+        format => decode_with_image_crate(format, bytes, limits, min_longest_edge),
     }
+}
+
+/// Decodes what the image crate reads the header of: PNG, WebP, GIF, TIFF and BMP. Still WebPs
+/// are decoded by libwebp, scaled to `min_longest_edge` when given.
+fn decode_with_image_crate(
+    format: SourceFormat,
+    bytes: &[u8],
+    limits: &Limits,
+    min_longest_edge: Option<u32>,
+) -> Result<DecodedImage, ImageError> {
     let mut decoder = open(format, bytes)?;
     let codec_error = |e| ImageError::from_codec(format, e);
 
@@ -490,45 +591,42 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<DecodedImage, ImageError>
 
     let orientation = decoder.orientation().map_err(codec_error)?;
     let icc_profile = decoder.icc_profile().map_err(codec_error)?;
-    let mut codec_limits = limits.for_codec();
-    // The output buffer counts against the codec's budget, as image::ImageReader does it.
-    codec_limits
-        .reserve(decoder.total_bytes())
-        .map_err(codec_error)?;
-    decoder.set_limits(codec_limits).map_err(codec_error)?;
-    let image = DynamicImage::from_decoder(decoder).map_err(codec_error)?;
-
-    let mut stored = Pixels::from_codec(image);
-    if let Some(profile) = icc_profile {
-        colour::convert_to_srgb(&mut stored, &profile);
-    }
-    Ok(DecodedImage {
+    let stored = if format == SourceFormat::Webp && !webp::is_animated(bytes) {
+        let size = min_longest_edge.map_or((width, height), |edge| fit_within(width, height, edge));
+        let alpha = decoder.color_type().has_alpha();
+        webp::decode_still(bytes, (width, height), size, alpha)?
+    } else {
+        let mut codec_limits = limits.for_codec(format);
+        // The output buffer counts against the codec's budget, as image::ImageReader does it.
+        codec_limits
+            .reserve(decoder.total_bytes())
+            .map_err(codec_error)?;
+        decoder.set_limits(codec_limits).map_err(codec_error)?;
+        Pixels::from_codec(DynamicImage::from_decoder(decoder).map_err(codec_error)?)
+    };
+    Ok(DecodedImage::new(
         format,
-        full_stored_size: (width, height),
+        (width, height),
         stored,
         orientation,
-    })
+        icc_profile.as_deref(),
+    ))
 }
 
-/// Decodes an upload for a consumer that shrinks it anyway (thumbnails), possibly smaller than
-/// full size but never with its longest edge below `min_longest_edge` (nor above full size).
-///
-/// JPEGs shrink on load: the inverse DCT is computed at 1/2, 1/4 or 1/8 scale, the smallest that
-/// keeps the longest edge at least `min_longest_edge`, which skips most of the decoding work and
-/// memory. Everything else is as in [`decode`]: the limits apply to the full-size image, checked
-/// from the header, and the same files are refused for the same reasons. Other formats decode
-/// at full size.
-pub fn decode_for_thumbnails(
-    bytes: &[u8],
-    limits: &Limits,
-    min_longest_edge: u32,
-) -> Result<DecodedImage, ImageError> {
-    check_byte_limit(bytes, limits)?;
-    if SourceFormat::sniff(bytes)? == SourceFormat::Jpeg {
-        decode_jpeg(bytes, limits, Some(min_longest_edge))
-    } else {
-        decode(bytes, limits)
+/// Scales (width, height) so the longest edge is `size`, keeping the aspect ratio, never
+/// upscaling, and never shrinking an edge below one pixel.
+pub fn fit_within(width: u32, height: u32, size: u32) -> (u32, u32) {
+    let longest = width.max(height);
+    if longest <= size {
+        return (width, height);
     }
+    let scale = |edge: u32| {
+        let scaled =
+            (u64::from(edge) * u64::from(size) + u64::from(longest) / 2) / u64::from(longest);
+        // At most `size`, which is a u32.
+        scaled.max(1) as u32
+    };
+    (scale(width), scale(height))
 }
 
 /// Decodes a JPEG, at full size or shrunk on load to at least `min_longest_edge`; the structure,
@@ -542,16 +640,14 @@ fn decode_jpeg(
     let (width, height) = jpeg.size();
     check_dimensions(SourceFormat::Jpeg, width, height, limits)?;
     jpeg.check_cost()?;
-    let mut stored = Pixels::Rgb(jpeg.decode(min_longest_edge)?);
-    if let Some(profile) = jpeg.icc_profile() {
-        colour::convert_to_srgb(&mut stored, profile);
-    }
-    Ok(DecodedImage {
-        format: SourceFormat::Jpeg,
+    let stored = Pixels::Rgb(jpeg.decode(min_longest_edge)?);
+    Ok(DecodedImage::new(
+        SourceFormat::Jpeg,
+        (width, height),
         stored,
-        orientation: jpeg.orientation(),
-        full_stored_size: (width, height),
-    })
+        jpeg.orientation(),
+        jpeg.icc_profile(),
+    ))
 }
 
 fn check_byte_limit(bytes: &[u8], limits: &Limits) -> Result<(), ImageError> {
@@ -597,7 +693,7 @@ fn png_metadata_limits() -> image::Limits {
     limits
 }
 
-/// Parses the header of an image the image crate decodes (every format but JPEG).
+/// Parses the header of an image the image crate decodes.
 fn open(format: SourceFormat, bytes: &[u8]) -> Result<Box<dyn ImageDecoder + '_>, ImageError> {
     fn boxed<'a>(
         decoder: image::ImageResult<impl ImageDecoder + 'a>,
@@ -608,10 +704,15 @@ fn open(format: SourceFormat, bytes: &[u8]) -> Result<Box<dyn ImageDecoder + '_>
     let reader = Cursor::new(bytes);
     match format {
         SourceFormat::Jpeg => unreachable!("JPEG is decoded by libjpeg-turbo (imaging::jpeg)"),
+        SourceFormat::Heif | SourceFormat::Avif => {
+            unreachable!("HEIF and AVIF are decoded by libheif (imaging::heif)")
+        }
         // PNG reads (and inflates) chunks while parsing the header, under the limit it is made with.
         SourceFormat::Png => boxed(PngDecoder::with_limits(reader, png_metadata_limits())),
         SourceFormat::Webp => boxed(WebPDecoder::new(reader)),
         SourceFormat::Gif => boxed(GifDecoder::new(reader)),
+        SourceFormat::Tiff => boxed(TiffDecoder::new(reader)),
+        SourceFormat::Bmp => boxed(BmpDecoder::new(reader)),
     }
     .map_err(|e| ImageError::from_codec(format, e))
 }
@@ -671,8 +772,13 @@ fn one_decimal(value: u64, unit: u64) -> String {
 }
 
 mod colour;
+mod heif;
 mod jpeg;
+// The FFI call into libwebp: the one place this crate needs unsafe code.
+#[allow(unsafe_code)]
+mod libwebp;
 mod progressive;
+mod webp;
 
 #[cfg(any(test, feature = "testsuite"))]
 pub mod test_images;
@@ -690,6 +796,7 @@ mod tests {
 
     use super::test_images::*;
     use super::*;
+    use crate::fixtures;
 
     fn decode_ok(bytes: &[u8]) -> DecodedImage {
         decode(bytes, &Limits::default()).expect("decodes")
@@ -907,14 +1014,74 @@ mod tests {
         assert_eq!(error.code(), "unsupported_format");
         let message = error.to_string();
         assert!(message.contains("48 65 6c 6c"), "{message}");
-        assert!(message.contains("JPEG, PNG, WebP and GIF"), "{message}");
+        assert!(
+            message.contains("JPEG, PNG, WebP, GIF, HEIC/HEIF, AVIF, TIFF and BMP"),
+            "{message}"
+        );
     }
 
     #[test]
     fn other_image_formats_are_named_when_refused() {
-        let error = decode_err(b"BM\x3a\0\0\0\0\0\0\0\x36\0\0\0\x28\0");
-        assert_eq!(error.code(), "unsupported_format");
-        assert!(error.to_string().contains("BMP"), "{error}");
+        let codestream = [0xFF, 0x0A, 0xFA, 0x7F, 0x01, 0x90, 0x08];
+        for jpeg_xl in [fixtures::jpeg_xl_header(), codestream.to_vec()] {
+            let error = decode_err(&jpeg_xl);
+            assert_eq!(error.code(), "unsupported_format");
+            assert!(error.to_string().contains("a JPEG XL image"), "{error}");
+        }
+        let icon = decode_err(b"\0\0\x01\0\x01\0\x10\x10\0\0\x01\0\x20\0");
+        assert_eq!(icon.code(), "unsupported_format");
+        assert!(icon.to_string().contains("ICO"), "{icon}");
+    }
+
+    #[test]
+    fn heif_brands_tell_heic_from_avif() {
+        // Phones' HEIC, a HEIF still with the generic brand, and AVIF, which shares the container.
+        let cases = [
+            (b"heic", SourceFormat::Heif),
+            (b"mif1", SourceFormat::Heif),
+            (b"avif", SourceFormat::Avif),
+        ];
+        for (brand, format) in cases {
+            assert_eq!(
+                SourceFormat::sniff(&fixtures::heif_header(brand)).unwrap(),
+                format
+            );
+        }
+        assert_eq!(heif_format(b"\0\0\0\x18ftypisom\0\0\0\0mp41isom"), None);
+        // A container with no image properties is damaged, not an unknown format.
+        let error = decode_err(&fixtures::heif_header(b"heic"));
+        assert_eq!(error.code(), "corrupt_image", "{error}");
+    }
+
+    /// The corners of [`fixtures::ROTATED_HEIC`] and [`fixtures::ROTATED_TIFF`] as displayed.
+    const ROTATED_CORNERS: [[u8; 3]; 4] = DISPLAYED_CORNERS[5];
+
+    #[test]
+    fn heic_and_tiff_are_displayed_as_their_orientation_says() {
+        for (name, bytes) in [
+            ("HEIC", fixtures::ROTATED_HEIC),
+            ("TIFF", fixtures::ROTATED_TIFF),
+        ] {
+            let info = probe(bytes).unwrap();
+            assert_eq!((info.width, info.height), (32, 64), "{name}: probe");
+            for image in [decode_ok(bytes), thumbnail_source(bytes, 16)] {
+                assert_eq!((image.width(), image.height()), (32, 64), "{name}");
+                let displayed = image.into_rgb();
+                assert_eq!(
+                    quadrant_centres(&displayed).map(nearest_named),
+                    ROTATED_CORNERS,
+                    "{name}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bmp_decodes_to_rgb() {
+        let image = decode_ok(fixtures::PHOTO_BMP);
+        assert_eq!(image.format(), SourceFormat::Bmp);
+        assert_eq!((image.width(), image.height()), (64, 48));
+        assert!(!image.has_alpha());
     }
 
     #[test]
@@ -1082,7 +1249,7 @@ mod tests {
     }
 
     #[test]
-    fn formats_other_than_jpeg_decode_at_full_size() {
+    fn formats_without_shrink_on_load_decode_at_full_size() {
         let png = encode(
             &DynamicImage::ImageRgb8(synthetic_photo(300, 200)),
             ImageFormat::Png,
@@ -1090,11 +1257,66 @@ mod tests {
         let image = thumbnail_source(&png, 16);
         assert_eq!(image.format(), SourceFormat::Png);
         assert_eq!((image.width(), image.height()), (300, 200));
+        for (bytes, format, size) in [
+            (
+                fixtures::DISPLAY_P3_AVIF.encoded,
+                SourceFormat::Avif,
+                (256, 192),
+            ),
+            (
+                fixtures::PROPHOTO_16BIT_TIFF.encoded,
+                SourceFormat::Tiff,
+                (128, 96),
+            ),
+            (fixtures::PHOTO_BMP, SourceFormat::Bmp, (64, 48)),
+        ] {
+            let image = thumbnail_source(bytes, 16);
+            assert_eq!(image.format(), format);
+            assert_eq!((image.width(), image.height()), size, "{format}");
+        }
 
         // CMYK JPEGs shrink on load too (libjpeg-turbo scales any JPEG but lossless ones).
         let cmyk = thumbnail_source(&cmyk_jpeg(64, 64, [0, 255, 255, 0]), 8);
         assert_eq!((cmyk.width(), cmyk.height()), (8, 8));
         assert_eq!(nearest_named(stored_rgb(&cmyk)[(4, 4)].0), RED);
+    }
+
+    #[test]
+    fn webp_shrinks_on_load_to_exactly_the_longest_edge() {
+        let bytes = encode(
+            &DynamicImage::ImageRgb8(synthetic_photo(800, 600)),
+            ImageFormat::WebP,
+        );
+        for (min_longest_edge, size) in [
+            (100, (100, 75)),
+            (101, (101, 76)),
+            (800, (800, 600)),
+            (100_000, (800, 600)),
+        ] {
+            let image = thumbnail_source(&bytes, min_longest_edge);
+            assert_eq!(image.format(), SourceFormat::Webp);
+            assert_eq!(stored_rgb(&image).dimensions(), size, "{min_longest_edge}");
+            assert_eq!((image.full_width(), image.full_height()), (800, 600));
+        }
+
+        let shrunk = thumbnail_source(
+            &encode(
+                &DynamicImage::ImageRgb8(quadrants(256, 128)),
+                ImageFormat::WebP,
+            ),
+            32,
+        );
+        assert_eq!(quadrant_centres(stored_rgb(&shrunk)), QUADRANT_COLOURS);
+        let transparent = thumbnail_source(
+            &encode(
+                &DynamicImage::ImageRgba8(half_transparent_rgba()),
+                ImageFormat::WebP,
+            ),
+            4,
+        );
+        let rgba = stored_rgba(&transparent);
+        assert_eq!(rgba.dimensions(), (4, 2));
+        assert_eq!((rgba[(0, 0)].0[3], rgba[(3, 1)].0[3]), (255, 0));
     }
 
     #[test]

@@ -133,32 +133,50 @@ fn wide_gamut_images_are_converted_to_srgb_like_littlecms_does() {
     }
 }
 
+/// One valid file of every format, with its name in reasons.
+fn one_of_each_format() -> [(&'static str, &'static [u8]); 7] {
+    [
+        ("JPEG", BASELINE_JPEG),
+        ("PNG", DISPLAY_P3_PNG.encoded),
+        ("WebP", PROPHOTO_WEBP.encoded),
+        ("HEIC/HEIF", ROTATED_HEIC),
+        ("AVIF", DISPLAY_P3_AVIF.encoded),
+        ("TIFF", PROPHOTO_16BIT_TIFF.encoded),
+        ("BMP", PHOTO_BMP),
+    ]
+}
+
 #[test]
-fn heic_is_named_when_refused() {
-    let error = decode(&heic_header(), &Limits::default()).expect_err("HEIC is not decoded");
-    assert_eq!(error.code(), "unsupported_format");
-    let message = error.to_string();
-    assert!(
-        message.contains("HEIC/HEIF is not supported yet"),
-        "{message}"
-    );
-    assert!(message.contains("'heic'"), "{message}");
+fn truncated_files_of_every_format_are_corrupt_in_every_decode_path() {
+    for (name, whole) in one_of_each_format() {
+        let reason = refused_everywhere(&truncated(whole, 60), "corrupt_image");
+        assert!(
+            reason.starts_with(&format!("corrupt {name}: ")),
+            "{name}: {reason}"
+        );
+    }
+}
 
-    // A HEIF still whose major brand is the generic mif1.
-    let mut generic = heic_header();
-    generic[8..12].copy_from_slice(b"mif1");
-    let message = decode(&generic, &Limits::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        message.contains("HEIC/HEIF is not supported yet"),
-        "{message}"
-    );
-
-    // AVIF shares the container but is another format.
-    let mut avif = heic_header();
-    avif[8..12].copy_from_slice(b"avif");
-    avif[20..24].copy_from_slice(b"avif");
-    let message = decode(&avif, &Limits::default()).unwrap_err().to_string();
-    assert!(!message.contains("HEIC"), "{message}");
+#[test]
+fn every_format_is_held_to_the_pixel_limit_before_decoding() {
+    for (name, bytes) in one_of_each_format() {
+        let info = super::probe(bytes).unwrap_or_else(|error| panic!("{name}: {error}"));
+        let pixels = u64::from(info.width) * u64::from(info.height);
+        let exact = Limits {
+            max_pixels: pixels,
+            ..Limits::default()
+        };
+        decode(bytes, &exact).unwrap_or_else(|error| panic!("{name}: {error}"));
+        let below = Limits {
+            max_pixels: pixels - 1,
+            ..Limits::default()
+        };
+        for outcome in [
+            decode(bytes, &below),
+            decode_for_thumbnails(bytes, &below, 16),
+        ] {
+            let error = outcome.expect_err(name);
+            assert_eq!(error.code(), "too_many_pixels", "{name}: {error}");
+        }
+    }
 }

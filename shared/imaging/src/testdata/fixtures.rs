@@ -45,7 +45,32 @@ pub const PROPHOTO_WEBP: WideGamut = WideGamut {
     encoded: include_bytes!("prophoto.webp"),
     srgb_truth_png: include_bytes!("prophoto.srgb.png"),
 };
-pub const WIDE_GAMUT: [WideGamut; 3] = [ADOBE_RGB_JPEG, DISPLAY_P3_PNG, PROPHOTO_WEBP];
+pub const DISPLAY_P3_AVIF: WideGamut = WideGamut {
+    name: "Display P3 AVIF (colr prof)",
+    encoded: include_bytes!("display_p3.avif"),
+    srgb_truth_png: include_bytes!("display_p3_avif.srgb.png"),
+};
+pub const PROPHOTO_16BIT_TIFF: WideGamut = WideGamut {
+    name: "ProPhoto 16-bit TIFF (ICC tag)",
+    encoded: include_bytes!("prophoto_16bit.tiff"),
+    srgb_truth_png: include_bytes!("prophoto_tiff.srgb.png"),
+};
+pub const WIDE_GAMUT: [WideGamut; 5] = [
+    ADOBE_RGB_JPEG,
+    DISPLAY_P3_PNG,
+    PROPHOTO_WEBP,
+    DISPLAY_P3_AVIF,
+    PROPHOTO_16BIT_TIFF,
+];
+
+/// [`crate::test_images::quadrants`] at 64x32 as a HEIC that displays it turned 90 degrees
+/// clockwise (EXIF orientation 6), at 32x64: the turn is the container's `irot` property, and
+/// the EXIF orientation 6 is there too, as phones write both.
+pub const ROTATED_HEIC: &[u8] = include_bytes!("rotated.heic");
+/// The same as a TIFF with Orientation tag 6.
+pub const ROTATED_TIFF: &[u8] = include_bytes!("rotated.tiff");
+/// A 64x48 24-bit BMP.
+pub const PHOTO_BMP: &[u8] = include_bytes!("photo.bmp");
 
 /// The first `percent` of `bytes`, as an interrupted upload leaves a file.
 pub fn truncated(bytes: &[u8], percent: usize) -> Vec<u8> {
@@ -76,12 +101,24 @@ pub fn with_last_scan_repeated(jpeg: &[u8], extra: usize) -> Vec<u8> {
     crafted
 }
 
-/// The start of a HEIC photo as phones write it: an `ftyp` box with major brand `heic`.
-pub fn heic_header() -> Vec<u8> {
+/// The start of a HEIF container: an `ftyp` box with major brand `major` and compatible brands
+/// mif1 and `major`, then an empty `meta` box.
+pub fn heif_header(major: &[u8; 4]) -> Vec<u8> {
     let mut bytes = vec![0, 0, 0, 24];
-    bytes.extend_from_slice(b"ftypheic\0\0\0\0mif1heic");
+    bytes.extend_from_slice(b"ftyp");
+    bytes.extend_from_slice(major);
+    bytes.extend_from_slice(b"\0\0\0\0mif1");
+    bytes.extend_from_slice(major);
     bytes.extend_from_slice(&[0, 0, 0, 8]);
     bytes.extend_from_slice(b"meta");
+    bytes
+}
+
+/// The start of a JPEG XL file in its ISO BMFF container, a format Prism does not decode.
+pub fn jpeg_xl_header() -> Vec<u8> {
+    let mut bytes = b"\0\0\0\x0cJXL \r\n\x87\n".to_vec();
+    bytes.extend_from_slice(&[0, 0, 0, 20]);
+    bytes.extend_from_slice(b"ftypjxl \0\0\0\0jxl ");
     bytes
 }
 
@@ -169,9 +206,33 @@ pub fn verdicts() -> Vec<(&'static str, Vec<u8>, Option<&'static str>)> {
             with_last_scan_repeated(AL10_JPEG, 1000),
             Some("too_costly_to_decode"),
         ),
-        ("photo.heic", heic_header(), Some("unsupported_format")),
+        ("photo.jxl", jpeg_xl_header(), Some("unsupported_format")),
         ("al10.jpg", AL10_JPEG.to_vec(), None),
         ("adobe-rgb.jpg", ADOBE_RGB_JPEG.encoded.to_vec(), None),
+        ("rotated.heic", ROTATED_HEIC.to_vec(), None),
+        (
+            "truncated.heic",
+            truncated(ROTATED_HEIC, 60),
+            Some("corrupt_image"),
+        ),
+        ("display-p3.avif", DISPLAY_P3_AVIF.encoded.to_vec(), None),
+        (
+            "truncated.avif",
+            truncated(DISPLAY_P3_AVIF.encoded, 60),
+            Some("corrupt_image"),
+        ),
+        ("16-bit.tiff", PROPHOTO_16BIT_TIFF.encoded.to_vec(), None),
+        (
+            "truncated.tiff",
+            truncated(PROPHOTO_16BIT_TIFF.encoded, 60),
+            Some("corrupt_image"),
+        ),
+        ("photo.bmp", PHOTO_BMP.to_vec(), None),
+        (
+            "truncated.bmp",
+            truncated(PHOTO_BMP, 60),
+            Some("corrupt_image"),
+        ),
     ]
 }
 

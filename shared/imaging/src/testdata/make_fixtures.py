@@ -3,20 +3,39 @@ neither Python nor jpegtran. Run it again only to change them:
 
     $PRISM_HOME/venv/bin/python shared/imaging/src/testdata/make_fixtures.py
 
-Needs Pillow (deploy/local/requirements.txt) and jpegtran (Debian's libjpeg-turbo-progs; both
-installed by deploy/local/install.sh).
+Needs Pillow (deploy/local/requirements.txt; its wheels include libavif), jpegtran (Debian's
+libjpeg-turbo-progs; both installed by deploy/local/install.sh) and, for the HEIC only, the
+Pillow plugin pillow-heif (`pip install pillow-heif==1.8.1`, libheif 1.23 with x265), which the
+tests do not need. The encoders are deterministic: the same versions write the same bytes.
 
 Wide gamut, one per format, each with a colour-managed sRGB truth made by Pillow's ImageCms
 (LittleCMS), from the pixels Pillow decodes:
   adobe_rgb.jpg + adobe_rgb.srgb.png      JPEG, APP2 ICC profile: Adobe RGB (1998)
   display_p3.png + display_p3.srgb.png    PNG, iCCP: Display P3
   prophoto.webp + prophoto.srgb.png       lossless WebP, ICCP: ProPhoto RGB
+  display_p3.avif + display_p3_avif.srgb.png
+                                          AVIF 4:4:4 (libavif, aom), colr 'prof': Display P3
+  prophoto_16bit.tiff + prophoto_tiff.srgb.png
+                                          16-bit RGB TIFF, Deflate with horizontal predictor,
+                                          ICC tag: ProPhoto RGB (written here; Pillow has no
+                                          16-bit RGB mode); its truth from the 8-bit chart it
+                                          holds exactly (each value v as v * 257)
 The profiles are matrix/TRC ICC v2 profiles built here from each space's published primaries,
 white point and transfer curve, so no profile file from elsewhere is needed.
 
 Progressive with a DC point transform Al=10 (the most libjpeg allows for 8-bit samples):
   al10.jpg       baseline.jpg transcoded losslessly by jpegtran with the scan script below
   baseline.jpg   its source, a photo-like picture from Pillow
+
+Orientation, one per format that carries it outside EXIF-in-JPEG, stored as the quadrants
+red, green / blue, white (test_images::quadrants) at 64x32 and displayed turned by EXIF
+orientation 6 (90 degrees clockwise) to 32x64:
+  rotated.heic   HEIC (pillow-heif): the turn as the container's irot property, with the EXIF
+                 orientation 6 kept as phones write both; only the former may be applied
+  rotated.tiff   8-bit TIFF with Orientation tag 6
+
+Other formats:
+  photo.bmp      24-bit BMP, a small photo-like picture
 
 Many blocks in few bytes:
   flat_4096.jpg  4096x4096 flat grey, progressive: a DC scan and an AC scan that codes nothing
@@ -28,6 +47,7 @@ import math
 import struct
 import subprocess
 import tempfile
+import zlib
 from pathlib import Path
 
 from PIL import Image, ImageCms
@@ -192,14 +212,104 @@ def wide_gamut():
         "adobe_rgb": ("adobe_rgb.jpg", dict(format="JPEG", quality=95, subsampling=0)),
         "display_p3": ("display_p3.png", dict(format="PNG")),
         "prophoto": ("prophoto.webp", dict(format="WEBP", lossless=True)),
+        "display_p3_avif": (
+            "display_p3.avif",
+            dict(format="AVIF", quality=90, subsampling="4:4:4", speed=6),
+        ),
     }
     for name, (file_name, options) in outputs.items():
-        profile = PROFILES[name]
+        profile = PROFILES[name.removesuffix("_avif")]
         ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(profile)))
         path = HERE / file_name
         picture.save(path, icc_profile=profile, **options)
         # No profile in the truth (sRGB by default): LittleCMS stamps its own with the time.
         srgb_truth(path, profile).save(HERE / f"{name}.srgb.png", icc_profile=None)
+
+    # Half the chart's patch size keeps the uncompressible 16-bit file small.
+    small = chart(patch=16)
+    (HERE / "prophoto_16bit.tiff").write_bytes(
+        tiff_rgb16(small, icc_profile=PROFILES["prophoto"])
+    )
+    source = ImageCms.ImageCmsProfile(io.BytesIO(PROFILES["prophoto"]))
+    truth = ImageCms.profileToProfile(small, source, ImageCms.createProfile("sRGB"))
+    truth.save(HERE / "prophoto_tiff.srgb.png", icc_profile=None)
+
+
+def tiff_rgb16(picture, icc_profile):
+    """A little-endian TIFF of `picture`'s 8-bit RGB as 16-bit samples (v * 257), one strip,
+    Deflate-compressed after TIFF's horizontal differencing predictor, with an ICC profile tag."""
+    width, height = picture.size
+    rows = []
+    for y in range(height):
+        samples = [v * 257 for x in range(width) for v in picture.getpixel((x, y))]
+        # Predictor 2: each sample minus the same channel of the pixel to its left, mod 2^16.
+        differences = samples[:3] + [
+            (samples[i] - samples[i - 3]) % 65536 for i in range(3, len(samples))
+        ]
+        rows.append(struct.pack(f"<{len(differences)}H", *differences))
+    strip = zlib.compress(b"".join(rows), 9)
+
+    short, long, undefined = 3, 4, 7
+    entry_count = 12
+    bits_offset = 8 + 2 + 12 * entry_count + 4
+    icc_offset = bits_offset + 6
+    strip_offset = icc_offset + len(icc_profile)
+    entries = [
+        (256, long, 1, width),  # ImageWidth
+        (257, long, 1, height),  # ImageLength
+        (258, short, 3, bits_offset),  # BitsPerSample: 16, 16, 16, after the IFD
+        (259, short, 1, 8),  # Compression: Deflate
+        (262, short, 1, 2),  # PhotometricInterpretation: RGB
+        (273, long, 1, strip_offset),  # StripOffsets
+        (277, short, 1, 3),  # SamplesPerPixel
+        (278, long, 1, height),  # RowsPerStrip
+        (279, long, 1, len(strip)),  # StripByteCounts
+        (284, short, 1, 1),  # PlanarConfiguration: interleaved
+        (317, short, 1, 2),  # Predictor: horizontal differencing
+        (34675, undefined, len(icc_profile), icc_offset),  # ICC profile
+    ]
+    assert len(entries) == entry_count
+    ifd = struct.pack("<H", entry_count)
+    for tag, kind, count, value in entries:
+        inline_short = kind == short and count == 1
+        value = struct.pack("<HH", value, 0) if inline_short else struct.pack("<I", value)
+        ifd += struct.pack("<HHI", tag, kind, count) + value
+    ifd += struct.pack("<I", 0)  # no next IFD
+    header = b"II*\0" + struct.pack("<I", 8)
+    return header + ifd + struct.pack("<3H", 16, 16, 16) + icc_profile + strip
+
+
+def quadrants(width=64, height=32):
+    """test_images::quadrants: red, green / blue, white."""
+    image = Image.new("RGB", (width, height))
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)]
+    for y in range(height):
+        for x in range(width):
+            image.putpixel((x, y), colours[(y >= height // 2) * 2 + (x >= width // 2)])
+    return image
+
+
+def orientation():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = quadrants()
+    stored.save(HERE / "rotated.tiff", compression="tiff_deflate", tiffinfo={274: 6})
+
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    # pillow-heif turns an EXIF orientation into the container's irot/imir and keeps the EXIF
+    # tag as it is, as phones do.
+    stored.save(HERE / "rotated.heic", format="HEIF", quality=90, exif=exif.tobytes())
+    written = pillow_heif.open_heif(HERE / "rotated.heic")
+    assert written.size == (32, 64), written.size
+    kept = Image.Exif()
+    kept.load(written.info["exif"])
+    assert kept[0x0112] == 6, "the EXIF orientation is kept"
+
+
+def other_formats():
+    photo_like(64, 48).save(HERE / "photo.bmp", format="BMP")
 
 
 def photo_like(width=320, height=240):
@@ -248,5 +358,7 @@ def flat():
 
 if __name__ == "__main__":
     wide_gamut()
+    orientation()
+    other_formats()
     al10()
     flat()

@@ -265,10 +265,12 @@ impl Intake {
             .max(1)
     }
 
-    /// Dedup waits on its servers, not on CPU: many events in flight, claimed in bulk.
+    /// Dedup waits on its servers, not on CPU: many events in flight, claimed in bulk. Batches
+    /// stay small enough that the stages get their first jobs early (a batch is published when
+    /// all of it is hashed and claimed).
     fn dedup() -> Self {
         Intake {
-            max_batch: 100,
+            max_batch: 16,
             max_delay: Duration::ZERO,
             concurrency: Some(4),
         }

@@ -68,13 +68,38 @@ impl CouchIndex {
         if claims.is_empty() {
             return Ok(Vec::new());
         }
-        let outcomes = self.db.bulk_docs(claims).await.map_err(unavailable)?;
-        outcomes
-            .into_iter()
-            .map(|outcome| match outcome {
-                Ok(_) => Ok(true),
-                Err(error) if is_conflict(&error) => Ok(false),
-                Err(error) => Err(unavailable(error)),
+        // couch_rs pairs the answers with the documents by position and sets ids and revisions
+        // so; under the fault test a thumbnail claim came back with its detect twin's id (pouchdb
+        // answering out of order), and the thumbnail worker finished the detect claim. Answers are
+        // matched by id instead, on a copy couch_rs may scribble on.
+        let mut sent = claims.to_vec();
+        let outcomes = self.db.bulk_docs(&mut sent).await.map_err(unavailable)?;
+        let mut answers: HashMap<String, Result<String, CouchError>> = HashMap::new();
+        for outcome in outcomes {
+            match outcome {
+                Ok(created) => {
+                    answers.insert(created.id, Ok(created.rev));
+                }
+                Err(CouchError::OperationFailed(details)) if details.id.is_some() => {
+                    let id = details.id.clone().unwrap_or_default();
+                    answers.insert(id, Err(CouchError::OperationFailed(details)));
+                }
+                Err(error) => return Err(unavailable(error)),
+            }
+        }
+        claims
+            .iter_mut()
+            .map(|claim| match answers.remove(&claim.id) {
+                Some(Ok(rev)) => {
+                    claim.rev = rev;
+                    Ok(true)
+                }
+                Some(Err(error)) if is_conflict(&error) => Ok(false),
+                Some(Err(error)) => Err(unavailable(error)),
+                None => Err(IndexError::Unavailable(format!(
+                    "CouchDB gave no answer for claim {}",
+                    claim.id
+                ))),
             })
             .collect()
     }

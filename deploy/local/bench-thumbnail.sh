@@ -56,25 +56,9 @@ if [[ ! -x "$PILLOW_VENV/bin/python" ]] || ! "$PILLOW_VENV/bin/python" -c "impor
     "$PILLOW_VENV/bin/python" -m pip install --quiet "pillow==$PILLOW_VERSION" >&2
 fi
 
-sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
-
-mkdir -p "$IMAGES_DIR" "$DOWNLOADS_DIR"
-for entry in "${IMAGES[@]}"; do
-    read -r name package inner sha256 <<<"$entry"
-    target="$IMAGES_DIR/$name"
-    [[ -f "$target" && "$(sha256_of "$target")" == "$sha256" ]] && continue
-    unpacked="$DOWNLOADS_DIR/$package"
-    if [[ ! -f "$unpacked/$inner" ]]; then
-        log "downloading and unpacking the Debian package $package"
-        (cd "$DOWNLOADS_DIR" && apt-get download "$package" >&2)
-        deb="$(find "$DOWNLOADS_DIR" -maxdepth 1 -name "${package}_*.deb" -print -quit)"
-        [[ -n "$deb" ]] || die "apt-get download $package produced no .deb"
-        dpkg -x "$deb" "$unpacked"
-    fi
-    [[ "$(sha256_of "$unpacked/$inner")" == "$sha256" ]] ||
-        die "$package's $inner has an unexpected checksum (a newer package?); update IMAGES in $0"
-    cp "$unpacked/$inner" "$target"
-done
+# shellcheck source=deploy/local/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+copy_from_debian_packages "$IMAGES_DIR" "${IMAGES[@]}"
 
 PRISM_HOME="$PRISM_HOME" "$(dirname "$0")/fetch-photos.sh"
 

@@ -44,3 +44,28 @@ load_secrets() {
     source "$SECRETS_FILE"
     set +a
 }
+
+# Copies files out of Debian packages, sha256-checked: each entry of "$@" is
+# "name package path-inside sha256"; cached .debs are unpacked under DOWNLOADS_DIR, the files land in
+# $1. Needs the caller's log and die. A file already there with its checksum is kept.
+copy_from_debian_packages() {
+    local into="$1" entry name package inner sha256 target unpacked deb
+    shift
+    mkdir -p "$into" "$DOWNLOADS_DIR"
+    for entry in "$@"; do
+        read -r name package inner sha256 <<<"$entry"
+        target="$into/$name"
+        [[ -f "$target" && "$(sha256sum "$target" | cut -d' ' -f1)" == "$sha256" ]] && continue
+        unpacked="$DOWNLOADS_DIR/$package"
+        if [[ ! -f "$unpacked/$inner" ]]; then
+            log "downloading and unpacking the Debian package $package"
+            (cd "$DOWNLOADS_DIR" && apt-get download "$package" >&2)
+            deb="$(find "$DOWNLOADS_DIR" -maxdepth 1 -name "${package}_*.deb" -print -quit)"
+            [[ -n "$deb" ]] || die "apt-get download $package produced no .deb"
+            dpkg -x "$deb" "$unpacked"
+        fi
+        [[ "$(sha256sum "$unpacked/$inner" | cut -d' ' -f1)" == "$sha256" ]] ||
+            die "$package's $inner has an unexpected checksum (a newer package?); update the list in $0"
+        cp "$unpacked/$inner" "$target"
+    done
+}

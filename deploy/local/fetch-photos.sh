@@ -56,25 +56,9 @@ for tool in apt-get dpkg sha256sum; do
     command -v "$tool" >/dev/null || die "'$tool' is required (this script expects Debian or Ubuntu)"
 done
 
-sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
-
-mkdir -p "$PHOTOS_DIR" "$DOWNLOADS_DIR"
-for entry in "${PHOTOS[@]}"; do
-    read -r name package inner sha256 <<<"$entry"
-    target="$PHOTOS_DIR/$name"
-    [[ -f "$target" && "$(sha256_of "$target")" == "$sha256" ]] && continue
-    unpacked="$DOWNLOADS_DIR/$package"
-    if [[ ! -f "$unpacked/$inner" ]]; then
-        log "downloading and unpacking the Debian package $package"
-        (cd "$DOWNLOADS_DIR" && apt-get download "$package" >&2)
-        deb="$(find "$DOWNLOADS_DIR" -maxdepth 1 -name "${package}_*.deb" -print -quit)"
-        [[ -n "$deb" ]] || die "apt-get download $package produced no .deb"
-        dpkg -x "$deb" "$unpacked"
-    fi
-    [[ "$(sha256_of "$unpacked/$inner")" == "$sha256" ]] ||
-        die "$package's $inner has an unexpected checksum (a newer package?); update PHOTOS in $0"
-    cp "$unpacked/$inner" "$target"
-done
+# shellcheck source=deploy/local/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+copy_from_debian_packages "$PHOTOS_DIR" "${PHOTOS[@]}"
 
 log "ready: ${#PHOTOS[@]} photos in $PHOTOS_DIR"
 log "next: cargo run --release -p prism-loadgen -- dataset --count 200 --seed 1 --out DIR"

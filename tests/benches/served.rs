@@ -38,17 +38,29 @@ async fn main() {
     idle_latency().await;
 }
 
-async fn dedup_throughput() {
-    let events: usize = std::env::var("PRISM_BENCH_EVENTS")
-        .ok()
-        .map(|n| n.parse().expect("PRISM_BENCH_EVENTS is a number"))
-        .unwrap_or(2000);
+/// A number from the environment, or `default`.
+fn count_from<T: std::str::FromStr>(variable: &str, default: T) -> T {
+    std::env::var(variable).map_or(default, |n| {
+        n.parse()
+            .unwrap_or_else(|_| panic!("{variable} is a number"))
+    })
+}
+
+/// A fresh run's names, environment and settings, its buckets and topics made; the Tansu config
+/// file lives as long as the returned guard.
+async fn new_run() -> (String, Vec<(String, String)>, Settings, TansuConfig) {
     let run = run_name();
     let mut environment = run_environment(&run);
     let tansu = TansuConfig::write(&run);
     environment.push(tansu.variable());
     let settings = settings_for(&environment);
     prepare(&settings).await;
+    (run, environment, settings, tansu)
+}
+
+async fn dedup_throughput() {
+    let events: usize = count_from("PRISM_BENCH_EVENTS", 2000);
+    let (run, environment, settings, _tansu) = new_run().await;
 
     let buckets = Buckets::s3(&settings.s3);
     let mut objects = upload_objects(&buckets, &settings.input_bucket, events + 1).await;
@@ -109,16 +121,8 @@ fn consumer(settings: &Settings, run: &str, topics: &[&str]) -> StreamConsumer {
 }
 
 async fn idle_latency() {
-    let solo: u32 = std::env::var("PRISM_BENCH_SOLO")
-        .ok()
-        .map(|n| n.parse().expect("PRISM_BENCH_SOLO is a number"))
-        .unwrap_or(30);
-    let run = run_name();
-    let mut environment = run_environment(&run);
-    let tansu = TansuConfig::write(&run);
-    environment.push(tansu.variable());
-    let settings = settings_for(&environment);
-    prepare(&settings).await;
+    let solo: u32 = count_from("PRISM_BENCH_SOLO", 30);
+    let (run, environment, settings, _tansu) = new_run().await;
     let services = Services::start(
         &environment,
         &[

@@ -104,6 +104,20 @@ impl CouchIndex {
             .collect()
     }
 
+    /// The documents with these ids that exist, through `_all_docs`, a bounded number per request.
+    async fn read_all<T: TypedCouchDocument>(&self, ids: &[String]) -> Result<Vec<T>, IndexError> {
+        let mut found = Vec::new();
+        for chunk in ids.chunks(IDS_PER_REQUEST) {
+            let documents = self
+                .db
+                .get_bulk::<T>(chunk.to_vec())
+                .await
+                .map_err(unavailable)?;
+            found.extend(documents.rows);
+        }
+        Ok(found)
+    }
+
     /// Claims in a status (at most a few thousand), for inspection and tests.
     pub async fn with_status(&self, status: ClaimStatus) -> Result<Vec<Claim>, IndexError> {
         let query = couch_rs::types::find::FindQuery::new(serde_json::json!({ "status": status }))
@@ -180,20 +194,12 @@ impl ClaimIndex for CouchIndex {
     }
 
     async fn get_all(&self, ids: &[String]) -> Result<Vec<Option<Claim>>, IndexError> {
-        let mut found = HashMap::new();
-        for chunk in ids.chunks(IDS_PER_REQUEST) {
-            let documents = self
-                .db
-                .get_bulk::<Claim>(chunk.to_vec())
-                .await
-                .map_err(unavailable)?;
-            found.extend(
-                documents
-                    .rows
-                    .into_iter()
-                    .map(|claim| (claim.id.clone(), claim)),
-            );
-        }
+        let mut found: HashMap<String, Claim> = self
+            .read_all::<Claim>(ids)
+            .await?
+            .into_iter()
+            .map(|claim| (claim.id.clone(), claim))
+            .collect();
         Ok(ids.iter().map(|id| found.remove(id)).collect())
     }
 
@@ -231,15 +237,6 @@ impl ClaimIndex for CouchIndex {
     }
 
     async fn handled(&self, ids: &[String]) -> Result<Vec<HandledUpload>, IndexError> {
-        let mut found = Vec::new();
-        for chunk in ids.chunks(IDS_PER_REQUEST) {
-            let documents = self
-                .db
-                .get_bulk::<HandledUpload>(chunk.to_vec())
-                .await
-                .map_err(unavailable)?;
-            found.extend(documents.rows);
-        }
-        Ok(found)
+        self.read_all(ids).await
     }
 }

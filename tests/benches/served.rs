@@ -10,9 +10,15 @@
 //!    that died before committing would see them (each claim exists: create, read, update).
 //! 2. Idle latency: one 1600x1200 JPEG at a time on a warm, idle pipeline (dedup, thumbnail and
 //!    detect replicas), its notification published right after the upload as MinIO would; time
-//!    from the start of the upload to each stage's result.
+//!    from the start of the upload to each stage's result, and where that time goes.
+//! 3. Thumbnail throughput over real photos (the set `prism-loadgen dataset` makes, the one the
+//!    photo benchmark reads): every photo uploaded, then every notification published at once;
+//!    time from the first notification to the last thumbnail result, with one replica at the
+//!    default concurrency (a job per core), one replica taking one job at a time, and two of
+//!    those (how far a second replica scales).
 //!
-//! Environment: PRISM_BENCH_EVENTS (default 2000), PRISM_BENCH_SOLO (uploads timed, default 30).
+//! Environment: PRISM_BENCH_EVENTS (default 2000), PRISM_BENCH_SOLO (uploads timed, default 30),
+//! PRISM_BENCH_PHOTOS (the photo folder for part 3; without it part 3 says how to make one).
 
 use bytes::Bytes;
 use chrono::Utc;
@@ -28,14 +34,24 @@ use prism_e2e::{
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const OBJECT_BYTES: usize = 2048;
+
+/// Where an upload's time goes on its way to a stage's result.
+const LEGS: [&str; 4] = [
+    "upload start -> dedup received",
+    "-> stage started (dedup, Kafka hops, batching)",
+    "-> stage finished (its processing_ms)",
+    "-> result read",
+];
 
 #[tokio::main]
 async fn main() {
     dedup_throughput().await;
     idle_latency().await;
+    thumbnail_throughput().await;
 }
 
 /// A number from the environment, or `default`.
@@ -83,12 +99,12 @@ async fn dedup_throughput() {
     // The group join and first connections are not dedup's throughput.
     publish_events(&producer, &settings.topics.uploads, &warmup).await;
     let mut seen = 0;
-    wait_for_jobs(&jobs, &mut seen, 1).await;
+    wait_for_messages(&jobs, &mut seen, 1).await;
     for pass in ["new content", "existing claims (redelivered)"] {
         let cpu_before = cpu_seconds(dedup);
         let started = Instant::now();
         publish_events(&producer, &settings.topics.uploads, &objects).await;
-        wait_for_jobs(&jobs, &mut seen, events).await;
+        wait_for_messages(&jobs, &mut seen, events).await;
         let wall = started.elapsed().as_secs_f64();
         let cpu = cpu_seconds(dedup) - cpu_before;
         println!(
@@ -140,11 +156,9 @@ async fn idle_latency() {
         &[&topics.thumbnail_results, &topics.detect_results],
     );
     let mut stream = results.stream();
-    let mut thumbnail = Vec::new();
-    let mut detect = Vec::new();
-    // Where a thumbnail's time goes: to dedup's receipt, from there to the stage's finish, from
-    // there to the result read here.
-    let mut legs: [Vec<f64>; 3] = Default::default();
+    // Per stage: the whole time, and where it goes (legs, in the order of LEGS).
+    let mut times: [Vec<f64>; 2] = Default::default();
+    let mut legs: [[Vec<f64>; 4]; 2] = Default::default();
     // The first upload warms every group join and connection up; it is not counted.
     for n in 0..=solo {
         let upload = generated(
@@ -155,19 +169,10 @@ async fn idle_latency() {
         );
         let started = Instant::now();
         let started_at = Utc::now();
-        let object = SourceObject {
-            bucket: settings.input_bucket.clone(),
-            key: upload.key.clone(),
-            etag: String::new(),
-            size: upload.bytes.len() as u64,
-        };
-        buckets
-            .write(&object.bucket, &object.key, upload.bytes, "image/jpeg")
-            .await
-            .expect("S3 must take the upload");
+        let object = put(&buckets, &settings.input_bucket, upload.key, upload.bytes).await;
         publish_events(&producer, &topics.uploads, std::slice::from_ref(&object)).await;
-        let (mut thumbnail_ms, mut detect_ms) = (None, None);
-        while thumbnail_ms.is_none() || detect_ms.is_none() {
+        let mut pending = [StageName::Thumbnail, StageName::Detect].to_vec();
+        while !pending.is_empty() {
             let message = tokio::time::timeout(DEADLINE, stream.next())
                 .await
                 .unwrap_or_else(|_| panic!("no result for {} within {DEADLINE:?}", object.key))
@@ -178,26 +183,22 @@ async fn idle_latency() {
             if result.source.key != object.key {
                 continue;
             }
-            let elapsed = Some(started.elapsed().as_secs_f64() * 1000.0);
-            match result.stage {
-                StageName::Thumbnail => {
-                    thumbnail_ms = elapsed;
-                    if n > 0 {
-                        let timings = &result.timings;
-                        let ms = |from: chrono::DateTime<Utc>, to: chrono::DateTime<Utc>| {
-                            (to - from).num_microseconds().unwrap_or_default() as f64 / 1000.0
-                        };
-                        legs[0].push(ms(started_at, timings.received_at));
-                        legs[1].push(ms(timings.received_at, timings.finished_at));
-                        legs[2].push(ms(timings.finished_at, Utc::now()));
-                    }
-                }
-                StageName::Detect => detect_ms = elapsed,
+            pending.retain(|stage| *stage != result.stage);
+            if n == 0 {
+                continue;
             }
-        }
-        if n > 0 {
-            thumbnail.extend(thumbnail_ms);
-            detect.extend(detect_ms);
+            let at = usize::from(result.stage == StageName::Detect);
+            times[at].push(started.elapsed().as_secs_f64() * 1000.0);
+            let timings = &result.timings;
+            let ms = |from: chrono::DateTime<Utc>, to: chrono::DateTime<Utc>| {
+                (to - from).num_microseconds().unwrap_or_default() as f64 / 1000.0
+            };
+            let processing = timings.processing_ms as f64;
+            let after_dedup = ms(timings.received_at, timings.finished_at);
+            legs[at][0].push(ms(started_at, timings.received_at));
+            legs[at][1].push(after_dedup - processing);
+            legs[at][2].push(processing);
+            legs[at][3].push(ms(timings.finished_at, Utc::now()));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -205,23 +206,99 @@ async fn idle_latency() {
         "idle latency, upload start to result, {solo} 1600x1200 JPEGs one at a time, load {}",
         load_average()
     );
-    for (stage, mut times) in [("thumbnail", thumbnail), ("detect", detect)] {
+    println!(
+        "{:<10} {:>7} {:>7} {:>7}   medians: {}",
+        "stage",
+        "p50 ms",
+        "p95 ms",
+        "max ms",
+        LEGS.join(", ")
+    );
+    for ((stage, mut times), legs) in ["thumbnail", "detect"].into_iter().zip(times).zip(legs) {
         times.sort_by(f64::total_cmp);
+        let legs = legs.map(|mut times| {
+            times.sort_by(f64::total_cmp);
+            format!("{:.0}", percentile(&times, 0.5))
+        });
         println!(
-            "{stage:<10} p50 {:>6.0} ms   p95 {:>6.0} ms   max {:>6.0} ms",
+            "{stage:<10} {:>7.0} {:>7.0} {:>7.0}   {}",
             percentile(&times, 0.50),
             percentile(&times, 0.95),
-            times.last().copied().unwrap_or_default()
+            times.last().copied().unwrap_or_default(),
+            legs.join(", ")
         );
     }
-    let [to_dedup, to_finish, to_reader] = legs.map(|mut times| {
-        times.sort_by(f64::total_cmp);
-        percentile(&times, 0.5)
-    });
-    println!(
-        "thumbnail medians: upload start -> dedup received {to_dedup:.0} ms, -> stage finished {to_finish:.0} ms, -> result read {to_reader:.0} ms"
-    );
     drop(services);
+}
+
+async fn thumbnail_throughput() {
+    let Ok(folder) = std::env::var("PRISM_BENCH_PHOTOS") else {
+        println!(
+            "thumbnail throughput: set PRISM_BENCH_PHOTOS to a folder of photos, e.g. the `images` folder `prism-loadgen dataset` makes"
+        );
+        return;
+    };
+    let mut photos: Vec<_> = std::fs::read_dir(&folder)
+        .unwrap_or_else(|e| panic!("PRISM_BENCH_PHOTOS={folder}: {e}"))
+        .map(|entry| entry.expect("a folder entry").path())
+        .collect();
+    photos.sort();
+    println!(
+        "thumbnail throughput over the local servers, {} photos from {folder} (stage thumbnail alone), load {}",
+        photos.len(),
+        load_average()
+    );
+    println!(
+        "{:<36} {:>8} {:>10} {:>16}",
+        "replicas", "wall s", "images/s", "thumbnail CPU s"
+    );
+    let layouts: [(&str, usize, Option<&str>); 3] = [
+        ("1, a job per core (default)", 1, None),
+        ("1, one job at a time", 1, Some("1")),
+        ("2, one job at a time each", 2, Some("1")),
+    ];
+    for (label, replicas, concurrency) in layouts {
+        let (run, mut environment, settings, _tansu) = new_run().await;
+        environment.push(("PRISM_ENABLED_STAGES".into(), "[\"thumbnail\"]".into()));
+        if let Some(concurrency) = concurrency {
+            environment.push((
+                "PRISM_INTAKE__THUMBNAIL__CONCURRENCY".into(),
+                concurrency.into(),
+            ));
+        }
+        let buckets = Buckets::s3(&settings.s3);
+        let objects = upload_photos(&buckets, &settings.input_bucket, &photos).await;
+        let mut services = Services::start(&environment, &[&["serve", "dedup"]]);
+        let names: Vec<String> = (1..=replicas).map(|n| format!("thumbnail-{n}")).collect();
+        for name in &names {
+            services.spawn(name, &["serve", "thumbnail"]);
+        }
+        let producer = producer(&settings);
+        let results = consumer(&settings, &run, &[&settings.topics.thumbnail_results]);
+        // Group joins and first connections are not throughput: one small image goes first.
+        let warmup = generated("warmup.jpg", 0, (640, 480), ImageFormat::Jpeg);
+        let warmup = put(&buckets, &settings.input_bucket, warmup.key, warmup.bytes).await;
+        publish_events(&producer, &settings.topics.uploads, &[warmup]).await;
+        let mut seen = 0;
+        wait_for_messages(&results, &mut seen, 1).await;
+
+        let cpu = || -> f64 {
+            names
+                .iter()
+                .map(|name| cpu_seconds(services.pid(name)))
+                .sum()
+        };
+        let cpu_before = cpu();
+        let started = Instant::now();
+        publish_events(&producer, &settings.topics.uploads, &objects).await;
+        wait_for_messages(&results, &mut seen, objects.len()).await;
+        let wall = started.elapsed().as_secs_f64();
+        println!(
+            "{label:<36} {wall:>8.2} {:>10.1} {:>16.1}",
+            objects.len() as f64 / wall,
+            cpu() - cpu_before
+        );
+    }
 }
 
 /// The `q` quantile of sorted `times` (nearest rank).
@@ -240,22 +317,46 @@ async fn upload_objects(buckets: &Buckets, bucket: &str, count: usize) -> Vec<So
                 chunk.fill(*byte);
             }
             body[..8].copy_from_slice(&(n as u64).to_le_bytes());
-            let key = format!("bench/{n:06}.bin");
-            buckets
-                .write(bucket, &key, Bytes::from(body), "application/octet-stream")
-                .await
-                .expect("S3 must take the upload");
-            SourceObject {
-                bucket: bucket.to_string(),
-                key,
-                // Dedup learns the ETag of what it hashes.
-                etag: String::new(),
-                size: OBJECT_BYTES as u64,
-            }
+            put(
+                buckets,
+                bucket,
+                format!("bench/{n:06}.bin"),
+                Bytes::from(body),
+            )
+            .await
         })
         .buffer_unordered(32)
         .collect()
         .await
+}
+
+/// Every photo uploaded under its file name, 8 at a time.
+async fn upload_photos(buckets: &Buckets, bucket: &str, photos: &[PathBuf]) -> Vec<SourceObject> {
+    stream::iter(photos)
+        .map(|path| async move {
+            let bytes = Bytes::from(std::fs::read(path).expect("a readable photo"));
+            let key = format!("photos/{}", path.file_name().unwrap().to_string_lossy());
+            put(buckets, bucket, key, bytes).await
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await
+}
+
+/// Uploads `bytes` as `key`.
+async fn put(buckets: &Buckets, bucket: &str, key: String, bytes: Bytes) -> SourceObject {
+    let size = bytes.len() as u64;
+    buckets
+        .write(bucket, &key, bytes, "application/octet-stream")
+        .await
+        .expect("S3 must take the upload");
+    SourceObject {
+        bucket: bucket.to_string(),
+        key,
+        // Dedup learns the ETag of what it hashes.
+        etag: String::new(),
+        size,
+    }
 }
 
 /// One MinIO-format notification per object, as fast as the producer takes them.
@@ -278,14 +379,14 @@ async fn publish_events(producer: &FutureProducer, topic: &str, objects: &[Sourc
         .await;
 }
 
-/// Reads `count` more jobs; `seen` counts every job read so far.
-async fn wait_for_jobs(jobs: &StreamConsumer, seen: &mut usize, count: usize) {
-    let mut stream = jobs.stream();
+/// Reads `count` more messages (jobs or results); `seen` counts every one read so far.
+async fn wait_for_messages(consumer: &StreamConsumer, seen: &mut usize, count: usize) {
+    let mut stream = consumer.stream();
     let deadline = Instant::now() + DEADLINE;
     for _ in 0..count {
         let message = tokio::time::timeout_at(deadline.into(), stream.next())
             .await
-            .unwrap_or_else(|_| panic!("only {seen} jobs within {DEADLINE:?}"));
+            .unwrap_or_else(|_| panic!("only {seen} messages within {DEADLINE:?}"));
         message.expect("stream").expect("consume");
         *seen += 1;
     }

@@ -10,12 +10,12 @@ pub mod model;
 use std::ops::Range;
 
 use bytes::Bytes;
-use model::{Detection, Detector, DetectorConfig, JPEG_MAX_EDGE, annotate_within};
+use model::{Detection, Detector, DetectorConfig, annotate_within};
 use prism_core::contract::StageName;
 use prism_core::runtime::config::Settings;
 use prism_core::runtime::service;
 use prism_core::runtime::worker::{OutputFile, Stage, StageFailure, StageOutput};
-use prism_imaging::{self as imaging, Limits, one_line};
+use prism_imaging::{self as imaging, JPEG_MAX_EDGE, Limits, one_line};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -68,12 +68,12 @@ impl DetectStage {
     ) -> Result<StageOutput, StageFailure> {
         // Boxes stay in source pixels; only the picture of them is scaled to fit a JPEG.
         let annotated_image = annotate_within(image, &detections, JPEG_MAX_EDGE);
-        let mut annotated = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut annotated, ANNOTATED_JPEG_QUALITY)
-            .encode_image(&annotated_image)
-            .map_err(|error| StageFailure {
-                code: "encode_failed".into(),
-                reason: one_line(&format!("encoding the annotated image failed: {error}")),
+        let annotated =
+            imaging::encode_jpeg(&annotated_image, ANNOTATED_JPEG_QUALITY).map_err(|error| {
+                StageFailure {
+                    code: "encode_failed".into(),
+                    reason: one_line(&format!("encoding the annotated image failed: {error}")),
+                }
             })?;
         let listed = serde_json::to_vec_pretty(&json!({ "detections": detections }))
             .expect("detections serialise");
@@ -259,10 +259,10 @@ mod tests {
                 .expect("an annotated copy");
             assert_eq!(
                 (annotated.width, annotated.height),
-                (Some(65_535), Some(993))
+                (Some(65_500), Some(992))
             );
             let decoded = image::load_from_memory(&annotated.bytes).expect("a valid JPEG");
-            assert_eq!((decoded.width(), decoded.height()), (65_535, 993));
+            assert_eq!((decoded.width(), decoded.height()), (65_500, 992));
         }
     }
 

@@ -9,10 +9,10 @@ use fast_image_resize::{
     FilterType, IntoImageView, IntoImageViewMut, ResizeAlg, ResizeOptions, Resizer,
 };
 use image::{ImageBuffer, Pixel};
-pub use prism_imaging::fit_within;
 use prism_imaging::{
     DecodedImage, ImageError, Limits, Pixels, decode_for_thumbnails, flatten_onto_white,
 };
+pub use prism_imaging::{encode_jpeg, fit_within};
 
 pub use prism_core::contract::stages::{
     DEFAULT_JPEG_QUALITY, DEFAULT_THUMBNAIL_SIZES as DEFAULT_SIZES, DEFAULT_WEBP_QUALITY, MAX_SIZE,
@@ -217,31 +217,6 @@ fn encode(
             encode_webp(webp::Encoder::from_rgba(rgba, width, height), quality).map_err(failed)
         }
     }
-}
-
-/// The stage's JPEG encoder: libjpeg-turbo, already linked for decoding and SIMD throughout
-/// (measured against jpeg-encoder at equal settings by the vs_libvips bench). Chroma is
-/// subsampled 4:2:0 below quality 90 and kept whole from 90, as libvips chooses; standard
-/// Huffman tables.
-pub fn encode_jpeg(rgb: &image::RgbImage, quality: u8) -> Result<Vec<u8>, String> {
-    let failed = |e: turbojpeg::Error| format!("libjpeg-turbo: {e}");
-    let mut compressor = turbojpeg::Compressor::new().map_err(failed)?;
-    compressor.set_quality(i32::from(quality)).map_err(failed)?;
-    let subsampling = if quality < 90 {
-        turbojpeg::Subsamp::Sub2x2
-    } else {
-        turbojpeg::Subsamp::None
-    };
-    compressor.set_subsamp(subsampling).map_err(failed)?;
-    let (width, height) = (rgb.width() as usize, rgb.height() as usize);
-    let image = turbojpeg::Image {
-        pixels: rgb.as_raw().as_slice(),
-        width,
-        pitch: width * 3,
-        height,
-        format: turbojpeg::PixelFormat::RGB,
-    };
-    compressor.compress_to_vec(image).map_err(failed)
 }
 
 fn encode_webp(encoder: webp::Encoder<'_>, quality: u8) -> Result<Vec<u8>, String> {

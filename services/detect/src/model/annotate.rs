@@ -10,9 +10,6 @@ use super::{BoundingBox, Detection};
 
 const GLYPH_SIZE: u32 = 8;
 
-/// The longest edge a JPEG can carry.
-pub const JPEG_MAX_EDGE: u32 = 65_535;
-
 /// [`annotate`] for an image that may be larger than its encoder allows: an image with an edge
 /// over `max_edge` is first scaled down (aspect kept) so that its longest edge is `max_edge`,
 /// and the boxes with it, so they still frame their objects.
@@ -175,6 +172,7 @@ fn fill_rect(canvas: &mut RgbImage, x1: i64, y1: i64, x2: i64, y2: i64, colour: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prism_imaging::JPEG_MAX_EDGE;
 
     fn boat(x1: f32, y1: f32, x2: f32, y2: f32) -> Detection {
         Detection {
@@ -213,6 +211,6 @@ mod tests {
     fn a_panorama_wider_than_a_jpeg_allows_is_scaled_to_fit_one() {
         let panorama = RgbImage::new(66_000, 1_000);
         let annotated = annotate_within(&panorama, &[], JPEG_MAX_EDGE);
-        assert_eq!(annotated.dimensions(), (65_535, 993));
+        assert_eq!(annotated.dimensions(), (65_500, 992));
     }
 }

@@ -28,7 +28,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use annotate::{JPEG_MAX_EDGE, annotate, annotate_within};
+pub use annotate::{annotate, annotate_within};
 pub use classes::COCO_CLASSES;
 pub use letterbox::{Letterbox, PAD_VALUE, fill_letterboxed};
 pub use postprocess::{

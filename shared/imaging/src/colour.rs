@@ -1,30 +1,36 @@
-//! Colour management: pixels described by an embedded ICC profile (a wide-gamut phone photo in
+//! Colour management: pixels in another colour space than sRGB (a wide-gamut phone photo in
 //! Display P3, an Adobe RGB or ProPhoto export) are converted to sRGB at decode, the space every
-//! output and the detector assume. moxcms does the conversion: pure Rust, so nothing to install,
-//! and already built for the image crate's own colour handling.
+//! output and the detector assume. The space is an embedded ICC profile, or, in AVIF and HEIC,
+//! code points (H.273's primaries and transfer curve in an `nclx` box). moxcms does the
+//! conversion: pure Rust, so nothing to install, and already built for the image crate's own
+//! colour handling.
 
-use moxcms::{ColorProfile, DataColorSpace, Layout, TransformOptions};
+use moxcms::{
+    CicpColorPrimaries, CicpProfile, ColorProfile, DataColorSpace, Layout, MatrixCoefficients,
+    TransferCharacteristics, TransformOptions,
+};
 
 use super::Pixels;
 
-/// Converts `pixels` from the colour space `icc_profile` describes to sRGB, in place. A profile
-/// that cannot be read, or that is not an RGB profile (grey, CMYK), is ignored: the pixels are
-/// then taken to be sRGB already, as browsers take them.
-pub(super) fn convert_to_srgb(pixels: &mut Pixels, icc_profile: &[u8]) {
+/// The colour space a file declares for its pixels.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum ColourSpace<'a> {
+    /// An embedded ICC profile.
+    Icc(&'a [u8]),
+    /// H.273 colour primaries and transfer characteristics (the codes of an `nclx` box).
+    CodePoints { primaries: u8, transfer: u8 },
+}
+
+/// Converts `pixels` from `space` to sRGB, in place. A space that cannot be read, is not RGB
+/// (a grey or CMYK profile) or is sRGB already is left alone: the pixels are then taken to be
+/// sRGB, as browsers take them.
+pub(super) fn convert_to_srgb(pixels: &mut Pixels, space: ColourSpace) {
+    let Some(source) = source_profile(space) else {
+        return;
+    };
     let (layout, width, buffer) = match pixels {
         Pixels::Rgb(rgb) => (Layout::Rgb, rgb.width(), &mut **rgb),
         Pixels::Rgba(rgba) => (Layout::Rgba, rgba.width(), &mut **rgba),
-    };
-    let source = match ColorProfile::new_from_slice(icc_profile) {
-        Ok(profile) if profile.color_space == DataColorSpace::Rgb => profile,
-        Ok(profile) => {
-            tracing::debug!(colour_space = ?profile.color_space, "ignoring a non-RGB ICC profile");
-            return;
-        }
-        Err(error) => {
-            tracing::debug!(%error, "ignoring an ICC profile that cannot be read");
-            return;
-        }
     };
     let srgb = ColorProfile::new_srgb();
     let transform =
@@ -44,4 +50,68 @@ pub(super) fn convert_to_srgb(pixels: &mut Pixels, icc_profile: &[u8]) {
             .expect("source and destination rows have the same layout and length");
         row.copy_from_slice(&converted);
     }
+}
+
+/// The profile to convert from, or `None` where the pixels are to be taken as sRGB.
+fn source_profile(space: ColourSpace) -> Option<ColorProfile> {
+    match space {
+        ColourSpace::Icc(icc_profile) => match ColorProfile::new_from_slice(icc_profile) {
+            Ok(profile) if profile.color_space == DataColorSpace::Rgb => Some(profile),
+            Ok(profile) => {
+                tracing::debug!(colour_space = ?profile.color_space, "ignoring a non-RGB ICC profile");
+                None
+            }
+            Err(error) => {
+                tracing::debug!(%error, "ignoring an ICC profile that cannot be read");
+                None
+            }
+        },
+        ColourSpace::CodePoints {
+            primaries,
+            transfer,
+        } => from_code_points(primaries, transfer),
+    }
+}
+
+/// A profile for H.273 code points; `None` for sRGB's own (BT.709 primaries with the sRGB or
+/// BT.709 curve, or unspecified ones, as encoders write for sRGB pictures) and for codes that
+/// name no chromaticities or curve.
+fn from_code_points(primaries: u8, transfer: u8) -> Option<ColorProfile> {
+    let (Ok(color_primaries), Ok(transfer_characteristics)) = (
+        CicpColorPrimaries::try_from(primaries),
+        TransferCharacteristics::try_from(transfer),
+    ) else {
+        return None;
+    };
+    let srgb_primaries = matches!(
+        color_primaries,
+        CicpColorPrimaries::Bt709 | CicpColorPrimaries::Unspecified
+    );
+    let srgb_curve = matches!(
+        transfer_characteristics,
+        TransferCharacteristics::Srgb
+            | TransferCharacteristics::Bt709
+            | TransferCharacteristics::Bt601
+            | TransferCharacteristics::Unspecified
+    );
+    if srgb_primaries && srgb_curve {
+        return None;
+    }
+    let profile = ColorProfile::new_from_cicp(CicpProfile {
+        color_primaries,
+        transfer_characteristics,
+        // The pixels are RGB by now: the matrix only mattered for decoding YCbCr.
+        matrix_coefficients: MatrixCoefficients::Identity,
+        full_range: true,
+    });
+    // moxcms leaves the profile without colorimetry or curves where the codes name none.
+    let complete = profile.cicp.is_some() && profile.red_trc.is_some();
+    if !complete {
+        tracing::debug!(
+            primaries,
+            transfer,
+            "ignoring colour code points without colorimetry"
+        );
+    }
+    complete.then_some(profile)
 }

@@ -15,6 +15,7 @@ use libheif_rs::{
     RgbChroma,
 };
 
+use super::colour::ColourSpace;
 use super::{DecodedImage, ImageError, Limits, Pixels, SourceFormat, check_dimensions, one_line};
 
 /// libheif's registry of codecs, set up once for the process.
@@ -70,14 +71,21 @@ pub(super) fn decode(
     };
     let stored = Pixels::from_codec(image.expect("one packed row per image row"));
 
-    // An ICC profile ('prof' or 'rICC'); an nclx colour description is taken to be sRGB.
+    // An ICC profile ('prof' or 'rICC'), else the code points of an nclx description.
     let icc_profile = handle.color_profile_raw().map(|profile| profile.data);
+    let code_points = handle
+        .color_profile_nclx()
+        .map(|nclx| ColourSpace::CodePoints {
+            primaries: nclx.color_primaries() as u8,
+            transfer: nclx.transfer_characteristics() as u8,
+        });
+    let colour_space = icc_profile.as_deref().map(ColourSpace::Icc).or(code_points);
     Ok(DecodedImage::new(
         format,
         (width, height),
         stored,
         Orientation::NoTransforms,
-        icc_profile.as_deref(),
+        colour_space,
     ))
 }
 

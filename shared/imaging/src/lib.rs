@@ -23,6 +23,8 @@ use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, RgbImage, RgbaImage};
 use serde::{Deserialize, Serialize};
 
+use colour::ColourSpace;
+
 /// Largest upload decoded: 50 MiB is several times a high-end camera JPEG and leaves room for
 /// big PNG screenshots, while bounding the memory one message can pin.
 pub const DEFAULT_MAX_BYTES: u64 = 50 * 1024 * 1024;
@@ -407,17 +409,17 @@ pub struct DecodedImage {
 }
 
 impl DecodedImage {
-    /// Pixels as the file stores them, converted to sRGB from the colour space `icc_profile`
-    /// describes, if any.
+    /// Pixels as the file stores them, converted to sRGB from the colour space the file
+    /// declares, if any.
     fn new(
         format: SourceFormat,
         full_stored_size: (u32, u32),
         mut stored: Pixels,
         orientation: Orientation,
-        icc_profile: Option<&[u8]>,
+        colour_space: Option<ColourSpace>,
     ) -> Self {
-        if let Some(profile) = icc_profile {
-            colour::convert_to_srgb(&mut stored, profile);
+        if let Some(space) = colour_space {
+            colour::convert_to_srgb(&mut stored, space);
         }
         Self {
             format,
@@ -609,7 +611,7 @@ fn decode_with_image_crate(
         (width, height),
         stored,
         orientation,
-        icc_profile.as_deref(),
+        icc_profile.as_deref().map(ColourSpace::Icc),
     ))
 }
 
@@ -646,7 +648,7 @@ fn decode_jpeg(
         (width, height),
         stored,
         jpeg.orientation(),
-        jpeg.icc_profile(),
+        jpeg.icc_profile().map(ColourSpace::Icc),
     ))
 }
 
@@ -774,6 +776,7 @@ fn one_decimal(value: u64, unit: u64) -> String {
 mod colour;
 mod heif;
 mod jpeg;
+pub use jpeg::{JPEG_MAX_EDGE, encode_jpeg};
 // The FFI call into libwebp: the one place this crate needs unsafe code.
 #[allow(unsafe_code)]
 mod libwebp;

@@ -50,16 +50,24 @@ pub const DISPLAY_P3_AVIF: WideGamut = WideGamut {
     encoded: include_bytes!("display_p3.avif"),
     srgb_truth_png: include_bytes!("display_p3_avif.srgb.png"),
 };
+/// The PNG's pixels again, losslessly, as AVIF with no profile but nclx code points for Display
+/// P3 (primaries 12, sRGB curve): the PNG's truth is its truth.
+pub const DISPLAY_P3_NCLX_AVIF: WideGamut = WideGamut {
+    name: "Display P3 AVIF (colr nclx 12/13)",
+    encoded: include_bytes!("display_p3_nclx.avif"),
+    srgb_truth_png: include_bytes!("display_p3.srgb.png"),
+};
 pub const PROPHOTO_16BIT_TIFF: WideGamut = WideGamut {
     name: "ProPhoto 16-bit TIFF (ICC tag)",
     encoded: include_bytes!("prophoto_16bit.tiff"),
     srgb_truth_png: include_bytes!("prophoto_tiff.srgb.png"),
 };
-pub const WIDE_GAMUT: [WideGamut; 5] = [
+pub const WIDE_GAMUT: [WideGamut; 6] = [
     ADOBE_RGB_JPEG,
     DISPLAY_P3_PNG,
     PROPHOTO_WEBP,
     DISPLAY_P3_AVIF,
+    DISPLAY_P3_NCLX_AVIF,
     PROPHOTO_16BIT_TIFF,
 ];
 

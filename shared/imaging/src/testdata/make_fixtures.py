@@ -4,7 +4,8 @@ neither Python nor jpegtran. Run it again only to change them:
     $PRISM_HOME/venv/bin/python shared/imaging/src/testdata/make_fixtures.py
 
 Needs Pillow (deploy/local/requirements.txt; its wheels include libavif), jpegtran (Debian's
-libjpeg-turbo-progs; both installed by deploy/local/install.sh) and, for the HEIC only, the
+libjpeg-turbo-progs; both installed by deploy/local/install.sh), avifenc (Debian's libavif-bin)
+for the nclx AVIF and, for the HEIC only, the
 Pillow plugin pillow-heif (`pip install pillow-heif==1.8.1`, libheif 1.23 with x265), which the
 tests do not need. The encoders are deterministic: the same versions write the same bytes.
 
@@ -15,6 +16,9 @@ Wide gamut, one per format, each with a colour-managed sRGB truth made by Pillow
   prophoto.webp + prophoto.srgb.png       lossless WebP, ICCP: ProPhoto RGB
   display_p3.avif + display_p3_avif.srgb.png
                                           AVIF 4:4:4 (libavif, aom), colr 'prof': Display P3
+  display_p3_nclx.avif                    the PNG's pixels, lossless AVIF (avifenc), no profile
+                                          but colr 'nclx' 12/13/0: Display P3 primaries, sRGB
+                                          curve; its truth is display_p3.srgb.png
   prophoto_16bit.tiff + prophoto_tiff.srgb.png
                                           16-bit RGB TIFF, Deflate with horizontal predictor,
                                           ICC tag: ProPhoto RGB (written here; Pillow has no
@@ -224,6 +228,17 @@ def wide_gamut():
         picture.save(path, icc_profile=profile, **options)
         # No profile in the truth (sRGB by default): LittleCMS stamps its own with the time.
         srgb_truth(path, profile).save(HERE / f"{name}.srgb.png", icc_profile=None)
+
+    # Code points instead of a profile, as cameras and encoders write AVIF: the PNG's exact
+    # pixels (lossless, identity matrix), so the PNG's truth is this file's truth too.
+    with tempfile.TemporaryDirectory() as scratch:
+        bare = Path(scratch) / "chart.png"
+        picture.save(bare, icc_profile=None)
+        subprocess.run(
+            ["avifenc", "--lossless", "--cicp", "12/13/0", "--ignore-icc", "-s", "6",
+             str(bare), str(HERE / "display_p3_nclx.avif")],
+            check=True,
+        )
 
     # Half the chart's patch size keeps the uncompressible 16-bit file small.
     small = chart(patch=16)

@@ -1,5 +1,5 @@
 //! Prism's own YOLOv8n object detector: the Ultralytics network on its own CPU kernels (im2col +
-//! gemm, see `kernels`), loaded straight from the official ONNX export's weights, with Ultralytics-compatible pre- and
+//! gemm, see `prism_inference::kernels`), loaded straight from the official ONNX export's weights, with Ultralytics-compatible pre- and
 //! post-processing so its detections match onnxruntime's on the same file.
 //!
 //! The pieces, each usable (and tested) on its own:
@@ -12,9 +12,6 @@
 
 mod annotate;
 mod classes;
-// SIMD intrinsics and uninitialised output buffers: the one place Prism needs unsafe code.
-#[allow(unsafe_code)]
-mod kernels;
 mod letterbox;
 pub mod onnx;
 mod postprocess;
@@ -46,16 +43,8 @@ pub const DEFAULT_IOU_THRESHOLD: f32 = 0.7;
 /// The resolution the weights were trained and exported at.
 pub const DEFAULT_INPUT_SIZE: u32 = 640;
 
-/// The runtime cache (`$PRISM_HOME`, default `$HOME/.cache/prism`) that
-/// `deploy/local/fetch-assets.sh` fills with weights and sample images.
-pub fn prism_home() -> PathBuf {
-    match std::env::var_os("PRISM_HOME") {
-        Some(home) if !home.is_empty() => PathBuf::from(home),
-        _ => std::env::home_dir()
-            .unwrap_or_else(|| PathBuf::from("."))
-            .join(".cache/prism"),
-    }
-}
+/// Where `deploy/local/fetch-assets.sh` puts the weights (`$PRISM_HOME`).
+pub use prism_inference::prism_home;
 
 #[derive(thiserror::Error, Debug)]
 pub enum ModelError {

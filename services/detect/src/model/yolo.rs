@@ -1,11 +1,11 @@
 //! The YOLOv8n network (Ultralytics `yolov8.yaml`, scale n: width 0.25, depth 0.33), with
 //! BatchNorm already folded into each convolution's bias as in the ONNX export. Layer numbers in
-//! the comments are the `model.N` prefixes of the weight names. Runs on the [`super::kernels`].
+//! the comments are the `model.N` prefixes of the weight names. Runs on [`prism_inference::kernels`].
 
 use rayon::prelude::*;
 
-use super::kernels::{Activation, Conv2d, FeatureMap, Shape, max_pool_same};
 use super::{COCO_CLASSES, ModelError, Weights};
+use prism_inference::kernels::{Activation, Conv2d, FeatureMap, Shape, max_pool_same};
 
 /// Output channels of the five backbone stages at scale n.
 const CHANNELS: [usize; 5] = [16, 32, 64, 128, 256];

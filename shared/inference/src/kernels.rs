@@ -1,8 +1,13 @@
-//! The CPU kernels the YOLOv8 network is built from, on plain `f32` slices. One image's
-//! activations are a [`FeatureMap`]: `channels` planes of `height * width` values (NCHW, one
-//! image at a time; the network runs the images of a batch in parallel).
+//! The CPU kernels Prism's networks (YOLOv8n, EfficientNet-Lite0) are built from, on plain `f32`
+//! slices. One image's activations are a [`FeatureMap`]: `channels` planes of `height * width`
+//! values (NCHW, one image at a time; the networks run the images of a batch in parallel).
 //!
-//! Why own kernels instead of candle's ops: profiling the candle port (perf, 2 cores, batch 1,
+//! - [`Conv2d`]: a convolution as tiled GEMMs with the bias and activation (SiLU, ReLU6 or none)
+//!   fused in; padding centred (`kernel / 2`, PyTorch's) or TensorFlow's "SAME" ([`Padding`]).
+//! - [`DepthwiseConv2d`]: one filter per channel (MobileNet-style blocks), same epilogues.
+//! - [`max_pool_same`], [`global_average_pool`], [`FeatureMap::concat`], [`FeatureMap::upsample2`].
+//!
+//! Why own kernels instead of candle's ops (measured on YOLOv8n): profiling the candle port (perf, 2 cores, batch 1,
 //! 360 ms/image) showed about half the time in candle's im2col copy (`Producer::fold_with`),
 //! about 10% in gemm (the AVX2 micro-kernel: candle does not enable gemm's AVX-512 one), 10% in
 //! scalar `expf` for SiLU, 10% in its thread-pool barriers, and the rest in page faults and
@@ -136,13 +141,86 @@ pub fn max_pool_same(input: &[f32], shape: Shape, kernel: usize, output: &mut [f
     }
 }
 
+/// Global average pooling: the mean of each channel's plane.
+pub fn global_average_pool(map: &FeatureMap) -> Vec<f32> {
+    let plane = map.shape.plane();
+    map.values
+        .chunks_exact(plane)
+        .map(|values| values.iter().sum::<f32>() / plane as f32)
+        .collect()
+}
+
+/// What follows a convolution's bias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
     Silu,
+    /// `min(max(x, 0), 6)` (MobileNet, EfficientNet-Lite).
+    Relu6,
     Identity,
 }
 
-/// A convolution with "same" padding (`kernel / 2` zeros), then bias and the activation.
+impl Activation {
+    /// `value = activation(value + bias)` over a tile still in cache.
+    fn apply(self, values: &mut [f32], bias: f32) {
+        match self {
+            Activation::Silu => add_bias_silu(values, bias),
+            Activation::Relu6 => values
+                .iter_mut()
+                .for_each(|value| *value = (*value + bias).clamp(0.0, 6.0)),
+            Activation::Identity => values.iter_mut().for_each(|value| *value += bias),
+        }
+    }
+}
+
+/// Where a convolution's zero padding goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Padding {
+    /// `kernel / 2` zeros on every side (PyTorch's `padding=k // 2`, Ultralytics'): the output is
+    /// `(extent - 1) / stride + 1` for odd kernels.
+    #[default]
+    Centered,
+    /// TensorFlow's "SAME" (ONNX `SAME_UPPER`): the output is `ceil(extent / stride)`, padded by
+    /// `max((output - 1) * stride + kernel - extent, 0)` zeros in all, the odd one after. For a
+    /// stride-2 3x3 convolution of an even extent that is none before and one after.
+    TfSame,
+}
+
+impl Padding {
+    /// Output extent and the zeros before the input along one axis.
+    fn axis(self, extent: usize, kernel: usize, stride: usize) -> (usize, usize) {
+        match self {
+            Padding::Centered => {
+                let before = kernel / 2;
+                ((extent + 2 * before - kernel) / stride + 1, before)
+            }
+            Padding::TfSame => {
+                let output = extent.div_ceil(stride);
+                let total = ((output - 1) * stride + kernel).saturating_sub(extent);
+                (output, total / 2)
+            }
+        }
+    }
+}
+
+/// Output positions `first..end` along one axis whose input position `out * stride + tap - pad`
+/// lies inside `0..extent` (an empty range when none does).
+fn inside(
+    extent: usize,
+    out_extent: usize,
+    tap: usize,
+    stride: usize,
+    pad: usize,
+) -> (usize, usize) {
+    let first = pad.saturating_sub(tap).div_ceil(stride).min(out_extent);
+    let end = (extent + pad)
+        .saturating_sub(tap)
+        .div_ceil(stride)
+        .clamp(first, out_extent);
+    (first, end)
+}
+
+/// A convolution, then bias and the activation; padding [`Padding::Centered`] unless
+/// [`Conv2d::with_padding`] says otherwise.
 pub struct Conv2d {
     /// `[out_channels][in_channels * kernel * kernel]`: the ONNX layout, and the GEMM's left side.
     weight: Vec<f32>,
@@ -150,6 +228,7 @@ pub struct Conv2d {
     in_channels: usize,
     kernel: usize,
     stride: usize,
+    padding: Padding,
     activation: Activation,
 }
 
@@ -202,19 +281,32 @@ impl Conv2d {
             in_channels,
             kernel,
             stride,
+            padding: Padding::Centered,
             activation,
         }
+    }
+
+    pub fn with_padding(mut self, padding: Padding) -> Self {
+        self.padding = padding;
+        self
     }
 
     /// One convolution computing both `self`'s and `other`'s output channels (in that order) from
     /// the same input: one im2col and one larger GEMM instead of two.
     pub fn stack(mut self, other: Conv2d) -> Conv2d {
         assert_eq!(
-            (self.in_channels, self.kernel, self.stride, self.activation),
+            (
+                self.in_channels,
+                self.kernel,
+                self.stride,
+                self.padding,
+                self.activation
+            ),
             (
                 other.in_channels,
                 other.kernel,
                 other.stride,
+                other.padding,
                 other.activation
             ),
             "only convolutions of the same input can be stacked"
@@ -229,13 +321,18 @@ impl Conv2d {
     }
 
     pub fn output_shape(&self, input: Shape) -> Shape {
-        let padding = self.kernel / 2;
-        let size = |extent: usize| (extent + 2 * padding - self.kernel) / self.stride + 1;
+        let size = |extent: usize| self.padding.axis(extent, self.kernel, self.stride).0;
         Shape {
             channels: self.out_channels(),
             height: size(input.height),
             width: size(input.width),
         }
+    }
+
+    /// Zeros before the input rows and columns.
+    fn pads(&self, input: Shape) -> (usize, usize) {
+        let pad = |extent: usize| self.padding.axis(extent, self.kernel, self.stride).1;
+        (pad(input.height), pad(input.width))
     }
 
     pub fn forward(&self, input: &FeatureMap) -> FeatureMap {
@@ -328,10 +425,7 @@ impl Conv2d {
                             pixels,
                         )
                     };
-                    match self.activation {
-                        Activation::Silu => add_bias_silu(values, bias),
-                        Activation::Identity => values.iter_mut().for_each(|value| *value += bias),
-                    }
+                    self.activation.apply(values, bias);
                 }
             });
     }
@@ -348,7 +442,8 @@ impl Conv2d {
         columns: &mut [f32],
     ) {
         let Shape { height, width, .. } = shape;
-        let (kernel, stride, padding) = (self.kernel, self.stride, self.kernel / 2);
+        let (kernel, stride) = (self.kernel, self.stride);
+        let (pad_top, pad_left) = self.pads(shape);
         let out_width = self.output_shape(shape).width;
         let pixels = rows * out_width;
         let mut taps = columns.chunks_exact_mut(pixels);
@@ -357,15 +452,15 @@ impl Conv2d {
                 for kx in 0..kernel {
                     let tap = taps.next().expect("one column row per tap");
                     if stride == 1 {
-                        let first_y = (first_row + ky) as isize - padding as isize;
-                        shifted_copy(plane, width, first_y, kx as isize - padding as isize, tap);
+                        // Odd kernels: both paddings keep the size, so rows line up.
+                        let first_y = (first_row + ky) as isize - pad_top as isize;
+                        shifted_copy(plane, width, first_y, kx as isize - pad_left as isize, tap);
                         continue;
                     }
-                    // Output x whose input x (x * stride + kx - padding) is inside the row.
-                    let first_x = padding.saturating_sub(kx).div_ceil(stride);
-                    let end_x = (width + padding - kx).div_ceil(stride).min(out_width);
+                    // Output x whose input x (x * stride + kx - pad_left) is inside the row.
+                    let (first_x, end_x) = inside(width, out_width, kx, stride, pad_left);
                     for (row, target) in tap.chunks_exact_mut(out_width).enumerate() {
-                        let y = ((first_row + row) * stride + ky).checked_sub(padding);
+                        let y = ((first_row + row) * stride + ky).checked_sub(pad_top);
                         let Some(source) = y
                             .filter(|&y| y < height)
                             .map(|y| &plane[y * width..][..width])
@@ -375,7 +470,10 @@ impl Conv2d {
                         };
                         target[..first_x].fill(0.0);
                         target[end_x..].fill(0.0);
-                        let source = &source[first_x * stride + kx - padding..];
+                        if first_x == end_x {
+                            continue;
+                        }
+                        let source = &source[first_x * stride + kx - pad_left..];
                         for (value, &pixel) in target[first_x..end_x]
                             .iter_mut()
                             .zip(source.iter().step_by(stride))
@@ -386,6 +484,131 @@ impl Conv2d {
                 }
             }
         }
+    }
+}
+
+/// A depthwise convolution: every channel convolved with its own `kernel x kernel` filter (ONNX
+/// `Conv` with `group = channels`), then bias and the activation.
+///
+/// Each output row is accumulated tap by tap from whole input rows (contiguous for stride 1,
+/// every other value for stride 2), so the inner loops vectorise; channels run in parallel.
+pub struct DepthwiseConv2d {
+    /// `[channels][kernel * kernel]`: the ONNX layout `[channels, 1, kernel, kernel]` flattened.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    kernel: usize,
+    stride: usize,
+    padding: Padding,
+    activation: Activation,
+}
+
+/// Channels per parallel task of a depthwise convolution (small planes are cheap).
+const DEPTHWISE_MIN_CHANNELS: usize = 8;
+
+impl DepthwiseConv2d {
+    /// `weight` is `[channels, 1, kernel, kernel]` flattened, `bias` has one value per channel.
+    pub fn new(
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+        kernel: usize,
+        stride: usize,
+        padding: Padding,
+        activation: Activation,
+    ) -> Self {
+        assert_eq!(weight.len(), bias.len() * kernel * kernel, "weight shape");
+        assert!(
+            kernel > 0 && stride > 0,
+            "kernel and stride must be positive"
+        );
+        Self {
+            weight,
+            bias,
+            kernel,
+            stride,
+            padding,
+            activation,
+        }
+    }
+
+    pub fn channels(&self) -> usize {
+        self.bias.len()
+    }
+
+    pub fn output_shape(&self, input: Shape) -> Shape {
+        let size = |extent: usize| self.padding.axis(extent, self.kernel, self.stride).0;
+        Shape {
+            channels: self.channels(),
+            height: size(input.height),
+            width: size(input.width),
+        }
+    }
+
+    pub fn forward(&self, input: &FeatureMap) -> FeatureMap {
+        let mut output = FeatureMap::zeros(self.output_shape(input.shape));
+        self.run(&input.values, input.shape, &mut output.values);
+        output
+    }
+
+    /// Convolves one image of `shape` into `output` (`output_shape(shape).count()` values).
+    pub fn run(&self, input: &[f32], shape: Shape, output: &mut [f32]) {
+        assert_eq!(shape.channels, self.channels(), "input channels");
+        assert_eq!(input.len(), shape.count(), "input size");
+        let out = self.output_shape(shape);
+        assert_eq!(output.len(), out.count(), "output size");
+        let (kernel, stride) = (self.kernel, self.stride);
+        let pad_top = self.padding.axis(shape.height, kernel, stride).1;
+        let pad_left = self.padding.axis(shape.width, kernel, stride).1;
+        // Per tap: the output columns it reaches and where in the input row they start.
+        let columns: Vec<(usize, usize, usize)> = (0..kernel)
+            .map(|kx| {
+                let (first, end) = inside(shape.width, out.width, kx, stride, pad_left);
+                let source = (first * stride + kx).saturating_sub(pad_left);
+                (first, end, source)
+            })
+            .collect();
+
+        output
+            .par_chunks_mut(out.plane())
+            .zip(input.par_chunks(shape.plane()))
+            .zip(
+                self.weight
+                    .par_chunks(kernel * kernel)
+                    .zip(self.bias.par_iter()),
+            )
+            .with_min_len(DEPTHWISE_MIN_CHANNELS)
+            .for_each(|((target, plane), (filter, &bias))| {
+                for (oy, row) in target.chunks_exact_mut(out.width).enumerate() {
+                    row.fill(0.0);
+                    for (ky, taps) in filter.chunks_exact(kernel).enumerate() {
+                        let Some(y) = (oy * stride + ky)
+                            .checked_sub(pad_top)
+                            .filter(|&y| y < shape.height)
+                        else {
+                            continue;
+                        };
+                        let source_row = &plane[y * shape.width..][..shape.width];
+                        for (&weight, &(first, end, source)) in taps.iter().zip(&columns) {
+                            if first == end {
+                                continue;
+                            }
+                            let source = &source_row[source..];
+                            let row = &mut row[first..end];
+                            if stride == 1 {
+                                for (value, &pixel) in row.iter_mut().zip(source) {
+                                    *value += weight * pixel;
+                                }
+                            } else {
+                                for (value, &pixel) in
+                                    row.iter_mut().zip(source.iter().step_by(stride))
+                                {
+                                    *value += weight * pixel;
+                                }
+                            }
+                        }
+                    }
+                    self.activation.apply(row, bias);
+                }
+            });
     }
 }
 
@@ -485,7 +708,9 @@ fn exp(x: f32) -> f32 {
 mod tests {
     use super::*;
 
-    /// Direct definition of a "same" convolution, to check the GEMM version against.
+    /// Direct definition of a padded convolution, to check the GEMM and depthwise versions
+    /// against; `depthwise` gives each output channel only its own input channel.
+    #[allow(clippy::too_many_arguments)]
     fn reference_conv(
         weight: &[f32],
         bias: &[f32],
@@ -493,20 +718,46 @@ mod tests {
         shape: Shape,
         kernel: usize,
         stride: usize,
+        padding: Padding,
+        depthwise: bool,
     ) -> Vec<f32> {
-        let padding = (kernel / 2) as isize;
-        let out_height = (shape.height + 2 * (kernel / 2) - kernel) / stride + 1;
-        let out_width = (shape.width + 2 * (kernel / 2) - kernel) / stride + 1;
+        // Written out independently of `Padding::axis`.
+        let (out_height, out_width, pad_top, pad_left) = match padding {
+            Padding::Centered => {
+                let pad = kernel / 2;
+                let size = |extent: usize| (extent + 2 * pad - kernel) / stride + 1;
+                (size(shape.height), size(shape.width), pad, pad)
+            }
+            Padding::TfSame => {
+                let size = |extent: usize| extent.div_ceil(stride);
+                let pad = |extent: usize| {
+                    let total = (size(extent) - 1) * stride + kernel;
+                    total.saturating_sub(extent) / 2
+                };
+                (
+                    size(shape.height),
+                    size(shape.width),
+                    pad(shape.height),
+                    pad(shape.width),
+                )
+            }
+        };
+        let in_channels = if depthwise { 1 } else { shape.channels };
         let mut output = Vec::new();
         for (out_channel, bias) in bias.iter().enumerate() {
             for oy in 0..out_height {
                 for ox in 0..out_width {
                     let mut sum = *bias;
-                    for channel in 0..shape.channels {
+                    for weight_channel in 0..in_channels {
+                        let channel = if depthwise {
+                            out_channel
+                        } else {
+                            weight_channel
+                        };
                         for ky in 0..kernel {
                             for kx in 0..kernel {
-                                let y = (oy * stride + ky) as isize - padding;
-                                let x = (ox * stride + kx) as isize - padding;
+                                let y = (oy * stride + ky) as isize - pad_top as isize;
+                                let x = (ox * stride + kx) as isize - pad_left as isize;
                                 if y < 0
                                     || x < 0
                                     || y >= shape.height as isize
@@ -514,7 +765,8 @@ mod tests {
                                 {
                                     continue;
                                 }
-                                let w = weight[((out_channel * shape.channels + channel) * kernel
+                                let w = weight[((out_channel * in_channels + weight_channel)
+                                    * kernel
                                     + ky)
                                     * kernel
                                     + kx];
@@ -544,41 +796,130 @@ mod tests {
             .collect()
     }
 
+    fn assert_close(case: &str, got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len(), "{case}");
+        for (index, (got, want)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (got - want).abs() < 1e-4,
+                "{case} at {index}: {got} vs {want}"
+            );
+        }
+    }
+
+    /// Odd and even sizes and several tiles, so both paddings, strides and tile edges all show;
+    /// and maps smaller than the kernel's reach.
+    const SHAPES: [(usize, usize, usize); 4] = [(5, 37, 23), (3, 1, 2), (4, 14, 14), (2, 16, 9)];
+
     #[test]
     fn convolutions_match_the_definition() {
-        // Odd sizes and several tiles, so padding, strides and tile edges all show; and a map
-        // smaller than the kernel's reach.
-        for (channels, height, width) in [(5, 37, 23), (3, 1, 2)] {
+        for (channels, height, width) in SHAPES {
             let shape = Shape {
                 channels,
                 height,
                 width,
             };
             let input = values(shape.count(), 1);
-            for (kernel, stride) in [(1, 1), (3, 1), (3, 2), (1, 2)] {
-                let out_channels = 7;
-                let weight = values(out_channels * shape.channels * kernel * kernel, 2);
-                let bias = values(out_channels, 3);
-                let conv = Conv2d::new(
-                    weight.clone(),
-                    bias.clone(),
-                    shape.channels,
-                    kernel,
-                    stride,
-                    Activation::Identity,
-                );
-                let output = conv.forward(&FeatureMap::new(shape, input.clone()));
-                let expected = reference_conv(&weight, &bias, &input, shape, kernel, stride);
-                let case = format!("{shape:?} k{kernel} s{stride}");
-                assert_eq!(output.values.len(), expected.len(), "{case}");
-                for (index, (got, want)) in output.values.iter().zip(&expected).enumerate() {
-                    assert!(
-                        (got - want).abs() < 1e-4,
-                        "{case} at {index}: {got} vs {want}"
+            for padding in [Padding::Centered, Padding::TfSame] {
+                for (kernel, stride) in [(1, 1), (3, 1), (3, 2), (1, 2), (5, 2), (5, 1)] {
+                    let out_channels = 7;
+                    let weight = values(out_channels * shape.channels * kernel * kernel, 2);
+                    let bias = values(out_channels, 3);
+                    let conv = Conv2d::new(
+                        weight.clone(),
+                        bias.clone(),
+                        shape.channels,
+                        kernel,
+                        stride,
+                        Activation::Identity,
+                    )
+                    .with_padding(padding);
+                    let output = conv.forward(&FeatureMap::new(shape, input.clone()));
+                    let expected = reference_conv(
+                        &weight, &bias, &input, shape, kernel, stride, padding, false,
                     );
+                    let case = format!("{shape:?} k{kernel} s{stride} {padding:?}");
+                    assert_close(&case, &output.values, &expected);
                 }
             }
         }
+    }
+
+    #[test]
+    fn depthwise_convolutions_match_the_definition() {
+        for (channels, height, width) in SHAPES {
+            let shape = Shape {
+                channels,
+                height,
+                width,
+            };
+            let input = values(shape.count(), 4);
+            for padding in [Padding::Centered, Padding::TfSame] {
+                for (kernel, stride) in [(3, 1), (3, 2), (5, 1), (5, 2), (1, 1)] {
+                    let weight = values(channels * kernel * kernel, 5);
+                    let bias = values(channels, 6);
+                    let conv = DepthwiseConv2d::new(
+                        weight.clone(),
+                        bias.clone(),
+                        kernel,
+                        stride,
+                        padding,
+                        Activation::Identity,
+                    );
+                    let output = conv.forward(&FeatureMap::new(shape, input.clone()));
+                    let expected = reference_conv(
+                        &weight, &bias, &input, shape, kernel, stride, padding, true,
+                    );
+                    let case = format!("depthwise {shape:?} k{kernel} s{stride} {padding:?}");
+                    assert_eq!(output.shape.channels, channels, "{case}");
+                    assert_close(&case, &output.values, &expected);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tf_same_pads_after_when_odd() {
+        // 224 -> 112 with a stride-2 3x3: one zero row and column after, none before.
+        assert_eq!(Padding::TfSame.axis(224, 3, 2), (112, 0));
+        // 56 -> 28 with a stride-2 5x5: three in all, one before and two after.
+        assert_eq!(Padding::TfSame.axis(56, 5, 2), (28, 1));
+        assert_eq!(Padding::TfSame.axis(7, 5, 1), (7, 2));
+        assert_eq!(Padding::Centered.axis(224, 3, 2), (112, 1));
+    }
+
+    #[test]
+    fn relu6_clamps_after_the_bias() {
+        let shape = Shape {
+            channels: 1,
+            height: 1,
+            width: 4,
+        };
+        let conv = Conv2d::new(vec![2.0], vec![0.5], 1, 1, 1, Activation::Relu6);
+        let output = conv.forward(&FeatureMap::new(shape, vec![-1.0, 0.0, 1.0, 10.0]));
+        assert_eq!(output.values, [0.0, 0.5, 2.5, 6.0]);
+        let depthwise = DepthwiseConv2d::new(
+            vec![2.0],
+            vec![0.5],
+            1,
+            1,
+            Padding::TfSame,
+            Activation::Relu6,
+        );
+        let output = depthwise.forward(&FeatureMap::new(shape, vec![-1.0, 0.0, 1.0, 10.0]));
+        assert_eq!(output.values, [0.0, 0.5, 2.5, 6.0]);
+    }
+
+    #[test]
+    fn global_average_pool_takes_each_planes_mean() {
+        let map = FeatureMap::new(
+            Shape {
+                channels: 2,
+                height: 2,
+                width: 2,
+            },
+            vec![1.0, 2.0, 3.0, 6.0, -1.0, -1.0, -1.0, -1.0],
+        );
+        assert_eq!(global_average_pool(&map), [3.0, -1.0]);
     }
 
     #[test]

@@ -1,0 +1,21 @@
+//! Prism's CPU inference: the kernels its models are built from ([`kernels`]) and where the
+//! fetched weights live ([`prism_home`]). Each model (YOLOv8n in prism-detect,
+//! EfficientNet-Lite0 in prism-classify) loads its own weights and wires these kernels together;
+//! nothing here knows a model, an image format or a message.
+
+// SIMD intrinsics and uninitialised output buffers: the one place Prism needs unsafe code.
+#[allow(unsafe_code)]
+pub mod kernels;
+
+use std::path::PathBuf;
+
+/// The runtime cache (`$PRISM_HOME`, default `$HOME/.cache/prism`) that
+/// `deploy/local/fetch-assets.sh` fills with weights and sample images.
+pub fn prism_home() -> PathBuf {
+    match std::env::var_os("PRISM_HOME") {
+        Some(home) if !home.is_empty() => PathBuf::from(home),
+        _ => std::env::home_dir()
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".cache/prism"),
+    }
+}

@@ -1,6 +1,7 @@
 //! The YOLOv8n network (Ultralytics `yolov8.yaml`, scale n: width 0.25, depth 0.33), with
 //! BatchNorm already folded into each convolution's bias as in the ONNX export. Layer numbers in
-//! the comments are the `model.N` prefixes of the weight names. Runs on [`prism_inference::kernels`].
+//! the comments are the `model.N` prefixes of the weight names. Runs on the shared kernels,
+//! [`prism_inference::kernels`].
 
 use rayon::prelude::*;
 

@@ -15,8 +15,10 @@ Two kinds of input, any number of each:
                   espresso 0.957); truncating the longer side instead (384 for chelsea's 385)
                   moves chelsea's by up to 0.007.
   --input PATH    a network input Prism made: 3 x 224 x 224 little-endian float32 values.
-For each it prints the top-k classes and all 1000 probabilities; --save-inputs DIR also writes
-the Pillow-made tensors (name.input, same raw layout), --save-onnx PATH the graph.
+For each it prints the top-k classes and all 1000 probabilities, pictures first, then inputs, each
+in the order given; --save-inputs DIR also writes the Pillow-made tensors (name.input, same raw
+layout), --save-onnx PATH the graph. --iterations N times single runs and one --batch run (of the
+pictures, when any are given; else of the inputs).
 
 Needs the venv that `deploy/local/fetch-assets.sh --onnxruntime` makes.
 """
@@ -139,9 +141,12 @@ class GraphBuilder:
         return model
 
 
-def preprocess(path):
-    """Prism's preprocessing with Pillow: the tensor as 3 x 224 x 224 float32."""
-    image = Image.open(path).convert("RGB")
+def decode(path):
+    return Image.open(path).convert("RGB")
+
+
+def preprocess(image):
+    """Prism's preprocessing with Pillow, from a decoded RGB picture: 3 x 224 x 224 float32."""
     width, height = image.size
     if width <= height:
         resized = RESIZE_SHORTER, round(RESIZE_SHORTER * height / width)
@@ -172,7 +177,8 @@ def main():
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--save-inputs", help="folder for the Pillow-made network inputs")
     parser.add_argument("--save-onnx", help="where to write the ONNX graph")
-    parser.add_argument("--iterations", type=int, default=0, help="timing rounds (0: none)")
+    parser.add_argument("--iterations", type=int, default=0,
+                        help="timing rounds (0: none): median latency of single runs, and of one batch")
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
 
@@ -186,7 +192,8 @@ def main():
     session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
     results = []
-    tensors = [("image", path, preprocess(path)) for path in args.image] + \
+    pictures = {path: decode(path) for path in args.image}
+    tensors = [("image", path, preprocess(pictures[path])) for path in args.image] + \
         [("input", path, read_input(path)) for path in args.input]
     for kind, path, tensor in tensors:
         probabilities = session.run(None, {"input": tensor[None]})[0][0]
@@ -198,10 +205,13 @@ def main():
 
     output = {"runtime": f"onnxruntime {onnxruntime.__version__}", "results": results}
     if args.iterations and tensors:
-        # Timings include the preprocessing of images, as Prism's side does.
-        sources = [(kind, path) for kind, path, _ in tensors]
-        run_one = lambda kind, path: session.run(
-            None, {"input": (preprocess(path) if kind == "image" else read_input(path))[None]})
+        # Timings include the preprocessing of (already decoded) pictures, as Prism's side does;
+        # network inputs given as files are read beforehand.
+        # Pictures when there are any (the inputs are then only for comparing probabilities).
+        sources = [("image", pictures[path]) for path in args.image] or \
+            [("input", tensor) for _, _, tensor in tensors]
+        prepare = lambda kind, source: preprocess(source) if kind == "image" else source
+        run_one = lambda kind, source: session.run(None, {"input": prepare(kind, source)[None]})
         for source in sources:
             run_one(*source)  # warm-up
         latencies = []
@@ -214,7 +224,7 @@ def main():
         batch_times = []
         for _ in range(args.iterations):
             start = time.perf_counter()
-            inputs = np.stack([preprocess(p) if k == "image" else read_input(p) for k, p in batch])
+            inputs = np.stack([prepare(kind, source) for kind, source in batch])
             session.run(None, {"input": inputs})
             batch_times.append((time.perf_counter() - start) * 1000)
         output["batch1_median_ms"] = statistics.median(latencies)

@@ -7,11 +7,12 @@
 //! - [`DepthwiseConv2d`]: one filter per channel (MobileNet-style blocks), same epilogues.
 //! - [`max_pool_same`], [`global_average_pool`], [`FeatureMap::concat`], [`FeatureMap::upsample2`].
 //!
-//! Why own kernels instead of candle's ops (measured on YOLOv8n): profiling the candle port (perf, 2 cores, batch 1,
-//! 360 ms/image) showed about half the time in candle's im2col copy (`Producer::fold_with`),
-//! about 10% in gemm (the AVX2 micro-kernel: candle does not enable gemm's AVX-512 one), 10% in
-//! scalar `expf` for SiLU, 10% in its thread-pool barriers, and the rest in page faults and
-//! memset/memcpy of freshly allocated tensors for every op (padding, cat, narrow, residual add).
+//! Why own kernels instead of candle's ops (measured on YOLOv8n): profiling the candle port
+//! (perf, 2 cores, batch 1, 360 ms/image) showed about half the time in candle's im2col copy
+//! (`Producer::fold_with`), about 10% in gemm (the AVX2 micro-kernel: candle does not enable
+//! gemm's AVX-512 one), 10% in scalar `expf` for SiLU, 10% in its thread-pool barriers, and the
+//! rest in page faults and memset/memcpy of freshly allocated tensors for every op (padding, cat,
+//! narrow, residual add).
 //! Here a convolution is one GEMM, `weights [out, in * k * k] x columns [in * k * k, pixels]`,
 //! done tile by tile (a band of output rows at a time, both cores taking tiles):
 //! - 1x1 convolutions (most of the network) read the input planes directly, no im2col;

@@ -1,6 +1,7 @@
-//! Prism's own YOLOv8n object detector: the Ultralytics network on its own CPU kernels (im2col +
-//! gemm, see `prism_inference::kernels`), loaded straight from the official ONNX export's weights, with Ultralytics-compatible pre- and
-//! post-processing so its detections match onnxruntime's on the same file.
+//! Prism's own YOLOv8n object detector: the Ultralytics network on Prism's CPU kernels (im2col +
+//! gemm, see `prism_inference::kernels`), loaded straight from the official ONNX export's
+//! weights, with Ultralytics-compatible pre- and post-processing so its detections match
+//! onnxruntime's on the same file.
 //!
 //! The pieces, each usable (and tested) on its own:
 //! - [`onnx`]: reads the weight tensors (initializers) out of an `.onnx` file.

@@ -150,13 +150,13 @@ fn on_prisms_own_input_tensors_probabilities_match_onnxruntime() {
         arguments.extend(["--input".to_owned(), path.display().to_string()]);
         ours.push(classifier().probabilities_of_inputs(&input).remove(0));
     }
-    let theirs = onnxruntime(&arguments);
+    let run = onnxruntime(&arguments);
     std::fs::remove_dir_all(&directory).ok();
-    for ((name, ours), theirs) in IMAGES.iter().zip(&ours).zip(&theirs.results) {
+    for ((name, ours), theirs) in IMAGES.iter().zip(&ours).zip(&run.results) {
         let difference = max_difference(ours, &theirs.probabilities);
         println!(
             "{name}: max |Prism - {}| = {difference:.2e} over 1000 probabilities",
-            theirs.runtime
+            run.runtime
         );
         assert!(
             difference <= SAME_INPUT_TOLERANCE,

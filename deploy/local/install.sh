@@ -201,8 +201,9 @@ main() {
     ensure_pouchdb
     ensure_garage
     if [[ -f "$LOCAL_DIR/fetch-assets.sh" ]]; then
-        step "fetching model weights and test images (deploy/local/fetch-assets.sh)"
-        bash "$LOCAL_DIR/fetch-assets.sh"
+        # --onnxruntime: classify's reference test compares with onnxruntime in that venv.
+        step "fetching model weights, test images and onnxruntime (deploy/local/fetch-assets.sh --onnxruntime)"
+        bash "$LOCAL_DIR/fetch-assets.sh" --onnxruntime
         step_done
     fi
     say "install complete in $((SECONDS - started))s; PRISM_HOME=$PRISM_HOME"

@@ -44,12 +44,12 @@ run_check() {
 
 run_check "server conformance" "$VENV/bin/python" "$LOCAL_DIR/probe.py" conformance
 run_check "cargo fmt" cargo fmt --all --check
-run_check "cargo clippy" cargo clippy --workspace --all-targets --features prism-e2e/e2e,prism-detect/weights -- -D warnings
+run_check "cargo clippy" cargo clippy --workspace --all-targets --features prism-e2e/e2e,prism-detect/weights,prism-classify/weights -- -D warnings
 # The fault and rebalance tests run on their own, so their times show in the summary and the
 # figures they print (uploads, results, redeliveries, recovery times) show in the log.
-# The end-to-end tests (tests/, package prism-e2e) and the detector's tests on the real weights
-# are built only with these features.
-run_check "cargo test" cargo test --workspace --features prism-e2e/e2e,prism-detect/weights \
+# The end-to-end tests (tests/, package prism-e2e) and the detector's and classifier's tests on
+# the real weights (the classifier's against onnxruntime) are built only with these features.
+run_check "cargo test" cargo test --workspace --features prism-e2e/e2e,prism-detect/weights,prism-classify/weights \
     -- --skip under_faults --skip under_rebalance
 # Each waits at most 3 minutes for results, but a test stuck elsewhere must not hold CI for hours.
 run_check "fault test" timeout --kill-after=30 900 cargo test -p prism-e2e --features e2e --test faults -- --show-output

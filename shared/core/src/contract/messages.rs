@@ -17,15 +17,17 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub enum StageName {
     Thumbnail,
     Detect,
+    Classify,
 }
 
 impl StageName {
-    pub const ALL: [StageName; 2] = [StageName::Thumbnail, StageName::Detect];
+    pub const ALL: [StageName; 3] = [StageName::Thumbnail, StageName::Detect, StageName::Classify];
 
     pub fn as_str(self) -> &'static str {
         match self {
             StageName::Thumbnail => "thumbnail",
             StageName::Detect => "detect",
+            StageName::Classify => "classify",
         }
     }
 
@@ -34,6 +36,7 @@ impl StageName {
         match self {
             StageName::Thumbnail => "thumbnails",
             StageName::Detect => "detections",
+            StageName::Classify => "classifications",
         }
     }
 }
@@ -50,7 +53,7 @@ impl std::str::FromStr for StageName {
         StageName::ALL
             .into_iter()
             .find(|stage| stage.as_str() == s)
-            .ok_or_else(|| format!("unknown stage {s:?} (known: thumbnail, detect)"))
+            .ok_or_else(|| format!("unknown stage {s:?} (known: thumbnail, detect, classify)"))
     }
 }
 
@@ -110,7 +113,7 @@ pub struct StageResult {
     /// True when the outputs were made earlier for the same content and reused.
     pub deduplicated: bool,
     pub outputs: Vec<OutputObject>,
-    /// Stage-specific fields (detect: `detections`).
+    /// Stage-specific fields (detect: `detections`, classify: `classes`).
     #[serde(flatten)]
     pub payload: Map<String, Value>,
     pub timings: Timings,
@@ -157,7 +160,7 @@ pub struct Origin {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
     pub schema_version: u32,
-    /// `dedup`, `thumbnail` or `detect`.
+    /// `dedup`, `thumbnail`, `detect` or `classify`.
     pub stage: String,
     pub error: ErrorReport,
     pub attempts: u32,

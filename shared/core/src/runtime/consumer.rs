@@ -100,7 +100,7 @@ pub const MISCONFIGURED: &str = "_misconfigured";
 /// A service's work: turn a batch of messages into publications, one outcome per message.
 #[async_trait]
 pub trait Processor: Send + Sync {
-    /// `dedup`, `thumbnail`, `detect`: names the service in logs and dead letters.
+    /// `dedup`, `thumbnail`, `detect`, `classify`: names the service in logs and dead letters.
     fn name(&self) -> &str;
     async fn process(&self, batch: &[Delivery]) -> Vec<Outcome>;
 }

@@ -1,4 +1,4 @@
-//! The stage worker: the processor both thumbnail and detect run.
+//! The stage worker: the processor every stage (thumbnail, detect, classify) runs.
 //!
 //! For a batch of jobs it reads each source object (checking its hash still matches), hands the bytes
 //! to the pure [`Stage`] on a blocking thread, writes the outputs to content-addressed keys, records
@@ -32,7 +32,7 @@ pub struct OutputFile {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageOutput {
     pub files: Vec<OutputFile>,
-    /// Stage-specific result fields (detect: `detections`).
+    /// Stage-specific result fields (detect: `detections`, classify: `classes`).
     pub payload: Map<String, Value>,
 }
 

@@ -14,10 +14,9 @@ use std::sync::OnceLock;
 use prism_classify::model::{
     Class, Classifier, ClassifierConfig, INPUT_VALUES, fill_input, prism_home,
 };
+use prism_core::contract::stages::EFFICIENTNET_LITE0_SHA256;
 use serde::Deserialize;
 
-/// What fetch-assets.sh's conversion writes (see LITE0_SAFETENSORS_SHA256 there).
-const WEIGHTS_SHA256: &str = "8a580302e897a8279e26041bdd13eb4575a78d96cddc84b1963661ea2b3c6a75";
 /// On the same network input, Prism and onnxruntime differ only in the order of float sums.
 const SAME_INPUT_TOLERANCE: f32 = 1e-4;
 /// From the picture, Pillow's and fast_image_resize's bilinear resizes round a few values apart.
@@ -134,7 +133,8 @@ fn describe(classes: &[Class]) -> String {
 
 #[test]
 fn weights_are_the_pinned_conversion() {
-    assert_eq!(classifier().weights_digest(), WEIGHTS_SHA256);
+    // What fetch-assets.sh's conversion writes (see LITE0_SAFETENSORS_SHA256 there).
+    assert_eq!(classifier().weights_digest(), EFFICIENTNET_LITE0_SHA256);
 }
 
 #[test]

@@ -7,8 +7,6 @@
 
 pub mod model;
 
-use std::ops::Range;
-
 use bytes::Bytes;
 use model::{Detection, Detector, DetectorConfig, annotate_within};
 use prism_core::contract::StageName;
@@ -105,44 +103,6 @@ impl DetectStage {
             payload,
         })
     }
-
-    /// Decodes every input, detects in one forward pass, and builds each input's outputs.
-    fn run_group(&self, inputs: &[Bytes]) -> Vec<Result<StageOutput, StageFailure>> {
-        // Decoded images move into one batch for the forward pass (no copies: a batch of large
-        // photos is the service's biggest memory cost); `formats` remembers which inputs failed.
-        let mut images = Vec::with_capacity(inputs.len());
-        let formats: Vec<Result<&'static str, StageFailure>> = inputs
-            .iter()
-            .map(|input| {
-                let image = imaging::decode(input, &self.limits).map_err(|error| StageFailure {
-                    code: error.code().into(),
-                    reason: error.to_string(),
-                })?;
-                let format = image.format().name();
-                images.push(image.into_rgb());
-                Ok(format)
-            })
-            .collect();
-        let found = match self.detector.detect(&images) {
-            Ok(found) => found,
-            Err(error) => {
-                let failure = StageFailure {
-                    code: "model_failed".into(),
-                    reason: one_line(&format!("the detector failed on this batch: {error}")),
-                };
-                return inputs.iter().map(|_| Err(failure.clone())).collect();
-            }
-        };
-        let mut detected = images.iter().zip(found);
-        formats
-            .into_iter()
-            .map(|format| {
-                let format = format?;
-                let (image, detections) = detected.next().expect("one detection list per image");
-                Self::outputs(image, format, detections)
-            })
-            .collect()
-    }
 }
 
 impl Stage for DetectStage {
@@ -158,42 +118,25 @@ impl Stage for DetectStage {
         self.limits.max_bytes
     }
 
-    /// Runs the batch in groups of consecutive images holding at most `max_pixels` pixels
-    /// together, so that a batch of large photos never has more than one image's worth of
-    /// pixels at the limit in memory (eight at the 100 MP limit would be 2.4 GB of RGB).
+    /// One forward pass per group of images within the pixel budget (see
+    /// [`imaging::infer_within_pixel_budget`]).
     fn run(&self, inputs: &[Bytes]) -> Vec<Result<StageOutput, StageFailure>> {
-        let pixels = inputs.iter().map(|input| header_pixels(input));
-        groups_within(pixels, self.limits.max_pixels)
-            .into_iter()
-            .flat_map(|group| self.run_group(&inputs[group]))
-            .collect()
+        imaging::infer_within_pixel_budget(
+            inputs,
+            &self.limits,
+            |error| StageFailure {
+                code: error.code().into(),
+                reason: error.to_string(),
+            },
+            |images| {
+                self.detector.detect(images).map_err(|error| StageFailure {
+                    code: "model_failed".into(),
+                    reason: one_line(&format!("the detector failed on this batch: {error}")),
+                })
+            },
+            |image, format, detections| Self::outputs(image, format.name(), detections),
+        )
     }
-}
-
-/// The pixels an input decodes to, read from its header alone; 0 for one that will not decode
-/// (its error comes from decoding, which costs no pixels).
-fn header_pixels(input: &[u8]) -> u64 {
-    imaging::probe(input).map_or(0, |info| u64::from(info.width) * u64::from(info.height))
-}
-
-/// Splits a batch into runs of consecutive inputs whose pixels add up to at most `budget`; an
-/// input over the budget on its own gets a group of its own.
-fn groups_within(pixels: impl IntoIterator<Item = u64>, budget: u64) -> Vec<Range<usize>> {
-    let mut groups: Vec<Range<usize>> = Vec::new();
-    let mut group_pixels = 0u64;
-    for (index, pixels) in pixels.into_iter().enumerate() {
-        match groups.last_mut() {
-            Some(group) if group_pixels.saturating_add(pixels) <= budget => {
-                group.end = index + 1;
-                group_pixels += pixels;
-            }
-            _ => {
-                groups.push(index..index + 1);
-                group_pixels = pixels;
-            }
-        }
-    }
-    groups
 }
 
 /// Runs the detect service against Kafka, S3 and CouchDB until `shutdown`, batching jobs.
@@ -204,8 +147,6 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::R
 
 #[cfg(test)]
 mod tests {
-    use super::groups_within;
-
     /// The tests that run the stage on the real weights (`deploy/local/fetch-assets.sh`).
     #[cfg(feature = "weights")]
     mod with_weights {
@@ -264,26 +205,5 @@ mod tests {
             let decoded = image::load_from_memory(&annotated.bytes).expect("a valid JPEG");
             assert_eq!((decoded.width(), decoded.height()), (65_500, 992));
         }
-    }
-
-    #[test]
-    fn a_batch_is_split_where_its_pixels_would_exceed_the_budget() {
-        let megapixels = |sizes: &[u64]| sizes.iter().map(|mp| mp * 1_000_000).collect::<Vec<_>>();
-        let budget = 100_000_000;
-        // Eight photos at the limit: one at a time.
-        assert_eq!(
-            groups_within(megapixels(&[100; 8]), budget),
-            (0..8).map(|i| i..i + 1).collect::<Vec<_>>()
-        );
-        // Eight 12 MP phone photos: one forward pass.
-        assert_eq!(groups_within(megapixels(&[12; 8]), budget), vec![0..8]);
-        assert_eq!(
-            groups_within(megapixels(&[40, 40, 30, 12, 100, 0, 1]), budget),
-            vec![0..2, 2..4, 4..6, 6..7]
-        );
-        // Inputs that will not decode (0 pixels) ride along with their neighbours.
-        assert_eq!(groups_within(megapixels(&[0, 100, 0]), budget), vec![0..3]);
-        assert_eq!(groups_within(megapixels(&[101]), budget), vec![0..1]);
-        assert!(groups_within(Vec::new(), budget).is_empty());
     }
 }

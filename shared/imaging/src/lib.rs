@@ -773,6 +773,8 @@ fn one_decimal(value: u64, unit: u64) -> String {
     }
 }
 
+mod batch;
+pub use batch::infer_within_pixel_budget;
 mod colour;
 mod heif;
 mod jpeg;

@@ -115,6 +115,7 @@ pub struct Classifier {
     labels: Vec<String>,
     config: ClassifierConfig,
     weights_digest: String,
+    labels_digest: String,
 }
 
 impl std::fmt::Debug for Classifier {
@@ -122,6 +123,7 @@ impl std::fmt::Debug for Classifier {
         f.debug_struct("Classifier")
             .field("config", &self.config)
             .field("weights_digest", &self.weights_digest)
+            .field("labels_digest", &self.labels_digest)
             .finish_non_exhaustive()
     }
 }
@@ -141,18 +143,25 @@ impl Classifier {
                 }
             })?;
         let network = EfficientNetLite0::load(Weights::new(tensors))?;
-        let labels = read_labels(&config.labels)?;
+        let label_bytes = read_file(&config.labels)?;
+        let labels = parse_labels(&config.labels, &label_bytes)?;
         Ok(Self {
             network,
             labels,
             config: config.clone(),
             weights_digest,
+            labels_digest: hex(&Sha256::digest(&label_bytes)),
         })
     }
 
     /// sha256 (hex) of the safetensors file the weights came from.
     pub fn weights_digest(&self) -> &str {
         &self.weights_digest
+    }
+
+    /// sha256 (hex) of the labels file: the names are part of every result.
+    pub fn labels_digest(&self) -> &str {
+        &self.labels_digest
     }
 
     pub fn config(&self) -> &ClassifierConfig {
@@ -239,14 +248,14 @@ fn softmax(values: &mut [f32]) {
     values.iter_mut().for_each(|value| *value /= sum);
 }
 
-/// The 1000 class names by index, each the first of its comma-separated synonyms.
-fn read_labels(path: &Path) -> Result<Vec<String>, ModelError> {
+/// The 1000 class names by index, each the first of its comma-separated synonyms, from the
+/// contents of the labels file at `path`.
+fn parse_labels(path: &Path, bytes: &[u8]) -> Result<Vec<String>, ModelError> {
     let invalid = |reason: String| ModelError::InvalidLabels {
         path: path.to_owned(),
         reason,
     };
-    let bytes = read_file(path)?;
-    let names: std::collections::HashMap<String, String> = serde_json::from_slice(&bytes)
+    let names: std::collections::HashMap<String, String> = serde_json::from_slice(bytes)
         .map_err(|error| invalid(format!("not a JSON object of strings: {error}")))?;
     if names.len() != CLASSES {
         return Err(invalid(format!(
@@ -305,27 +314,21 @@ mod tests {
 
     #[test]
     fn labels_are_the_first_synonym_by_index() {
-        let directory =
-            std::env::temp_dir().join(format!("prism-classify-labels-{}", std::process::id()));
-        std::fs::create_dir_all(&directory).expect("temp dir");
-        let path = directory.join("labels.json");
+        let path = Path::new("labels.json");
         let mut names: std::collections::HashMap<String, String> = (0..CLASSES)
             .map(|index| (index.to_string(), format!("class {index}, synonym")))
             .collect();
         names.insert("281".into(), "tabby, tabby cat".into());
-        std::fs::write(&path, serde_json::to_vec(&names).expect("json")).expect("write");
-        let labels = read_labels(&path).expect("reads");
+        let labels = parse_labels(path, &serde_json::to_vec(&names).expect("json")).expect("reads");
         assert_eq!(labels.len(), CLASSES);
         assert_eq!(labels[281], "tabby");
         assert_eq!(labels[0], "class 0");
 
         names.remove("999");
-        std::fs::write(&path, serde_json::to_vec(&names).expect("json")).expect("write");
         assert!(matches!(
-            read_labels(&path),
+            parse_labels(path, &serde_json::to_vec(&names).expect("json")),
             Err(ModelError::InvalidLabels { .. })
         ));
-        std::fs::remove_dir_all(&directory).ok();
     }
 
     #[test]

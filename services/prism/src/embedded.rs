@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 /// The claim index is kept here, under the output folder.
 const INDEX_FILE: &str = ".prism/claims.json";
+/// How many uploads' likeliest class the summary lists; the rest are in results.jsonl.
+const CLASSES_LISTED: usize = 20;
 
 pub async fn run(
     mut settings: Settings,
@@ -71,6 +73,11 @@ pub async fn run(
             )),
             StageName::Detect => Arc::new(StageWorker::over(
                 prism_detect::DetectStage::new(&settings)?,
+                &settings,
+                &backends,
+            )),
+            StageName::Classify => Arc::new(StageWorker::over(
+                prism_classify::ClassifyStage::new(&settings)?,
                 &settings,
                 &backends,
             )),
@@ -144,6 +151,8 @@ pub struct Summary {
     produced: BTreeMap<StageName, (usize, usize)>,
     outputs: usize,
     detections: usize,
+    /// Each upload's likeliest class and its probability, by key.
+    top_classes: BTreeMap<String, (String, f64)>,
     dead_letters: Vec<(String, String, String, String)>,
     elapsed: Duration,
 }
@@ -163,6 +172,7 @@ impl Summary {
             produced: BTreeMap::new(),
             outputs: 0,
             detections: 0,
+            top_classes: BTreeMap::new(),
             dead_letters: Vec::new(),
             elapsed: Duration::ZERO,
         }
@@ -186,6 +196,13 @@ impl Summary {
         }
         if let Some(detections) = result.payload.get("detections").and_then(|d| d.as_array()) {
             self.detections += detections.len();
+        }
+        let top = result.payload.get("classes").and_then(|classes| classes.get(0));
+        if let Some(top) = top {
+            let label = top["label"].as_str().unwrap_or_default().to_owned();
+            let score = top["score"].as_f64().unwrap_or_default();
+            self.top_classes
+                .insert(result.source.key.clone(), (label, score));
         }
     }
 
@@ -233,6 +250,19 @@ impl fmt::Display for Summary {
         }
         if self.stages.contains(&StageName::Detect) {
             writeln!(f, "  {} objects detected", self.detections)?;
+        }
+        if self.stages.contains(&StageName::Classify) {
+            writeln!(f, "  likeliest classes:")?;
+            for (key, (label, score)) in self.top_classes.iter().take(CLASSES_LISTED) {
+                writeln!(f, "    {key}: {label} ({:.0}%)", score * 100.0)?;
+            }
+            if self.top_classes.len() > CLASSES_LISTED {
+                writeln!(
+                    f,
+                    "    … and {} more (all five of each in results.jsonl)",
+                    self.top_classes.len() - CLASSES_LISTED
+                )?;
+            }
         }
         writeln!(
             f,

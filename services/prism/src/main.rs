@@ -1,4 +1,4 @@
-//! `prism`: the one binary for every Prism service (`prism serve dedup|thumbnail|detect`,
+//! `prism`: the one binary for every Prism service (`prism serve dedup|thumbnail|detect|classify`,
 //! `prism watch`, `prism reconcile`) and for the embedded mode (`prism run`: the whole pipeline
 //! in one process over a folder, no servers). It holds wiring only: each service lives in its own
 //! crate.
@@ -26,11 +26,11 @@ enum Command {
     Run {
         /// The images (searched recursively).
         input: PathBuf,
-        /// Where thumbnails, detections and results.jsonl go.
+        /// Where thumbnails, detections, classes and results.jsonl go.
         #[arg(long, default_value = "prism-output")]
         out: PathBuf,
         /// Stages to run, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "thumbnail,detect")]
+        #[arg(long, value_delimiter = ',', default_value = "thumbnail,detect,classify")]
         stages: Vec<StageName>,
     },
     /// Announce new objects of the input bucket as MinIO-format events (for S3 servers without
@@ -47,6 +47,7 @@ enum Service {
     Dedup,
     Thumbnail,
     Detect,
+    Classify,
 }
 
 #[tokio::main]
@@ -68,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
             Service::Dedup => prism_dedup::serve(settings, shutdown).await,
             Service::Thumbnail => prism_thumbnail::serve(settings, shutdown).await,
             Service::Detect => prism_detect::serve(settings, shutdown).await,
+            Service::Classify => prism_classify::serve(settings, shutdown).await,
         },
     }
 }

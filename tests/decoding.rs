@@ -28,6 +28,7 @@ async fn every_stage_accepts_and_refuses_the_same_images() {
             &["serve", "dedup"],
             &["serve", "thumbnail"],
             &["serve", "detect"],
+            &["serve", "classify"],
             &["watch", "--interval-ms", "200"],
         ],
     );

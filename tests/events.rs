@@ -12,7 +12,7 @@ use chrono::Utc;
 use image::{DynamicImage, ImageFormat};
 use prism_core::contract::ingest::UploadEvent;
 use prism_core::contract::schemas::{MessageKind, Schemas};
-use prism_core::contract::{DeadLetter, Job, SourceObject};
+use prism_core::contract::{DeadLetter, Job, SourceObject, StageName};
 use prism_core::ports::store::Buckets;
 use prism_core::runtime::config::Settings;
 use prism_e2e::{DEADLINE, Services};
@@ -134,8 +134,9 @@ impl Pipeline {
                 None
             } else if message.topic() == topics.deadletter {
                 Some(MessageKind::DeadLetter)
-            } else if message.topic() == topics.thumbnail_jobs
-                || message.topic() == topics.detect_jobs
+            } else if StageName::ALL
+                .iter()
+                .any(|&stage| message.topic() == topics.jobs(stage))
             {
                 Some(MessageKind::Job)
             } else {
@@ -167,8 +168,9 @@ impl Pipeline {
 
     fn jobs(&self) -> Vec<Job> {
         let topics = &self.settings.topics;
-        self.on(&topics.thumbnail_jobs)
-            .chain(self.on(&topics.detect_jobs))
+        StageName::ALL
+            .iter()
+            .flat_map(|&stage| self.on(topics.jobs(stage)))
             .map(|seen| serde_json::from_value(seen.payload.clone()).unwrap())
             .collect()
     }
@@ -176,8 +178,9 @@ impl Pipeline {
     /// Results for uploads of `key`, as published (numbers written as they came).
     fn results(&self, key: &str) -> Vec<&Value> {
         let topics = &self.settings.topics;
-        self.on(&topics.thumbnail_results)
-            .chain(self.on(&topics.detect_results))
+        StageName::ALL
+            .iter()
+            .flat_map(|&stage| self.on(topics.results(stage)))
             .map(|seen| &seen.payload)
             .filter(|result| result["source"]["key"] == key)
             .collect()
@@ -447,10 +450,14 @@ async fn the_watcher_announces_objects_as_minio_does() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deduplicated_detect_result_writes_its_detections_as_the_fresh_one() {
+async fn a_deduplicated_result_writes_its_payload_as_the_fresh_one() {
     let mut pipeline = Pipeline::start(
-        r#"["detect"]"#,
-        &[&["serve", "dedup"], &["serve", "detect"]],
+        r#"["detect", "classify"]"#,
+        &[
+            &["serve", "dedup"],
+            &["serve", "detect"],
+            &["serve", "classify"],
+        ],
     )
     .await;
     let bus = std::fs::read(prism_detect::model::prism_home().join("images/bus.jpg"))
@@ -461,27 +468,38 @@ async fn a_deduplicated_detect_result_writes_its_detections_as_the_fresh_one() {
         pipeline
             .publish_event(&format!("{bucket}/{key}"), &Pipeline::event(&object, "Put"))
             .await;
-        // The copy must find the claim finished, so its result comes from the stored claim.
+        // The copy must find the claims finished, so its results come from the stored claims.
         pipeline
-            .collect_until("the detect result", |p| !p.results(key).is_empty())
+            .collect_until("the detect and classify results", |p| {
+                p.results(key).len() == 2
+            })
             .await;
     }
-    let detections = |key: &str| {
-        let results = pipeline.results(key);
+    let field_of = |key: &str, stage: &str, field: &str| {
+        let results: Vec<&Value> = pipeline
+            .results(key)
+            .into_iter()
+            .filter(|result| result["stage"] == stage)
+            .collect();
         assert_eq!(results.len(), 1, "{key}: {}", pipeline.summary());
-        results[0]["detections"].clone()
+        if key.starts_with("copy/") {
+            assert_eq!(results[0]["deduplicated"], true, "{key} {stage}");
+        }
+        results[0][field].clone()
     };
-    let (fresh, copy) = (detections("fresh/bus.jpg"), detections("copy/bus.jpg"));
-    assert_eq!(pipeline.results("copy/bus.jpg")[0]["deduplicated"], true);
     // A person's box ends at the photo's right edge: a whole number, the case that was written
     // `810.0` fresh and `810` from the stored claim.
-    let boxes = fresh.as_array().unwrap().iter().map(|d| &d["box"]);
+    let detections = field_of("fresh/bus.jpg", "detect", "detections");
+    let boxes = detections.as_array().unwrap().iter().map(|d| &d["box"]);
     let at_the_edge = boxes.into_iter().any(|b| b["x2"].as_f64() == Some(810.0));
-    assert!(at_the_edge, "no box ends at the edge any more: {fresh}");
-    // serde_json's Value keeps `810.0` and `810` apart: compare the text as published.
-    let (fresh, copy) = (fresh.to_string(), copy.to_string());
-    assert_eq!(
-        fresh, copy,
-        "the deduplicated result writes its numbers otherwise"
-    );
+    assert!(at_the_edge, "no box ends at the edge any more: {detections}");
+    for (stage, field) in [("detect", "detections"), ("classify", "classes")] {
+        // serde_json's Value keeps `810.0` and `810` apart: compare the text as published.
+        let fresh = field_of("fresh/bus.jpg", stage, field).to_string();
+        let copy = field_of("copy/bus.jpg", stage, field).to_string();
+        assert_eq!(
+            fresh, copy,
+            "the deduplicated {stage} result writes its {field} otherwise"
+        );
+    }
 }

@@ -1,8 +1,9 @@
 //! Faults over real servers: while a steady stream of uploads (some of them copies) goes through
-//! the pipeline, the test kills (SIGKILL) a thumbnail replica, the dedup service and the detect
-//! service, freezes the broker, and restarts the S3 server and CouchDB, one at a time. After
-//! recovery every upload must have a result per stage, every output must exist, no claim may be
-//! left processing, and redelivered results must say the same as the first.
+//! the pipeline, the test kills (SIGKILL) a thumbnail replica, the dedup service, the detect
+//! service and the classify service, freezes the broker, and restarts the S3 server and CouchDB,
+//! one at a time. After recovery every upload must have a result per stage, every output must
+//! exist, no claim may be left processing, and redelivered results must say the same as the
+//! first.
 //!
 //! Recovery time is measured per fault: from the fault to the moment an upload made right after
 //! it has all its results (so it includes the backlog the fault left).
@@ -40,10 +41,11 @@ enum Fault {
     Freeze(&'static str, Duration),
 }
 
-const FAULTS: [Fault; 6] = [
+const FAULTS: [Fault; 7] = [
     Fault::Kill("thumbnail-a"),
     Fault::Kill("dedup"),
     Fault::Kill("detect"),
+    Fault::Kill("classify"),
     // Not a restart: Tansu 0.6 forgets its partitions' offsets when it restarts (memory storage
     // loses the topics; S3 storage numbers new messages from 0 again, below the consumers'
     // committed offsets), which no client can survive. Frozen, it keeps its log.
@@ -52,11 +54,12 @@ const FAULTS: [Fault; 6] = [
     Fault::Restart("couchdb"),
 ];
 
-const SERVICES: [(&str, &[&str]); 5] = [
+const SERVICES: [(&str, &[&str]); 6] = [
     ("dedup", &["serve", "dedup"]),
     ("thumbnail-a", &["serve", "thumbnail"]),
     ("thumbnail-b", &["serve", "thumbnail"]),
     ("detect", &["serve", "detect"]),
+    ("classify", &["serve", "classify"]),
     ("watch", &["watch", "--interval-ms", "200"]),
 ];
 

@@ -117,6 +117,7 @@ async fn uploads_get_exactly_one_result_each_and_identical_content_is_processed_
             &["serve", "dedup"],
             &["serve", "thumbnail"],
             &["serve", "detect"],
+            &["serve", "classify"],
             &["watch", "--interval-ms", "200"],
         ],
     );
@@ -319,7 +320,11 @@ async fn uploads_get_exactly_one_result_each_and_identical_content_is_processed_
                 assert_eq!(bytes.len() as u64, output.bytes);
                 if output.content_type == "application/json" {
                     let listed: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-                    assert_eq!(listed["detections"], result.payload["detections"]);
+                    let field = match stage {
+                        StageName::Classify => "classes",
+                        _ => "detections",
+                    };
+                    assert_eq!(listed[field], result.payload[field], "{}", output.key);
                     continue;
                 }
                 let image = image::load_from_memory(&bytes).unwrap();
@@ -344,6 +349,7 @@ async fn uploads_get_exactly_one_result_each_and_identical_content_is_processed_
                     settings.stages.thumbnail.sizes.len() * settings.stages.thumbnail.formats.len()
                 }
                 StageName::Detect => 2,
+                StageName::Classify => 1,
             };
             assert_eq!(
                 result.outputs.len(),
@@ -372,6 +378,17 @@ async fn uploads_get_exactly_one_result_each_and_identical_content_is_processed_
         1,
         "{classes:?}"
     );
+
+    // The same photo classified: a bus of some kind, and five classes for every picture.
+    let bus = &seen.results[&(StageName::Classify, "street/bus.jpg".to_string())][0];
+    let top = bus.payload["classes"][0]["label"].as_str().unwrap();
+    assert!(top.ends_with("bus"), "{}", bus.payload["classes"]);
+    for ((stage, key), results) in &seen.results {
+        if *stage == StageName::Classify {
+            let classes = results[0].payload["classes"].as_array().unwrap();
+            assert_eq!(classes.len(), 5, "{key}: {classes:?}");
+        }
+    }
 
     // CouchDB: one claim per distinct content and stage, the corrupt ones failed, none in flight.
     let index = CouchIndex::connect(&settings.couchdb).await.unwrap();

@@ -20,10 +20,11 @@ const QUIET_PERIOD: Duration = Duration::from_secs(5);
 /// How long a joining replica may take to get its partitions.
 const JOIN_DEADLINE: Duration = Duration::from_secs(60);
 
-const STAGES: [(&str, &[&str]); 3] = [
+const STAGES: [(&str, &[&str]); 4] = [
     ("dedup", &["serve", "dedup"]),
     ("thumbnail", &["serve", "thumbnail"]),
     ("detect", &["serve", "detect"]),
+    ("classify", &["serve", "classify"]),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,11 +33,13 @@ pub fn run_environment(run: &str) -> Vec<(String, String)> {
         ("PRISM_TOPICS__UPLOADS", topic("uploads")),
         ("PRISM_TOPICS__THUMBNAIL_JOBS", topic("jobs.thumbnail")),
         ("PRISM_TOPICS__DETECT_JOBS", topic("jobs.detect")),
+        ("PRISM_TOPICS__CLASSIFY_JOBS", topic("jobs.classify")),
         (
             "PRISM_TOPICS__THUMBNAIL_RESULTS",
             topic("results.thumbnail"),
         ),
         ("PRISM_TOPICS__DETECT_RESULTS", topic("results.detect")),
+        ("PRISM_TOPICS__CLASSIFY_RESULTS", topic("results.classify")),
         ("PRISM_TOPICS__DEADLETTER", topic("deadletter")),
         ("PRISM_INPUT_BUCKET", format!("e2e-{run}-in")),
         ("PRISM_OUTPUT_BUCKET", format!("e2e-{run}-out")),
@@ -45,7 +47,10 @@ pub fn run_environment(run: &str) -> Vec<(String, String)> {
         ("PRISM_KAFKA__GROUP_PREFIX", format!("e2e-{run}")),
         // Tansu makes a new group's first join wait half the session timeout.
         ("PRISM_KAFKA__SESSION_TIMEOUT_MS", "6000".into()),
-        ("PRISM_ENABLED_STAGES", "[\"thumbnail\", \"detect\"]".into()),
+        (
+            "PRISM_ENABLED_STAGES",
+            "[\"thumbnail\", \"detect\", \"classify\"]".into(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -545,7 +550,7 @@ impl Seen {
         *self.counts.entry(topic.to_string()).or_default() += 1;
         let kind = if topic == topics.uploads {
             MessageKind::Upload
-        } else if topic == topics.thumbnail_jobs || topic == topics.detect_jobs {
+        } else if StageName::ALL.iter().any(|&stage| topic == topics.jobs(stage)) {
             MessageKind::Job
         } else if topic == topics.deadletter {
             MessageKind::DeadLetter

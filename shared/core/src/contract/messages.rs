@@ -43,7 +43,8 @@ impl StageName {
 
 impl fmt::Display for StageName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        // `pad`, so that `{stage:<10}` aligns the embedded mode's summary.
+        f.pad(self.as_str())
     }
 }
 

@@ -33,11 +33,18 @@ SERVICE_ENVIRONMENT = {
     "PRISM_TOPICS__UPLOADS",
     "PRISM_TOPICS__THUMBNAIL_JOBS",
     "PRISM_TOPICS__DETECT_JOBS",
+    "PRISM_TOPICS__CLASSIFY_JOBS",
     "PRISM_TOPICS__THUMBNAIL_RESULTS",
     "PRISM_TOPICS__DETECT_RESULTS",
+    "PRISM_TOPICS__CLASSIFY_RESULTS",
     "PRISM_TOPICS__DEADLETTER",
     "PRISM_DETECT__WEIGHTS",
+    "PRISM_CLASSIFY__WEIGHTS",
+    "PRISM_CLASSIFY__LABELS",
 }
+
+# The model files each stage reads; they must come from a volume the service cannot write to.
+MODEL_FILES = ["PRISM_DETECT__WEIGHTS", "PRISM_CLASSIFY__WEIGHTS", "PRISM_CLASSIFY__LABELS"]
 
 # Only these may publish ports, and only on loopback: the user reaches MinIO and CouchDB, both
 # behind their credentials; Kafka has no authentication and stays on the compose network.
@@ -90,15 +97,17 @@ def check_built_service(name, service, root, binaries, problems):
     for variable in sorted(set(environment) - SERVICE_ENVIRONMENT):
         problems.append(f"{name}: environment variable {variable} is not one Prism reads")
 
-    # The weights come from a volume that the service cannot write to.
-    weights = environment.get("PRISM_DETECT__WEIGHTS")
-    if weights is not None:
+    # The model files come from a volume that the service cannot write to.
+    for variable in MODEL_FILES:
+        path = environment.get(variable)
+        if path is None:
+            continue
         holders = [v for v in service.get("volumes") or []
-                   if weights.startswith(v["target"].rstrip("/") + "/")]
+                   if path.startswith(v["target"].rstrip("/") + "/")]
         if not holders:
-            problems.append(f"{name}: no volume holds PRISM_DETECT__WEIGHTS={weights}")
+            problems.append(f"{name}: no volume holds {variable}={path}")
         elif not all(v.get("read_only") for v in holders):
-            problems.append(f"{name}: the volume holding {weights} is mounted writable")
+            problems.append(f"{name}: the volume holding {path} is mounted writable")
 
 
 def check(root: Path, rendered: dict, uninterpolated: dict, cargo_metadata: dict) -> list[str]:

@@ -28,8 +28,10 @@ ensure_topic() {
 ensure_topic "${PRISM_TOPICS__UPLOADS:?}" 12
 ensure_topic "${PRISM_TOPICS__THUMBNAIL_JOBS:?}" 12
 ensure_topic "${PRISM_TOPICS__DETECT_JOBS:?}" 12
+ensure_topic "${PRISM_TOPICS__CLASSIFY_JOBS:?}" 12
 ensure_topic "${PRISM_TOPICS__THUMBNAIL_RESULTS:?}" 3
 ensure_topic "${PRISM_TOPICS__DETECT_RESULTS:?}" 3
+ensure_topic "${PRISM_TOPICS__CLASSIFY_RESULTS:?}" 3
 ensure_topic "${PRISM_TOPICS__DEADLETTER:?}" 3
 
 "$kafka_topics" --bootstrap-server "$brokers" --list

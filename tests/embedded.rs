@@ -6,16 +6,13 @@ use std::process::Command;
 #[test]
 fn prism_run_prints_the_likeliest_class_of_each_sample_photo() {
     let images = prism_detect::model::prism_home().join("images");
-    let scratch = std::env::temp_dir().join(format!(
-        "prism-embedded-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let scratch =
+        std::env::temp_dir().join(format!("prism-embedded-{}", uuid::Uuid::new_v4().simple()));
     let input = scratch.join("in");
     std::fs::create_dir_all(&input).unwrap();
     for name in ["chelsea.png", "coffee.png"] {
-        std::fs::copy(images.join(name), input.join(name)).unwrap_or_else(|error| {
-            panic!("{name}: {error}; run deploy/local/fetch-assets.sh")
-        });
+        std::fs::copy(images.join(name), input.join(name))
+            .unwrap_or_else(|error| panic!("{name}: {error}; run deploy/local/fetch-assets.sh"));
     }
     let run = Command::new(prism_e2e::prism_binary())
         .arg("run")

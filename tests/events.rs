@@ -492,7 +492,10 @@ async fn a_deduplicated_result_writes_its_payload_as_the_fresh_one() {
     let detections = field_of("fresh/bus.jpg", "detect", "detections");
     let boxes = detections.as_array().unwrap().iter().map(|d| &d["box"]);
     let at_the_edge = boxes.into_iter().any(|b| b["x2"].as_f64() == Some(810.0));
-    assert!(at_the_edge, "no box ends at the edge any more: {detections}");
+    assert!(
+        at_the_edge,
+        "no box ends at the edge any more: {detections}"
+    );
     for (stage, field) in [("detect", "detections"), ("classify", "classes")] {
         // serde_json's Value keeps `810.0` and `810` apart: compare the text as published.
         let fresh = field_of("fresh/bus.jpg", stage, field).to_string();

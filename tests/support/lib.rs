@@ -550,7 +550,10 @@ impl Seen {
         *self.counts.entry(topic.to_string()).or_default() += 1;
         let kind = if topic == topics.uploads {
             MessageKind::Upload
-        } else if StageName::ALL.iter().any(|&stage| topic == topics.jobs(stage)) {
+        } else if StageName::ALL
+            .iter()
+            .any(|&stage| topic == topics.jobs(stage))
+        {
             MessageKind::Job
         } else if topic == topics.deadletter {
             MessageKind::DeadLetter

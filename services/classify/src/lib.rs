@@ -82,8 +82,8 @@ impl ClassifyStage {
 
     /// `classes.json` and the result's `classes` and `image` fields.
     fn outputs(image: &image::RgbImage, format: SourceFormat, classes: Vec<Class>) -> StageOutput {
-        let listed = serde_json::to_vec_pretty(&json!({ "classes": classes }))
-            .expect("classes serialise");
+        let listed =
+            serde_json::to_vec_pretty(&json!({ "classes": classes })).expect("classes serialise");
         let (width, height) = image.dimensions();
         let mut payload = serde_json::Map::new();
         payload.insert("classes".into(), json!(classes));
@@ -128,10 +128,12 @@ impl Stage for ClassifyStage {
                 reason: error.to_string(),
             },
             |images| {
-                self.classifier.classify(images).map_err(|error| StageFailure {
-                    code: "model_failed".into(),
-                    reason: one_line(&format!("the classifier failed on this batch: {error}")),
-                })
+                self.classifier
+                    .classify(images)
+                    .map_err(|error| StageFailure {
+                        code: "model_failed".into(),
+                        reason: one_line(&format!("the classifier failed on this batch: {error}")),
+                    })
             },
             |image, format, classes| Ok(Self::outputs(image, format, classes)),
         )
@@ -174,7 +176,10 @@ mod tests {
         fn sample(name: &str) -> Bytes {
             let path = prism_home().join("images").join(name);
             Bytes::from(std::fs::read(&path).unwrap_or_else(|error| {
-                panic!("{}: {error}; run deploy/local/fetch-assets.sh", path.display())
+                panic!(
+                    "{}: {error}; run deploy/local/fetch-assets.sh",
+                    path.display()
+                )
             }))
         }
 

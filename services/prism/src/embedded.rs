@@ -197,7 +197,10 @@ impl Summary {
         if let Some(detections) = result.payload.get("detections").and_then(|d| d.as_array()) {
             self.detections += detections.len();
         }
-        let top = result.payload.get("classes").and_then(|classes| classes.get(0));
+        let top = result
+            .payload
+            .get("classes")
+            .and_then(|classes| classes.get(0));
         if let Some(top) = top {
             let label = top["label"].as_str().unwrap_or_default().to_owned();
             let score = top["score"].as_f64().unwrap_or_default();

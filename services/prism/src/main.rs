@@ -30,7 +30,11 @@ enum Command {
         #[arg(long, default_value = "prism-output")]
         out: PathBuf,
         /// Stages to run, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "thumbnail,detect,classify")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "thumbnail,detect,classify"
+        )]
         stages: Vec<StageName>,
     },
     /// Announce new objects of the input bucket as MinIO-format events (for S3 servers without

@@ -687,19 +687,22 @@ fn black_png(width: u32, height: u32, tag: &str) -> Vec<u8> {
     png
 }
 
-#[test]
-fn a_detect_batch_of_large_images_holds_one_at_a_time() {
+/// Fails, saying how to fetch it, when a model file is not in `$PRISM_HOME/models`.
+fn assert_fetched(model_file: &str) {
     let home = std::env::var("PRISM_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|_| std::env::home_dir().unwrap().join(".cache/prism"));
-    let weights = home.join("models/yolov8n.onnx");
+    let path = home.join("models").join(model_file);
     assert!(
-        weights.is_file(),
+        path.is_file(),
         "{} is missing: run deploy/local/fetch-assets.sh (or set PRISM_HOME)",
-        weights.display()
+        path.display()
     );
-    // Eight 19.4 MP images (58 MB of RGB each) in one batch, with the pixel limit just above one:
-    // 465 MB of pixels at once would break the bound, one at a time keeps well under it.
+}
+
+/// Eight 19.4 MP images (58 MB of RGB each) in one batch of `stage`, with the pixel limit just
+/// above one: 465 MB of pixels at once would break the bound, one at a time keeps well under it.
+fn a_batch_of_large_images_holds_one_at_a_time(stage: &str) {
     let (width, height) = (5000, 3877);
     let inputs: Vec<Input> = (0..8)
         .map(|index| {
@@ -710,17 +713,31 @@ fn a_detect_batch_of_large_images_holds_one_at_a_time() {
             )
         })
         .collect();
+    let case = format!("{stage}_large_batch");
+    // Time for all eight to gather into one batch.
+    let max_delay = format!("PRISM_INTAKE__{}__MAX_DELAY", stage.to_uppercase());
     let (_scratch, run) = run_prism(
-        "detect_large_batch",
+        &case,
         &inputs,
-        "detect",
+        stage,
         &[
             ("PRISM_STAGES__LIMITS__MAX_PIXELS", "20000000"),
-            // Time for all eight to gather into one batch.
-            ("PRISM_INTAKE__DETECT__MAX_DELAY", "2000"),
+            (&max_delay, "2000"),
         ],
     );
-    assert_outcomes("detect_large_batch", &inputs, &["detect"], &run);
+    assert_outcomes(&case, &inputs, &[stage], &run);
+}
+
+#[test]
+fn a_detect_batch_of_large_images_holds_one_at_a_time() {
+    assert_fetched("yolov8n.onnx");
+    a_batch_of_large_images_holds_one_at_a_time("detect");
+}
+
+#[test]
+fn a_classify_batch_of_large_images_holds_one_at_a_time() {
+    assert_fetched("efficientnet-lite0.safetensors");
+    a_batch_of_large_images_holds_one_at_a_time("classify");
 }
 
 #[test]
@@ -969,16 +986,16 @@ fn secrets_are_never_logged_even_at_debug_level() {
 
 #[test]
 fn hostile_inputs_through_thumbnail_and_detect() {
-    let home = std::env::var("PRISM_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| std::env::home_dir().unwrap().join(".cache/prism"));
-    let weights = home.join("models/yolov8n.onnx");
-    assert!(
-        weights.is_file(),
-        "{} is missing: run deploy/local/fetch-assets.sh (or set PRISM_HOME)",
-        weights.display()
-    );
+    assert_fetched("yolov8n.onnx");
     let inputs = hostile_inputs();
     let (_scratch, run) = run_prism("detect", &inputs, "thumbnail,detect", &[]);
     assert_outcomes("detect", &inputs, &["thumbnail", "detect"], &run);
+}
+
+#[test]
+fn hostile_inputs_through_classify() {
+    assert_fetched("efficientnet-lite0.safetensors");
+    let inputs = hostile_inputs();
+    let (_scratch, run) = run_prism("classify", &inputs, "classify", &[]);
+    assert_outcomes("classify", &inputs, &["classify"], &run);
 }

@@ -441,6 +441,7 @@ mod tests {
             jail.set_env("PRISM_COUCHDB__PASSWORD", "hunter2");
             jail.set_env("PRISM_INTAKE__THUMBNAIL__CONCURRENCY", "1");
             jail.set_env("PRISM_TOPICS__UPLOADS", "custom.uploads");
+            jail.set_env("PRISM_INTAKE__CLASSIFY__MAX_DELAY", "2000");
             let settings: Settings = load().map_err(|e| e.to_string())?;
             assert_eq!(settings.kafka.brokers, "k1:9092,k2:9092");
             // One field of a section set; the rest keep the service's defaults.
@@ -449,6 +450,10 @@ mod tests {
             assert_eq!(settings.intake.detect.max_batch, 8);
             assert_eq!(settings.topics.uploads, "custom.uploads");
             assert_eq!(settings.topics.detect_results, "prism.results.detect");
+            assert_eq!(settings.intake.classify.max_delay, Duration::from_secs(2));
+            assert_eq!(settings.intake.classify.max_batch, 8);
+            assert_eq!(settings.topics.classify_jobs, "prism.jobs.classify");
+            assert_eq!(settings.enabled_stages, StageName::ALL);
             assert_eq!(settings.couchdb.password.expose(), "hunter2");
             assert!(!format!("{settings:?}").contains("hunter2"));
             Ok(())

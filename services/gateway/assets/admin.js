@@ -109,8 +109,12 @@ function perMinuteCounts(perMinute, end) {
   return points;
 }
 
-function millis(value) {
-  return value == null ? "–" : value >= 10000 ? `${(value / 1000).toFixed(1)} s` : `${value} ms`;
+/** "420 / 1210 / 1300 ms", or in seconds once any is 10 s or more. */
+function durations(values) {
+  const known = values.filter((v) => v != null);
+  const inSeconds = known.some((v) => v >= 10000);
+  const shown = values.map((v) => (v == null ? "–" : inSeconds ? (v / 1000).toFixed(1) : String(v)));
+  return `${shown.join(" / ")} ${inSeconds ? "s" : "ms"}`;
 }
 
 function formatField(field, value) {
@@ -121,9 +125,9 @@ function formatField(field, value) {
     case "deduplicated_share":
       return `${Math.round(value * 100)} %`;
     case "latency_ms":
-      return [value.p50, value.p95, value.p99].map(millis).join(" / ");
+      return durations([value.p50, value.p95, value.p99]);
     case "processing_ms":
-      return [value.p50, value.p95].map(millis).join(" / ");
+      return durations([value.p50, value.p95]);
     case "batch_sizes":
       return typeof value === "object"
         ? Object.entries(value).map(([k, v]) => `${k}: ${v}`).join(", ")

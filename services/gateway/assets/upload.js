@@ -201,7 +201,6 @@ function showThumbnails(card, outputs) {
     image.alt = `Thumbnail, ${output.width}×${output.height}`;
     image.width = output.width;
     image.height = output.height;
-    image.loading = "lazy";
     image.dataset.testid = "thumbnail";
     const caption = document.createElement("span");
     caption.textContent = `${size} px`;

@@ -188,7 +188,7 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let topics: Vec<String> = app.outcome_topics().iter().map(|t| t.to_string()).collect();
     let subscriber = tokio::task::spawn_blocking(move || {
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-        KafkaSubscriber::tail(&kafka, &topics)
+        KafkaSubscriber::tail(&kafka, "gateway", &topics)
     })
     .await??;
     let listener = TcpListener::bind(&listen).await?;

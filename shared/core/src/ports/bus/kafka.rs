@@ -279,21 +279,27 @@ impl KafkaSubscriber {
         consumer.subscribe(topics)?;
         Ok(KafkaSubscriber { consumer })
     }
-    /// Follows every partition of `topics` from its end as it is now, in no consumer group: a
+    /// Follows every partition of `topics` from its end as it is now, joining no consumer group: a
     /// listener that must see every message published from now on rather than share them with
     /// replicas (the gateway), and that can start at once, with no group to join. It commits
     /// nothing. Partitions added to the topics later are not followed. Blocking (metadata and
     /// offset requests).
-    pub fn tail(settings: &KafkaSettings, topics: &[&str]) -> Result<Self, BusError> {
+    pub fn tail(settings: &KafkaSettings, listener: &str, topics: &[&str]) -> Result<Self, BusError> {
         let mut config = client_config(settings)?;
+        // librdkafka assigns partitions only to a consumer with a group id; this one is never
+        // joined (no subscribe) and nothing is committed under it.
+        let group = format!(
+            "{}-{listener}-{}",
+            settings.group_prefix,
+            uuid::Uuid::new_v4().simple()
+        );
         config
+            .set("group.id", &group)
             .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", FETCH_WAIT.as_millis().to_string());
         let consumer: StreamConsumer<GroupEvents> =
             with_overrides(&mut config, settings, Role::Consumer).create_with_context(
-                GroupEvents {
-                    group: "none (tail)".to_string(),
-                },
+                GroupEvents { group },
             )?;
         let mut ends = TopicPartitionList::new();
         for &topic in topics {

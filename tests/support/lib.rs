@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod browser;
+
 /// Generous: the first consumer-group joins alone take seconds on a loaded 2-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(180);
 

@@ -91,4 +91,3 @@ async fn consumer_groups(app: &App) -> Vec<ConsumerGroup> {
     }
     answers
 }
-

@@ -62,7 +62,9 @@ fn presented_token(value: &str) -> Option<String> {
             .decode(rest.trim())
             .ok()?;
         let text = String::from_utf8(decoded).ok()?;
-        return text.split_once(':').map(|(_, password)| password.to_string());
+        return text
+            .split_once(':')
+            .map(|(_, password)| password.to_string());
     }
     None
 }

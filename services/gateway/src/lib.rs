@@ -34,8 +34,8 @@ use prism_core::ports::bus::Subscriber;
 use prism_core::ports::bus::kafka::KafkaSubscriber;
 use prism_core::runtime::backends::Backends;
 use prism_core::runtime::config::{KafkaSettings, Settings, resolve_secret};
-use std::sync::{Arc, Mutex};
 use stats::Stats;
+use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
@@ -61,7 +61,8 @@ impl App {
         kafka: Option<KafkaSettings>,
         shutdown: CancellationToken,
     ) -> Self {
-        let lookup = lookup::Lookup::new(&settings, backends.buckets.clone(), backends.index.clone());
+        let lookup =
+            lookup::Lookup::new(&settings, backends.buckets.clone(), backends.index.clone());
         App {
             max_upload_bytes: settings
                 .gateway
@@ -106,14 +107,17 @@ pub fn router(app: Arc<App>) -> anyhow::Result<Router> {
     );
     let admin = Router::new()
         .route("/api/admin/stats", get(admin::stats))
-        .layer(quick.clone())
-        .route_layer(axum::middleware::from_fn_with_state(admin_guard, auth::require));
+        .layer(quick)
+        .route_layer(axum::middleware::from_fn_with_state(
+            admin_guard,
+            auth::require,
+        ));
     let reads = Router::new()
         .route("/", get(assets::upload_page))
         .route("/api/uploads/{bucket}/{*key}", get(results::upload))
         .route("/api/results/{content_hash}", get(results::content))
         .route("/api/objects/{bucket}/{*key}", get(results::object))
-        .layer(quick.clone());
+        .layer(quick);
     let uploads = Router::new()
         .route("/api/uploads", post(uploads::upload))
         .layer(TimeoutLayer::with_status_code(
@@ -194,4 +198,3 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let listener = TcpListener::bind(&listen).await?;
     run(app, Box::new(subscriber), listener, shutdown).await
 }
-

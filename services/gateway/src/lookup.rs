@@ -35,7 +35,11 @@ fn views(results: BTreeMap<StageName, StageResult>) -> BTreeMap<StageName, Value
 }
 
 impl Lookup {
-    pub fn new(settings: &Settings, buckets: Buckets, index: std::sync::Arc<dyn ClaimIndex>) -> Self {
+    pub fn new(
+        settings: &Settings,
+        buckets: Buckets,
+        index: std::sync::Arc<dyn ClaimIndex>,
+    ) -> Self {
         Lookup {
             buckets,
             index,
@@ -124,7 +128,9 @@ impl Lookup {
                         .cloned()
                 })
                 .unwrap_or_else(|| SeenSource {
-                    source: upload.cloned().unwrap_or_else(|| claim.first_source.source.clone()),
+                    source: upload
+                        .cloned()
+                        .unwrap_or_else(|| claim.first_source.source.clone()),
                     received_at: claim.first_source.received_at,
                 });
             let deduplicated = !same_object(&claim.first_source.source, &seen.source);

@@ -70,7 +70,11 @@ mod tests {
             "/predict",
             "/api/admin/stats",
         ] {
-            assert!(paths.contains_key(path), "{path} missing: {:?}", paths.keys());
+            assert!(
+                paths.contains_key(path),
+                "{path} missing: {:?}",
+                paths.keys()
+            );
         }
         let predict = &paths["/predict"]["post"]["responses"];
         for status in ["200", "400", "404", "413", "422", "504"] {

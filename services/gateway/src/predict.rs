@@ -217,7 +217,11 @@ async fn existing_object(app: &App, body: Body) -> Result<SourceObject, ApiError
         )));
     }
     object_path(&request.key)?;
-    let object = app.backends.buckets.head(&request.bucket, &request.key).await?;
+    let object = app
+        .backends
+        .buckets
+        .head(&request.bucket, &request.key)
+        .await?;
     if object.size > app.max_upload_bytes {
         return Err(StoreError::TooLarge {
             size: object.size,
@@ -279,7 +283,10 @@ mod tests {
     #[test]
     fn timeouts_read_like_the_seed_wrote_them() {
         assert_eq!(parse_timeout("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_timeout("1500ms").unwrap(), Duration::from_millis(1500));
+        assert_eq!(
+            parse_timeout("1500ms").unwrap(),
+            Duration::from_millis(1500)
+        );
         assert_eq!(parse_timeout("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_timeout("7").unwrap(), Duration::from_secs(7));
         for bad in ["", "s", "-1s", "10h", "1e3s", "301s"] {

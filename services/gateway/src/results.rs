@@ -76,9 +76,11 @@ pub async fn object(
 ) -> Result<Response, ApiError> {
     app.served_bucket(&bucket)?;
     let opened = app.backends.buckets.open_object(&bucket, &key).await?;
-    let content_type = opened
-        .content_type
-        .unwrap_or_else(|| mime_guess::from_path(&key).first_or_octet_stream().to_string());
+    let content_type = opened.content_type.unwrap_or_else(|| {
+        mime_guess::from_path(&key)
+            .first_or_octet_stream()
+            .to_string()
+    });
     Ok((
         [
             (header::CONTENT_TYPE, content_type),

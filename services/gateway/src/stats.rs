@@ -299,8 +299,9 @@ mod tests {
         DeadLetter, ErrorKind, ErrorReport, Origin, SourceObject, StageName, StageResult, Timings,
     };
 
+    /// `seconds` after the start of a minute (1 800 000 000 s since the epoch is one).
     fn at(seconds: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_800_000_000 - 1_800_000_000 % 60 + seconds, 0).unwrap()
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
     }
 
     fn source(key: &str) -> SourceObject {
@@ -312,7 +313,13 @@ mod tests {
         }
     }
 
-    fn result(stage: StageName, deduplicated: bool, latency_ms: i64, processing_ms: u64, now: DateTime<Utc>) -> Outcome {
+    fn result(
+        stage: StageName,
+        deduplicated: bool,
+        latency_ms: i64,
+        processing_ms: u64,
+        now: DateTime<Utc>,
+    ) -> Outcome {
         Outcome::Result(Box::new(StageResult {
             schema_version: 1,
             source: source("a.jpg"),
@@ -359,7 +366,14 @@ mod tests {
         assert_eq!(rank(&[], 50), None);
         assert_eq!(rank(&[7], 99), Some(7));
         let hundred: Vec<u64> = (1..=100).collect();
-        assert_eq!(percentiles(hundred.clone()), Percentiles { p50: Some(50), p95: Some(95), p99: Some(99) });
+        assert_eq!(
+            percentiles(hundred.clone()),
+            Percentiles {
+                p50: Some(50),
+                p95: Some(95),
+                p99: Some(99)
+            }
+        );
         let mut shuffled = hundred;
         shuffled.reverse();
         assert_eq!(percentiles(shuffled).p95, Some(95));
@@ -378,38 +392,61 @@ mod tests {
 
         let report = stats.report(at(95));
         let detect = &report.stages["detect"];
-        assert_eq!(detect.results_last_minute, 2, "0:10 is more than 60 s before 1:35");
+        assert_eq!(
+            detect.results_last_minute, 2,
+            "0:10 is more than 60 s before 1:35"
+        );
         assert_eq!(detect.results_last_15_minutes, 5);
         assert_eq!(detect.results_since_start, 5);
         assert_eq!(detect.deduplicated_share, Some(0.2));
         assert_eq!(detect.latency_ms.p50, Some(100));
         assert_eq!(detect.latency_ms.p99, Some(300));
         // Deduplicated results did no work: not in processing times.
-        assert_eq!(detect.processing_ms, Percentiles { p50: Some(50), p95: Some(70), p99: Some(70) });
+        assert_eq!(
+            detect.processing_ms,
+            Percentiles {
+                p50: Some(50),
+                p95: Some(70),
+                p99: Some(70)
+            }
+        );
         assert_eq!(detect.per_minute.len(), 2);
-        assert_eq!((detect.per_minute[0].results, detect.per_minute[1].results), (3, 2));
+        assert_eq!(
+            (detect.per_minute[0].results, detect.per_minute[1].results),
+            (3, 2)
+        );
 
-        // 0:10 counts in the last minute seen from 1:05.
-        assert_eq!(stats.report(at(65)).stages["detect"].results_last_minute, 4);
+        // Seen from 1:05, 0:10 is within the last minute (and 1:30 not yet).
+        assert_eq!(stats.report(at(65)).stages["detect"].results_last_minute, 3);
 
-        stats.record(&result(StageName::Detect, false, 10, 10, at(1200)), at(1200));
+        stats.record(
+            &result(StageName::Detect, false, 10, 10, at(1200)),
+            at(1200),
+        );
         let later = stats.report(at(1200));
         let detect = &later.stages["detect"];
         assert_eq!(detect.results_last_15_minutes, 1);
         assert_eq!(detect.results_since_start, 6);
         assert_eq!(detect.latency_ms.p50, Some(10));
-        // An hour on, the chart forgets the first minutes.
-        stats.record(&result(StageName::Detect, false, 10, 10, at(3600 + 30)), at(3600 + 30));
+        // An hour on, the chart forgets minute 0 and keeps minute 1 (the last 60 minutes).
+        stats.record(
+            &result(StageName::Detect, false, 10, 10, at(3600 + 30)),
+            at(3600 + 30),
+        );
         let hour = stats.report(at(3600 + 30));
         let first = hour.stages["detect"].per_minute[0].minute;
-        assert!(first > at(60), "{first}");
+        assert_eq!(first, at(60));
     }
 
     #[test]
     fn dead_letters_are_counted_by_code_and_the_last_twenty_kept() {
         let mut stats = Stats::new(at(0));
         for n in 0..25 {
-            let code = if n % 5 == 0 { "too_many_pixels" } else { "corrupt_image" };
+            let code = if n % 5 == 0 {
+                "too_many_pixels"
+            } else {
+                "corrupt_image"
+            };
             stats.record(&dead_letter("detect", code, n), at(1));
         }
         stats.record(&dead_letter("dedup", "object_not_found", 99), at(1));
@@ -419,7 +456,10 @@ mod tests {
         assert_eq!(detect.dead_letters_by_code["corrupt_image"], 20);
         assert_eq!(detect.dead_letters_by_code["too_many_pixels"], 5);
         assert_eq!(detect.recent_dead_letters.len(), 20);
-        assert_eq!(detect.recent_dead_letters[0].reason, "reason 24", "newest first");
+        assert_eq!(
+            detect.recent_dead_letters[0].reason, "reason 24",
+            "newest first"
+        );
         assert_eq!(detect.deduplicated_share, None);
         assert_eq!(report.stages["dedup"].dead_letters_since_start, 1);
     }
@@ -433,7 +473,13 @@ mod tests {
         let minute = &stats.stages["thumbnail"].minutes[0];
         assert_eq!(minute.latency.values.len(), SAMPLES_PER_MINUTE);
         assert_eq!(minute.results, 10_000);
-        let p50 = stats.report(at(6)).stages["thumbnail"].latency_ms.p50.unwrap();
-        assert!((3_500..6_500).contains(&p50), "a fair sample's median: {p50}");
+        let p50 = stats.report(at(6)).stages["thumbnail"]
+            .latency_ms
+            .p50
+            .unwrap();
+        assert!(
+            (3_500..6_500).contains(&p50),
+            "a fair sample's median: {p50}"
+        );
     }
 }

@@ -1,10 +1,10 @@
 //! Uploads from the page: each file streamed to the input bucket under `web/<session>/`, then
 //! announced like any upload; and the session's live stream of results and dead letters.
 
+use crate::App;
 use crate::error::{ApiError, ErrorBody};
 use crate::hub::Outcome;
 use crate::views::{DeadLetterView, result_view, upload_url};
-use crate::App;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -105,7 +105,11 @@ impl App {
             .and_then(|value| value.to_str().ok())
             .filter(|value| !value.is_empty())
             .map(str::to_string)
-            .unwrap_or_else(|| mime_guess::from_path(name).first_or_octet_stream().to_string());
+            .unwrap_or_else(|| {
+                mime_guess::from_path(name)
+                    .first_or_octet_stream()
+                    .to_string()
+            });
         let bucket = &self.settings.input_bucket;
         let hashed = self
             .backends
@@ -208,7 +212,10 @@ mod tests {
     #[test]
     fn names_keep_their_last_segment_and_unicode() {
         assert_eq!(sanitised_name("../../etc/passwd").unwrap(), "passwd");
-        assert_eq!(sanitised_name("C:\\photos\\été 北京.jpg").unwrap(), "été 北京.jpg");
+        assert_eq!(
+            sanitised_name("C:\\photos\\été 北京.jpg").unwrap(),
+            "été 北京.jpg"
+        );
         assert_eq!(sanitised_name(" a\tb.jpg ").unwrap(), "ab.jpg");
         for bad in ["", "..", "dir/", "\u{7}"] {
             assert!(sanitised_name(bad).is_err(), "{bad:?}");

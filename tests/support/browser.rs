@@ -4,6 +4,7 @@
 
 use fantoccini::{Client, ClientBuilder};
 use serde_json::{Value, json};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,6 +28,8 @@ impl Browser {
         let port = crate::free_ports(1)[0];
         let driver = Command::new(&chromedriver)
             .arg(format!("--port={port}"))
+            // A process group of its own, which chromium and its helpers join: one kill ends all.
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -153,7 +156,10 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        // The whole group: after a failed test (no `close`) chromium would outlive its driver.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .status();
         let _ = self.driver.wait();
     }
 }

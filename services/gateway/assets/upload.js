@@ -235,7 +235,7 @@ function showDetections(card, outputs, detections) {
       row.dataset.testid = "detection";
       const box = detection.box || {};
       const cells = [
-        detection.class.toUpperCase(),
+        detection.class,
         formatScore(detection.confidence ?? detection.score),
         [box.x1, box.y1, box.x2, box.y2].map((v) => Math.round(v)).join(", "),
       ];

@@ -21,9 +21,9 @@ pub struct ConsumerGroup {
     pub partitions: Vec<PartitionLag>,
     /// Sum over the partitions.
     pub lag: i64,
-    /// None when the broker does not describe groups.
+    /// None when the broker did not describe the group (`error` says why).
     pub members: Option<Vec<GroupMember>>,
-    /// Why the lag could not be read, if it could not.
+    /// Why the lag or the members could not be read, if they could not.
     pub error: Option<String>,
 }
 
@@ -76,7 +76,8 @@ async fn consumer_groups(app: &App) -> Vec<ConsumerGroup> {
         })
         .await;
         let (partitions, members, error) = match read {
-            Ok(Ok((partitions, members))) => (partitions, members, None),
+            Ok(Ok((partitions, Ok(members)))) => (partitions, Some(members), None),
+            Ok(Ok((partitions, Err(why)))) => (partitions, None, Some(why)),
             Ok(Err(error)) => (Vec::new(), None, Some(error.to_string())),
             Err(error) => (Vec::new(), None, Some(error.to_string())),
         };

@@ -8,12 +8,11 @@ use super::{BusError, Delivery, Position, Publication, Publisher, Subscriber};
 use crate::runtime::config::{KafkaSettings, resolve_secret};
 use async_trait::async_trait;
 use rdkafka::{
-    ClientConfig, Message,
+    ClientConfig, Message, Offset,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::{ClientContext, DefaultClientContext},
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     error::{KafkaError, KafkaResult, RDKafkaErrorCode},
-    Offset,
     producer::{FutureProducer, FutureRecord, Producer},
     topic_partition_list::TopicPartitionList,
     util::Timeout,
@@ -284,7 +283,11 @@ impl KafkaSubscriber {
     /// replicas (the gateway), and that can start at once, with no group to join. It commits
     /// nothing. Partitions added to the topics later are not followed. Blocking (metadata and
     /// offset requests).
-    pub fn tail(settings: &KafkaSettings, listener: &str, topics: &[&str]) -> Result<Self, BusError> {
+    pub fn tail(
+        settings: &KafkaSettings,
+        listener: &str,
+        topics: &[&str],
+    ) -> Result<Self, BusError> {
         let mut config = client_config(settings)?;
         // librdkafka assigns partitions only to a consumer with a group id; this one is never
         // joined (no subscribe) and nothing is committed under it.
@@ -298,9 +301,8 @@ impl KafkaSubscriber {
             .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", FETCH_WAIT.as_millis().to_string());
         let consumer: StreamConsumer<GroupEvents> =
-            with_overrides(&mut config, settings, Role::Consumer).create_with_context(
-                GroupEvents { group },
-            )?;
+            with_overrides(&mut config, settings, Role::Consumer)
+                .create_with_context(GroupEvents { group })?;
         let mut ends = TopicPartitionList::new();
         for &topic in topics {
             let metadata = consumer.fetch_metadata(Some(topic), TAIL_TIMEOUT)?;
@@ -421,22 +423,22 @@ pub struct GroupMember {
     pub host: String,
 }
 
-/// A consumer group's lag per partition of `topics`, and its members (None when the broker does
-/// not answer DescribeGroups). Blocking: call it off the async runtime.
+/// A consumer group's lag per partition of `topics`, and its members (or why the broker did not
+/// describe them). Blocking: call it off the async runtime.
+#[allow(clippy::type_complexity)] // a pair of plain results, named by the doc
 pub fn group_lag(
     settings: &KafkaSettings,
     group: &str,
     topics: &[&str],
     timeout: Duration,
-) -> Result<(Vec<PartitionLag>, Option<Vec<GroupMember>>), BusError> {
+) -> Result<(Vec<PartitionLag>, Result<Vec<GroupMember>, String>), BusError> {
     // A consumer of the group that never subscribes: it reads the group's offsets without
     // joining it, so the workers' assignment is left alone.
     let mut config = client_config(settings)?;
     config
         .set("group.id", group)
         .set("enable.auto.commit", "false");
-    let consumer: BaseConsumer =
-        with_overrides(&mut config, settings, Role::Consumer).create()?;
+    let consumer: BaseConsumer = with_overrides(&mut config, settings, Role::Consumer).create()?;
     let mut wanted = TopicPartitionList::new();
     let mut ends = Vec::new();
     for &topic in topics {
@@ -466,22 +468,20 @@ pub fn group_lag(
             }
         })
         .collect();
-    let members = consumer
-        .fetch_group_list(Some(group), timeout)
-        .ok()
-        .and_then(|list| {
-            let found = list.groups().iter().find(|g| g.name() == group)?;
-            Some(
-                found
-                    .members()
-                    .iter()
-                    .map(|member| GroupMember {
-                        id: member.id().to_string(),
-                        client_id: member.client_id().to_string(),
-                        host: member.client_host().to_string(),
-                    })
-                    .collect(),
-            )
-        });
+    let members = match consumer.fetch_group_list(Some(group), timeout) {
+        Ok(list) => match list.groups().iter().find(|g| g.name() == group) {
+            Some(found) => Ok(found
+                .members()
+                .iter()
+                .map(|member| GroupMember {
+                    id: member.id().to_string(),
+                    client_id: member.client_id().to_string(),
+                    host: member.client_host().to_string(),
+                })
+                .collect()),
+            None => Err(format!("the broker does not describe group {group}")),
+        },
+        Err(error) => Err(format!("describing group {group}: {error}")),
+    };
     Ok((lags, members))
 }

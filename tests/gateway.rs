@@ -364,13 +364,18 @@ async fn the_gateway_serves_predict_uploads_results_and_admin_over_the_real_serv
     assert!(detect["latency_ms"]["p50"].as_u64().is_some(), "{stats}");
     // Lag per partition from Kafka's offsets. Members: Tansu 0.6 does not describe groups to
     // librdkafka's group listing (services/gateway/API.md), so they may be missing, with why.
-    let groups = stats["consumer_groups"].as_array().expect("consumer groups");
+    let groups = stats["consumer_groups"]
+        .as_array()
+        .expect("consumer groups");
     assert_eq!(groups.len(), 3, "dedup, thumbnail, detect: {stats}");
     for group in groups {
         assert_eq!(group["partitions"].as_array().unwrap().len(), 12, "{group}");
         match group["members"].as_array() {
             Some(members) => assert_eq!(members.len(), 1, "one replica each: {group}"),
-            None => assert!(group["error"].as_str().unwrap().contains("describe"), "{group}"),
+            None => assert!(
+                group["error"].as_str().unwrap().contains("describe"),
+                "{group}"
+            ),
         }
     }
 

@@ -25,7 +25,7 @@ impl Browser {
     pub async fn start(width: u32, height: u32) -> Self {
         let chromedriver = program("PRISM_CHROMEDRIVER", "chromedriver");
         let chromium = program("PRISM_CHROMIUM", "chromium");
-        let port = crate::free_ports(1)[0];
+        let port = crate::free_port();
         let driver = Command::new(&chromedriver)
             .arg(format!("--port={port}"))
             // A process group of its own, which chromium and its helpers join: one kill ends all.

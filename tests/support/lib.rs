@@ -236,7 +236,10 @@ impl Services {
         let listen = format!("127.0.0.1:{port}");
         let mut environment = vec![
             ("PRISM_GATEWAY__LISTEN".to_string(), listen.clone()),
-            ("PRISM_GATEWAY__ADMIN_TOKEN".to_string(), admin_token.clone()),
+            (
+                "PRISM_GATEWAY__ADMIN_TOKEN".to_string(),
+                admin_token.clone(),
+            ),
         ];
         environment.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let logged_before = self.log("gateway").len();
@@ -246,7 +249,10 @@ impl Services {
         let deadline = Instant::now() + DEADLINE;
         while !self.log("gateway")[logged_before..].contains(&listening) {
             self.assert_running();
-            assert!(Instant::now() < deadline, "the gateway never listened on {listen}");
+            assert!(
+                Instant::now() < deadline,
+                "the gateway never listened on {listen}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         Gateway {

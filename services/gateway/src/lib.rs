@@ -198,3 +198,81 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let listener = TcpListener::bind(&listen).await?;
     run(app, Box::new(subscriber), listener, shutdown).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use prism_core::ports::bus::memory::MemoryBus;
+    use prism_core::ports::claims::memory::MemoryIndex;
+    use prism_core::ports::store::Buckets;
+    use tower::ServiceExt;
+
+    /// The gateway over in-process ports, with `gateway` settings.
+    fn app(configure: impl FnOnce(&mut Settings)) -> Router {
+        let mut settings = Settings::default();
+        settings.gateway.admin_token = prism_core::runtime::config::Secret::new("s3cret");
+        configure(&mut settings);
+        let backends = Backends {
+            publisher: Arc::new(MemoryBus::default()),
+            buckets: Buckets::memory(),
+            index: Arc::new(MemoryIndex::default()),
+        };
+        let app = App::new(settings, backends, None, CancellationToken::new());
+        router(Arc::new(app)).unwrap()
+    }
+
+    async fn status(
+        router: &Router,
+        path: &str,
+        authorization: Option<&str>,
+    ) -> (StatusCode, Option<String>) {
+        let mut request = Request::get(path);
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let response = router
+            .clone()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let challenge = response
+            .headers()
+            .get(header::WWW_AUTHENTICATE)
+            .map(|value| value.to_str().unwrap().to_string());
+        (response.status(), challenge)
+    }
+
+    #[tokio::test]
+    async fn the_admin_api_needs_the_token_and_the_pages_do_not() {
+        let router = app(|_| {});
+        let (refused, challenge) = status(&router, "/api/admin/stats", None).await;
+        assert_eq!(refused, StatusCode::UNAUTHORIZED);
+        assert!(challenge.unwrap().starts_with("Bearer"));
+        let (allowed, _) = status(&router, "/api/admin/stats", Some("Bearer s3cret")).await;
+        assert_eq!(allowed, StatusCode::OK);
+        for page in ["/", "/admin", "/api/openapi.json", "/healthz"] {
+            assert_eq!(
+                status(&router, page, None).await.0,
+                StatusCode::OK,
+                "{page}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn protected_uploads_ask_the_browser_for_the_token() {
+        let router = app(|settings| settings.gateway.protect_uploads = true);
+        for path in ["/", "/api/sessions/s1/events", "/api/results/00"] {
+            let (refused, challenge) = status(&router, path, None).await;
+            assert_eq!(refused, StatusCode::UNAUTHORIZED, "{path}");
+            assert!(challenge.unwrap().starts_with("Basic"), "{path}");
+        }
+        // any user name, the token as password: "page:s3cret"
+        let (allowed, _) = status(&router, "/", Some("Basic cGFnZTpzM2NyZXQ=")).await;
+        assert_eq!(allowed, StatusCode::OK);
+        // The admin page's HTML stays public: it asks for the token itself.
+        assert_eq!(status(&router, "/admin", None).await.0, StatusCode::OK);
+    }
+}

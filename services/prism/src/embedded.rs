@@ -149,7 +149,10 @@ async fn start_gateway(
     bus: &MemoryBus,
     address: &str,
     stop: &CancellationToken,
-) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+) -> anyhow::Result<(
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+)> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|error| anyhow::anyhow!("cannot listen on {address}: {error}"))?;

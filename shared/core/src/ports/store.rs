@@ -1099,7 +1099,12 @@ pub(crate) mod tests {
             assert_eq!(error.code(), "object_not_found", "{refused}");
         }
         assert_eq!(
-            buckets.open_object("in", "missing.jpg").await.err().unwrap().code(),
+            buckets
+                .open_object("in", "missing.jpg")
+                .await
+                .err()
+                .unwrap()
+                .code(),
             "object_not_found"
         );
     }

@@ -177,6 +177,7 @@ async fn a_person_uploads_pictures_and_sees_their_detections_copies_and_failures
                 figures[`${stage}-${field}`] = text(`${stage}-${field}`);
               }
             }
+            figures["detect-batch-sizes"] = text("detect-batch-sizes");
             return figures["detect-results-since-start"] === "2" && figures["thumbnail-dead-letters-since-start"] === "1"
               && figures["detect-dead-letters-since-start"] === "1" && figures;
             "#,
@@ -191,6 +192,8 @@ async fn a_person_uploads_pictures_and_sees_their_detections_copies_and_failures
             "detect-results-since-start": "2",
             "detect-deduplicated-share": "50 %",
             "detect-dead-letters-since-start": "1",
+            // One bus.jpg inferred alone; its copy did no work.
+            "detect-batch-sizes": "1: 1",
         })
     );
     let admin_text = browser

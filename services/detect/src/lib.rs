@@ -61,10 +61,12 @@ impl DetectStage {
         })
     }
 
+    /// One input's outputs; `batch_size` is how many images its forward pass held.
     fn outputs(
         image: &image::RgbImage,
         format: &str,
         detections: Vec<Detection>,
+        batch_size: usize,
     ) -> Result<StageOutput, StageFailure> {
         // Boxes stay in source pixels; only the picture of them is scaled to fit a JPEG.
         let annotated_image = annotate_within(image, &detections, JPEG_MAX_EDGE);
@@ -85,6 +87,7 @@ impl DetectStage {
             "image".into(),
             json!({ "format": format.to_ascii_lowercase(), "width": width, "height": height }),
         );
+        payload.insert("batch_size".into(), json!(batch_size));
         Ok(StageOutput {
             files: vec![
                 OutputFile {
@@ -133,13 +136,14 @@ impl DetectStage {
                 return inputs.iter().map(|_| Err(failure.clone())).collect();
             }
         };
+        let batch_size = images.len();
         let mut detected = images.iter().zip(found);
         formats
             .into_iter()
             .map(|format| {
                 let format = format?;
                 let (image, detections) = detected.next().expect("one detection list per image");
-                Self::outputs(image, format, detections)
+                Self::outputs(image, format, detections, batch_size)
             })
             .collect()
     }

@@ -56,6 +56,8 @@ impl Reservoir {
 struct StageStats {
     results: u64,
     deduplicated: u64,
+    /// Batch size -> results inferred in a batch of that size (results that did the work).
+    batch_sizes: BTreeMap<u64, u64>,
     dead_letters: u64,
     dead_letters_by_code: BTreeMap<String, u64>,
     recent_reasons: VecDeque<Reason>,
@@ -108,6 +110,9 @@ pub struct StageReport {
     pub latency_ms: Percentiles,
     /// The stage's own work per result not deduplicated, over the last 15 minutes, in ms.
     pub processing_ms: Percentiles,
+    /// Since start, batch size -> results inferred in a batch of that size; null for stages
+    /// that do not batch.
+    pub batch_sizes: Option<BTreeMap<u64, u64>>,
     /// The last hour, oldest first; minutes without outcomes are left out.
     pub per_minute: Vec<MinutePoint>,
 }
@@ -133,6 +138,10 @@ impl Stats {
                 let stage = self.stage(result.stage.as_str());
                 stage.results += 1;
                 stage.deduplicated += u64::from(result.deduplicated);
+                let batch_size = result.payload.get("batch_size").and_then(|n| n.as_u64());
+                if let (false, Some(size)) = (result.deduplicated, batch_size) {
+                    *stage.batch_sizes.entry(size).or_default() += 1;
+                }
                 let minute = stage.minute(now);
                 minute.results += 1;
                 minute.deduplicated += u64::from(result.deduplicated);
@@ -254,6 +263,7 @@ impl StageStats {
             recent_dead_letters: self.recent_reasons.iter().cloned().collect(),
             latency_ms: percentiles(samples(|minute| &minute.latency)),
             processing_ms: percentiles(samples(|minute| &minute.processing)),
+            batch_sizes: (!self.batch_sizes.is_empty()).then(|| self.batch_sizes.clone()),
             per_minute: self
                 .within(now, HISTORY_MINUTES)
                 .map(|minute| {
@@ -359,6 +369,37 @@ mod tests {
             original_truncated: false,
             failed_at: at(0),
         }))
+    }
+
+    /// A detect result that ran in a batch of `size`.
+    fn batched(size: u64, deduplicated: bool) -> Outcome {
+        let mut outcome = result(StageName::Detect, deduplicated, 100, 50, at(10));
+        if let Outcome::Result(result) = &mut outcome {
+            result.payload.insert("batch_size".into(), size.into());
+        }
+        outcome
+    }
+
+    #[test]
+    fn batch_sizes_count_the_results_that_did_the_work() {
+        let mut stats = Stats::new(at(0));
+        for outcome in [
+            batched(1, false),
+            batched(3, false),
+            batched(3, false),
+            batched(3, false),
+            // A copy carries its original's batch size but ran in no batch.
+            batched(1, true),
+        ] {
+            stats.record(&outcome, at(10));
+        }
+        stats.record(&result(StageName::Thumbnail, false, 10, 5, at(10)), at(10));
+        let report = stats.report(at(20));
+        assert_eq!(
+            report.stages["detect"].batch_sizes,
+            Some(BTreeMap::from([(1, 1), (3, 3)]))
+        );
+        assert_eq!(report.stages["thumbnail"].batch_sizes, None, "no batches");
     }
 
     #[test]

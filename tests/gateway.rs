@@ -43,6 +43,11 @@ async fn json_of(response: reqwest::Response) -> (StatusCode, Value) {
     (status, body)
 }
 
+/// GET `url`, its status and JSON body.
+async fn get_json(http: &reqwest::Client, url: String) -> (StatusCode, Value) {
+    json_of(http.get(url).send().await.unwrap()).await
+}
+
 async fn predict_body(
     http: &reqwest::Client,
     gateway: &Gateway,
@@ -242,13 +247,7 @@ async fn the_gateway_serves_predict_uploads_results_and_admin_over_the_real_serv
         "{text}"
     );
     let upload_url = uploaded["url"].as_str().unwrap();
-    let (status, view) = json_of(
-        http.get(format!("{}{upload_url}", gateway.url))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, view) = get_json(&http, format!("{}{upload_url}", gateway.url)).await;
     assert_eq!(status, StatusCode::OK, "{view}");
     assert_eq!(view["key"], key.as_str());
     for stage in StageName::ALL {
@@ -267,38 +266,25 @@ async fn the_gateway_serves_predict_uploads_results_and_admin_over_the_real_serv
     }
     let hash = view["content_hash"].as_str().unwrap();
     assert_eq!(uploaded["content_hash"], hash);
-    let (status, content) = json_of(
-        http.get(format!("{}/api/results/{hash}", gateway.url))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, content) = get_json(&http, format!("{}/api/results/{hash}", gateway.url)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         content["results"].as_object().unwrap().len(),
         2,
         "{content}"
     );
-    let (status, _) = json_of(
-        http.get(format!(
+    let (status, _) = get_json(
+        &http,
+        format!(
             "{}/api/uploads/{}/no/such.jpg",
             gateway.url, settings.input_bucket
-        ))
-        .send()
-        .await
-        .unwrap(),
+        ),
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = json_of(
-        http.get(format!(
-            "{}/api/objects/some-other-bucket/x.jpg",
-            gateway.url
-        ))
-        .send()
-        .await
-        .unwrap(),
+    let (status, _) = get_json(
+        &http,
+        format!("{}/api/objects/some-other-bucket/x.jpg", gateway.url),
     )
     .await;
     assert_eq!(
@@ -407,13 +393,7 @@ async fn the_gateway_serves_predict_uploads_results_and_admin_over_the_real_serv
     // Results outlive the gateway: a new one reads them back from the claims.
     services.stop("gateway");
     let gateway = services.start_gateway(&gateway_settings);
-    let (status, again) = json_of(
-        http.get(format!("{}{upload_url}", gateway.url))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, again) = get_json(&http, format!("{}{upload_url}", gateway.url)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         again["results"], view["results"],
@@ -429,7 +409,7 @@ async fn the_gateway_serves_predict_uploads_results_and_admin_over_the_real_serv
             .collect::<Vec<_>>()
             .join("/")
     );
-    let (status, unicode) = json_of(http.get(unicode_url).send().await.unwrap()).await;
+    let (status, unicode) = get_json(&http, unicode_url).await;
     assert_eq!(status, StatusCode::OK, "{unicode}");
     assert_eq!(
         unicode["results"]["detect"]["deduplicated"], true,
@@ -516,13 +496,7 @@ async fn the_embedded_mode_serves_the_same_pages_over_folders() {
     // The folder's own bus.jpg came first: the upload of the same bytes is a copy.
     assert!(text.contains("\"deduplicated\":true"), "{text}");
     let bucket = uploaded["bucket"].as_str().unwrap();
-    let (status, view) = json_of(
-        http.get(format!("{url}/api/uploads/{bucket}/bus.jpg"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, view) = get_json(&http, format!("{url}/api/uploads/{bucket}/bus.jpg")).await;
     assert_eq!(status, StatusCode::OK, "{view}");
     assert_eq!(
         classes(&view["results"]["detect"]),

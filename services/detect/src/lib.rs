@@ -61,12 +61,11 @@ impl DetectStage {
         })
     }
 
-    /// One input's outputs; `batch_size` is how many images its forward pass held.
+    /// One input's outputs.
     fn outputs(
         image: &image::RgbImage,
         format: &str,
         detections: Vec<Detection>,
-        batch_size: usize,
     ) -> Result<StageOutput, StageFailure> {
         // Boxes stay in source pixels; only the picture of them is scaled to fit a JPEG.
         let annotated_image = annotate_within(image, &detections, JPEG_MAX_EDGE);
@@ -87,7 +86,6 @@ impl DetectStage {
             "image".into(),
             json!({ "format": format.to_ascii_lowercase(), "width": width, "height": height }),
         );
-        payload.insert("batch_size".into(), json!(batch_size));
         Ok(StageOutput {
             files: vec![
                 OutputFile {
@@ -136,14 +134,13 @@ impl DetectStage {
                 return inputs.iter().map(|_| Err(failure.clone())).collect();
             }
         };
-        let batch_size = images.len();
         let mut detected = images.iter().zip(found);
         formats
             .into_iter()
             .map(|format| {
                 let format = format?;
                 let (image, detections) = detected.next().expect("one detection list per image");
-                Self::outputs(image, format, detections, batch_size)
+                Self::outputs(image, format, detections)
             })
             .collect()
     }

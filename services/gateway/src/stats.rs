@@ -138,9 +138,8 @@ impl Stats {
                 let stage = self.stage(result.stage.as_str());
                 stage.results += 1;
                 stage.deduplicated += u64::from(result.deduplicated);
-                let batch_size = result.payload.get("batch_size").and_then(|n| n.as_u64());
-                if let (false, Some(size)) = (result.deduplicated, batch_size) {
-                    *stage.batch_sizes.entry(size).or_default() += 1;
+                if let Some(size) = result.timings.batch_size {
+                    *stage.batch_sizes.entry(u64::from(size)).or_default() += 1;
                 }
                 let minute = stage.minute(now);
                 minute.results += 1;
@@ -343,6 +342,7 @@ mod tests {
                 received_at: now - TimeDelta::milliseconds(latency_ms),
                 finished_at: now,
                 processing_ms,
+                batch_size: None,
             },
         }))
     }
@@ -372,10 +372,10 @@ mod tests {
     }
 
     /// A detect result that ran in a batch of `size`.
-    fn batched(size: u64, deduplicated: bool) -> Outcome {
-        let mut outcome = result(StageName::Detect, deduplicated, 100, 50, at(10));
+    fn batched(size: u32) -> Outcome {
+        let mut outcome = result(StageName::Detect, false, 100, 50, at(10));
         if let Outcome::Result(result) = &mut outcome {
-            result.payload.insert("batch_size".into(), size.into());
+            result.timings.batch_size = Some(size);
         }
         outcome
     }
@@ -384,12 +384,12 @@ mod tests {
     fn batch_sizes_count_the_results_that_did_the_work() {
         let mut stats = Stats::new(at(0));
         for outcome in [
-            batched(1, false),
-            batched(3, false),
-            batched(3, false),
-            batched(3, false),
-            // A copy carries its original's batch size but ran in no batch.
-            batched(1, true),
+            batched(1),
+            batched(3),
+            batched(3),
+            batched(3),
+            // A copy ran in no batch.
+            result(StageName::Detect, true, 100, 50, at(10)),
         ] {
             stats.record(&outcome, at(10));
         }

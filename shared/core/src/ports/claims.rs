@@ -243,6 +243,7 @@ impl Claim {
                 received_at: seen.received_at,
                 finished_at: Utc::now(),
                 processing_ms: processing.as_millis() as u64,
+                batch_size: None,
             },
         }
     }

@@ -48,6 +48,8 @@ pub fn run_environment(run: &str) -> Vec<(String, String)> {
         // Tansu makes a new group's first join wait half the session timeout.
         ("PRISM_KAFKA__SESSION_TIMEOUT_MS", "6000".into()),
         ("PRISM_ENABLED_STAGES", "[\"thumbnail\", \"detect\"]".into()),
+        // Every service on its own free port for /metrics (a test that scrapes names its own).
+        ("PRISM_OBSERVE__LISTEN", "127.0.0.1:0".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -323,6 +325,11 @@ impl Services {
     /// Everything `name` has logged so far (all its runs).
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Where the services' logs go (kept when the test fails): room for a test's own files too.
+    pub fn logs_dir(&self) -> &Path {
+        &self.logs
     }
 
     pub fn assert_running(&mut self) {

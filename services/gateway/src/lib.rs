@@ -34,6 +34,7 @@ use prism_core::ports::bus::Subscriber;
 use prism_core::ports::bus::kafka::KafkaSubscriber;
 use prism_core::runtime::backends::Backends;
 use prism_core::runtime::config::{KafkaSettings, Settings, resolve_secret};
+use prism_core::runtime::service;
 use stats::Stats;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
@@ -178,7 +179,7 @@ pub async fn run(
 pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     // The buckets are the deployment's (compose's minio-init) or the stages' to create: the
     // gateway's S3 user may not create buckets.
-    let backends = Backends::connect(&settings, &shutdown).await?;
+    let backends = service::observe_and_connect(&settings, &[], &shutdown).await?;
     let listen = settings.gateway.listen.clone();
     let kafka = settings.kafka.clone();
     let app = Arc::new(App::new(

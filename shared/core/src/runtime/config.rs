@@ -365,6 +365,26 @@ pub struct Settings {
     pub detect: DetectRuntime,
     /// The HTTP gateway (`prism serve gateway`, `prism run --web`).
     pub gateway: GatewaySettings,
+    /// Where every service serves `/metrics`, `/healthz` and `/readyz`.
+    pub observe: ObserveSettings,
+}
+
+/// The observability endpoints of a service (not of `prism run`, which ends when its folder is
+/// done).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObserveSettings {
+    /// `host:port`; port 0 takes a free one (logged). Containers set `0.0.0.0:9464`; services
+    /// sharing a host each need their own port.
+    pub listen: String,
+}
+
+impl Default for ObserveSettings {
+    fn default() -> Self {
+        ObserveSettings {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
 }
 
 /// The HTTP gateway: where it listens, what it accepts, who may use it.
@@ -449,6 +469,7 @@ impl Default for Settings {
             stages: StageParams::default(),
             detect: DetectRuntime::default(),
             gateway: GatewaySettings::default(),
+            observe: ObserveSettings::default(),
         }
     }
 }

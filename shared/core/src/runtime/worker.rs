@@ -199,7 +199,7 @@ impl<S: Stage> StageWorker<S> {
                     if !deduplicated {
                         result.timings.batch_size = Some(batch_size);
                     }
-                    Publication::json(self.topics.results(job.stage), &job.content_hash, &result)
+                    Publication::result(self.topics.results(job.stage), &result)
                 }
                 Some(report) => dead_letter(
                     &self.topics.deadletter,

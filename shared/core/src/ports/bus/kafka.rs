@@ -6,6 +6,7 @@
 
 use super::{BusError, Delivery, Position, Publication, Publisher, Subscriber};
 use crate::runtime::config::{KafkaSettings, resolve_secret};
+use crate::runtime::observe;
 use async_trait::async_trait;
 use rdkafka::{
     ClientConfig, Message, Offset,
@@ -14,6 +15,7 @@ use rdkafka::{
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     error::{KafkaError, KafkaResult, RDKafkaErrorCode},
     producer::{FutureProducer, FutureRecord, Producer},
+    statistics::Statistics,
     topic_partition_list::TopicPartitionList,
     util::Timeout,
 };
@@ -28,6 +30,9 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 /// wait (Tansu does) adds it to each hop. librdkafka's 500 ms default made an idle pipeline's three
 /// hops cost ~170 ms of a 236 ms median; 25 ms costs an idle consumer 40 small requests a second.
 const FETCH_WAIT: Duration = Duration::from_millis(25);
+
+/// How often a group consumer's statistics (each partition's lag, for the metrics) come.
+const STATISTICS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Longest a tailing subscriber waits for each metadata or offset answer at start.
 const TAIL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -198,7 +203,32 @@ struct GroupEvents {
     group: String,
 }
 
-impl ClientContext for GroupEvents {}
+impl ClientContext for GroupEvents {
+    /// Each partition's lag for the metrics, from librdkafka's statistics (every
+    /// `STATISTICS_INTERVAL`).
+    fn stats(&self, statistics: Statistics) {
+        for (topic, partitions) in &statistics.topics {
+            // Partition -1 is librdkafka's internal one for messages not yet assigned a partition.
+            for partition in partitions.partitions.values().filter(|p| p.partition >= 0) {
+                observe::consumer_lag(&self.group, topic, partition.partition, lag(partition));
+            }
+        }
+    }
+}
+
+/// A partition's backlog: end minus last commit; from its start while nothing is committed; 0
+/// when this replica does not fetch it (another owns it now).
+fn lag(partition: &rdkafka::statistics::Partition) -> i64 {
+    let fetching = !matches!(
+        partition.fetch_state.as_str(),
+        "none" | "stopping" | "stopped"
+    );
+    match (fetching, partition.consumer_lag) {
+        (false, _) => 0,
+        (true, lag) if lag >= 0 => lag,
+        (true, _) => (partition.hi_offset - partition.lo_offset.max(0)).max(0),
+    }
+}
 
 impl ConsumerContext for GroupEvents {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -206,11 +236,18 @@ impl ConsumerContext for GroupEvents {
         match rebalance {
             Rebalance::Assign(list) => {
                 tracing::info!(%group, partitions = %describe(list), "partitions assigned");
+                observe::passing(observe::CONSUMER_GROUP);
             }
             Rebalance::Revoke(list) => {
                 tracing::info!(%group, partitions = %describe(list), "partitions revoked");
             }
-            Rebalance::Error(error) => tracing::warn!(%group, %error, "rebalance failed"),
+            Rebalance::Error(error) => {
+                tracing::warn!(%group, %error, "rebalance failed");
+                observe::failing(
+                    observe::CONSUMER_GROUP,
+                    format!("rebalance failed: {error}"),
+                );
+            }
         }
     }
 
@@ -268,7 +305,11 @@ impl KafkaSubscriber {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("fetch.wait.max.ms", FETCH_WAIT.as_millis().to_string());
+            .set("fetch.wait.max.ms", FETCH_WAIT.as_millis().to_string())
+            .set(
+                "statistics.interval.ms",
+                STATISTICS_INTERVAL.as_millis().to_string(),
+            );
         let consumer: StreamConsumer<GroupEvents> =
             with_overrides(&mut config, settings, Role::Consumer).create_with_context(
                 GroupEvents {

@@ -39,6 +39,7 @@ SERVICE_ENVIRONMENT = {
     "PRISM_DETECT__WEIGHTS",
     "PRISM_GATEWAY__ADMIN_TOKEN",
     "PRISM_GATEWAY__ANNOUNCE_UPLOADS",
+    "PRISM_OBSERVE__LISTEN",
 }
 
 # Only these may publish ports, and only on loopback: the user reaches MinIO and CouchDB, both

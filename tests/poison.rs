@@ -38,6 +38,7 @@ async fn a_huge_poison_message_is_dead_lettered_small_and_holds_nothing_up() {
             topic: settings.topics.uploads.clone(),
             key: "poison".into(),
             payload: poison,
+            kind: Default::default(),
         })
         .await
         .unwrap();

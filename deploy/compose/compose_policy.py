@@ -41,17 +41,21 @@ SERVICE_ENVIRONMENT = {
     "PRISM_DETECT__WEIGHTS",
     "PRISM_CLASSIFY__WEIGHTS",
     "PRISM_CLASSIFY__LABELS",
+    "PRISM_GATEWAY__ADMIN_TOKEN",
+    "PRISM_GATEWAY__ANNOUNCE_UPLOADS",
+    "PRISM_OBSERVE__LISTEN",
 }
 
 # The model files each stage reads; they must come from a volume the service cannot write to.
 MODEL_FILES = ["PRISM_DETECT__WEIGHTS", "PRISM_CLASSIFY__WEIGHTS", "PRISM_CLASSIFY__LABELS"]
 
 # Only these may publish ports, and only on loopback: the user reaches MinIO and CouchDB, both
-# behind their credentials; Kafka has no authentication and stays on the compose network.
-PUBLISHING_SERVICES = {"minio", "couchdb"}
+# behind their credentials, and the gateway (its admin API behind a token); Kafka has no
+# authentication and stays on the compose network.
+PUBLISHING_SERVICES = {"minio", "couchdb", "gateway"}
 LOOPBACK = "127.0.0.1"
 
-SECRET_NAME = re.compile(r"PASSWORD|SECRET|ACCESS_KEY")
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|TOKEN")
 # A required substitution: compose refuses to start without the value, and there is no default.
 REQUIRED_SUBSTITUTION = re.compile(r"^\$\{[A-Z][A-Z0-9_]*:\?[^}]*\}$")
 
@@ -84,8 +88,8 @@ def check_built_service(name, service, root, binaries, problems):
     # Scaling (`--scale NAME=4`) needs containers without fixed names or host ports.
     if "container_name" in service:
         problems.append(f"{name}: container_name would prevent scaling")
-    if service.get("ports"):
-        problems.append(f"{name}: publishes ports; Prism services serve nothing to the host")
+    if service.get("ports") and name not in PUBLISHING_SERVICES:
+        problems.append(f"{name}: publishes ports; Prism's workers serve nothing to the host")
     if service.get("restart") != "unless-stopped":
         problems.append(f"{name}: restart is {service.get('restart')!r}, want 'unless-stopped'")
     if not service.get("stop_grace_period"):

@@ -31,6 +31,11 @@ MINIO_ROOT_PASSWORD=$(random_hex 24)
 S3_SERVICE_ACCESS_KEY=prism-service
 S3_SERVICE_SECRET_KEY=$(random_hex 24)
 
+# The gateway's MinIO user (writes uploads into the input bucket) and its admin API token.
+S3_GATEWAY_ACCESS_KEY=prism-gateway
+S3_GATEWAY_SECRET_KEY=$(random_hex 24)
+GATEWAY_ADMIN_TOKEN=$(random_hex 24)
+
 # CouchDB server admin (couchdb-init only) and the services' user, admin of the prism database.
 COUCHDB_ADMIN_USER=admin
 COUCHDB_ADMIN_PASSWORD=$(random_hex 24)

@@ -1,15 +1,16 @@
 #!/bin/sh
 # Prepares MinIO for Prism (run by the minio-init service, minio/mc image): the two buckets, the
-# upload notification to Kafka, and the services' own user, allowed into those buckets only.
+# upload notification to Kafka, the services' own user, allowed into those buckets only, and the
+# gateway's, which also writes uploads into the input bucket.
 # Idempotent. The mc image is minimal (no grep or cat), so only shell built-ins and mc are used.
 set -eu
 
 : "${MINIO_ROOT_USER:?}" "${MINIO_ROOT_PASSWORD:?}" "${PRISM_S3__ENDPOINT:?}"
 : "${PRISM_INPUT_BUCKET:?}" "${PRISM_OUTPUT_BUCKET:?}" "${AWS_ACCESS_KEY_ID:?}" "${AWS_SECRET_ACCESS_KEY:?}"
+: "${GATEWAY_ACCESS_KEY_ID:?}" "${GATEWAY_SECRET_ACCESS_KEY:?}"
 
 # The notification target named PRISM in compose.yaml (MINIO_NOTIFY_KAFKA_*_PRISM).
 notify_arn=arn:minio:sqs::PRISM:kafka
-policy_name=prism-service
 
 mc alias set local "$PRISM_S3__ENDPOINT" "$MINIO_ROOT_USER" "$MINIO_ROOT_PASSWORD" >/dev/null
 
@@ -21,9 +22,12 @@ case "$existing_events" in
     *) mc event add "local/$PRISM_INPUT_BUCKET" "$notify_arn" --event put ;;
 esac
 
-# Read uploads, write outputs, nothing else; the services never hold the root credentials.
-policy_file=/tmp/prism-service-policy.json
-printf '%s\n' '{
+# grant POLICY USER SECRET EXTRA_STATEMENT: creates POLICY (read uploads, write outputs, plus
+# EXTRA_STATEMENT when not empty) and USER with it. Adding an existing user sets its secret, so a
+# changed .env takes effect on the next run.
+grant() {
+    policy_file="/tmp/$1-policy.json"
+    printf '%s\n' '{
   "Version": "2012-10-17",
   "Statement": [
     {
@@ -35,7 +39,7 @@ printf '%s\n' '{
       "Effect": "Allow",
       "Action": ["s3:GetObject"],
       "Resource": ["arn:aws:s3:::'"$PRISM_INPUT_BUCKET"'/*"]
-    },
+    },'"$4"'
     {
       "Effect": "Allow",
       "Action": ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
@@ -43,13 +47,22 @@ printf '%s\n' '{
     }
   ]
 }' >"$policy_file"
-mc admin policy create local "$policy_name" "$policy_file"
+    mc admin policy create local "$1" "$policy_file"
+    mc admin user add local "$2" "$3"
+    if ! attach_output="$(mc admin policy attach local "$1" --user "$2" 2>&1)"; then
+        case "$attach_output" in
+            *"already in effect"*) echo "policy $1 already attached to $2" ;;
+            *) printf '%s\n' "$attach_output" >&2; exit 1 ;;
+        esac
+    fi
+}
 
-# Adding an existing user sets its secret, so a changed .env takes effect on the next run.
-mc admin user add local "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY"
-if ! attach_output="$(mc admin policy attach local "$policy_name" --user "$AWS_ACCESS_KEY_ID" 2>&1)"; then
-    case "$attach_output" in
-        *"already in effect"*) echo "policy $policy_name already attached to $AWS_ACCESS_KEY_ID" ;;
-        *) printf '%s\n' "$attach_output" >&2; exit 1 ;;
-    esac
-fi
+# The workers: read uploads, write outputs, nothing else; they never hold the root credentials.
+grant prism-service "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" ""
+# The gateway also stores uploads (streamed as multipart uploads) in the input bucket.
+grant prism-gateway "$GATEWAY_ACCESS_KEY_ID" "$GATEWAY_SECRET_ACCESS_KEY" '
+    {
+      "Effect": "Allow",
+      "Action": ["s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
+      "Resource": ["arn:aws:s3:::'"$PRISM_INPUT_BUCKET"'/*"]
+    },'

@@ -32,8 +32,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 # libheif-sys links Debian's libheif (HEIC/HEIF and AVIF; libheif1 itself
 # decodes HEVC with libde265 and AV1 with dav1d, no plugin packages in Debian 12).
 # For the tests: jpegtran (libjpeg-turbo-progs) makes the progressive JPEG
-# fixtures (shared/imaging/src/testdata/make_fixtures.py).
-APT_PACKAGES=(build-essential pkg-config zlib1g-dev libssl-dev cmake nasm libheif-dev libjpeg-turbo-progs ca-certificates python3 python3-venv)
+# fixtures (shared/imaging/src/testdata/make_fixtures.py). chromium and
+# chromium-driver: the page test (tests/web.rs) drives a real headless browser.
+# prometheus: the metrics test (tests/metrics.rs) scrapes the services with the
+# real server (the test starts its own; the package's system service is unused).
+APT_PACKAGES=(build-essential pkg-config zlib1g-dev libssl-dev cmake nasm libheif-dev libjpeg-turbo-progs ca-certificates python3 python3-venv chromium chromium-driver prometheus)
 
 step_started=0
 step() {
@@ -87,6 +90,10 @@ check_toolchains() {
     local node_major
     node_major="$(node -p 'process.versions.node.split(".")[0]')"
     ((node_major >= 18)) || die "node $(node --version) is too old for pouchdb-server: need 18 or newer"
+    # Debian's chromium wrapper script prints a harmless shell warning on some machines.
+    [[ "$(chromium --version 2>/dev/null)" == Chromium* ]] || die "chromium does not run (apt-get install chromium)"
+    [[ "$(chromedriver --version)" == ChromeDriver* ]] || die "chromedriver does not run (apt-get install chromium-driver)"
+    prometheus --version >/dev/null 2>&1 || die "prometheus does not run (apt-get install prometheus)"
 }
 
 # Random local credentials, created once. The S3 key follows Garage's format

@@ -1,8 +1,10 @@
 //! Load for Prism: uploading to its input bucket through the S3 API, as a user or a test would;
-//! benchmark photo sets (`dataset`); the end-to-end thumbnail benchmark (`thumbnails`).
+//! benchmark photo sets (`dataset`); the end-to-end thumbnail benchmark (`thumbnails`); the seed's
+//! load plan against the gateway's /predict (`predict`).
 
 pub mod dataset;
 pub mod measure;
+pub mod predict;
 pub mod thumbnails;
 
 use bytes::Bytes;

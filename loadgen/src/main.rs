@@ -1,11 +1,12 @@
-//! `prism-loadgen`: uploads a folder of images to the input bucket, makes benchmark photo sets and
-//! runs the end-to-end thumbnail benchmark.
+//! `prism-loadgen`: uploads a folder of images to the input bucket, makes benchmark photo sets,
+//! runs the end-to-end thumbnail benchmark and the seed's load plan against the gateway's /predict.
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use prism_core::ports::store::Buckets;
 use prism_core::runtime::config::{self, Settings};
 use prism_loadgen::dataset::{self, CAMERAS, DatasetOptions};
+use prism_loadgen::predict::{self, PredictOptions, Send, Uploaded};
 use prism_loadgen::thumbnails::{self, BenchOptions, Method, Tools};
 use std::path::{Path, PathBuf};
 
@@ -33,6 +34,48 @@ enum Command {
     /// Thumbnails of a photo set by Pillow (sequential and multiprocessing), vipsthumbnail and
     /// `prism run`, the same outputs each: wall time, images/s, CPU seconds, peak RSS.
     Thumbnails(ThumbnailsArgs),
+    /// The seed's JMeter plan against a running gateway's `POST /predict`: CLIENTS requests at
+    /// once, BATCHES times, over DISTINCT images; then the same again with every image seen
+    /// before. Prints per-batch mean / p95 response times and each batch's series.
+    Predict(PredictArgs),
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    /// The gateway's base URL.
+    #[arg(
+        long,
+        env = "PRISM_GATEWAY_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    gateway: String,
+    /// A folder of JPEG photos (cycled if fewer than --distinct) [default: $PRISM_HOME/images].
+    #[arg(long)]
+    images: Option<PathBuf>,
+    #[arg(long, default_value_t = 9)]
+    clients: usize,
+    #[arg(long, default_value_t = 4)]
+    batches: usize,
+    #[arg(long, default_value_t = 20)]
+    distinct: usize,
+    /// `body` needs only the gateway; `key` uploads the images to the input bucket first (the
+    /// configured S3 settings) and sends `{"bucket", "key"}`, as the seed's clients did. Where
+    /// the bucket notifies Prism of uploads itself, `key` starts the work before the requests.
+    #[arg(long, value_enum, default_value_t = Send::Body)]
+    send: Send,
+    /// The `?timeout=` of each request, in seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout_secs: u64,
+    /// How long to wait for the gateway to answer before the first batch, in seconds: start the
+    /// services and this together to measure the cold batch.
+    #[arg(long, default_value_t = 300)]
+    wait_ready_secs: u64,
+    /// Also print the figures as a Markdown table.
+    #[arg(long)]
+    markdown: bool,
+    /// Also write every response time as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -93,7 +136,78 @@ fn main() -> anyhow::Result<()> {
         } => tokio::runtime::Runtime::new()?.block_on(upload(dir, bucket, concurrency)),
         Command::Dataset(args) => make_dataset(args),
         Command::Thumbnails(args) => benchmark_thumbnails(args),
+        Command::Predict(args) => tokio::runtime::Runtime::new()?.block_on(load_predict(args)),
     }
+}
+
+async fn load_predict(args: PredictArgs) -> anyhow::Result<()> {
+    let folder = args.images.unwrap_or_else(|| prism_home().join("images"));
+    let photos: Vec<PathBuf> = prism_loadgen::files_under(&folder)
+        .with_context(|| format!("listing {}", folder.display()))?
+        .into_iter()
+        .map(|(_, path)| path)
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("jpg") || e.eq_ignore_ascii_case("jpeg"))
+        })
+        .collect();
+    let invocation = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
+    let images = predict::distinct_images(&photos, args.distinct, &invocation)?;
+    let uploaded = match args.send {
+        Send::Body => None,
+        Send::Key => {
+            let settings: Settings = config::load()?;
+            let keys: Vec<String> = images
+                .iter()
+                .map(|(name, _)| format!("loadgen/predict/{invocation}/{name}"))
+                .collect();
+            let objects = keys
+                .iter()
+                .cloned()
+                .zip(images.iter().map(|(_, b)| b.clone()));
+            prism_loadgen::upload(
+                &Buckets::s3(&settings.s3),
+                &settings.input_bucket,
+                objects.collect(),
+                args.clients,
+            )
+            .await?;
+            Some(Uploaded {
+                bucket: settings.input_bucket,
+                keys,
+            })
+        }
+    };
+    let options = PredictOptions {
+        gateway: args.gateway,
+        photos,
+        clients: args.clients,
+        batches: args.batches,
+        distinct: args.distinct,
+        request_timeout: std::time::Duration::from_secs(args.timeout_secs),
+        wait_ready: std::time::Duration::from_secs(args.wait_ready_secs),
+    };
+    let runs = predict::run(&options, &images, uploaded.as_ref()).await?;
+    let report = predict::Report {
+        gateway: options.gateway.clone(),
+        clients: options.clients,
+        distinct: options.distinct,
+        send: format!("{:?}", args.send).to_lowercase(),
+        photos: options.photos.len(),
+        image_bytes_mean: images.iter().map(|(_, b)| b.len() as u64).sum::<u64>()
+            / images.len() as u64,
+        date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        runs,
+    };
+    print!("{}", predict::render_text(&report));
+    if args.markdown {
+        print!("\n{}", predict::render_markdown(&report));
+    }
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 async fn upload(dir: PathBuf, bucket: Option<String>, concurrency: usize) -> anyhow::Result<()> {

@@ -31,6 +31,7 @@ use prism_core::runtime::config::Settings;
 use prism_e2e::{
     DEADLINE, Services, TansuConfig, generated, prepare, run_environment, run_name, settings_for,
 };
+use prism_loadgen::predict::percentile;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message};
@@ -304,12 +305,6 @@ async fn thumbnail_throughput() {
             cpu() - cpu_before
         );
     }
-}
-
-/// The `q` quantile of sorted `times` (nearest rank).
-fn percentile(times: &[f64], q: f64) -> f64 {
-    let rank = ((times.len() as f64 * q).ceil() as usize).clamp(1, times.len());
-    times[rank - 1]
 }
 
 /// `count` distinct small objects, uploaded 32 at a time.

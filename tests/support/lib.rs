@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod browser;
+
 /// Generous: the first consumer-group joins alone take seconds on a loaded 2-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(180);
 
@@ -51,6 +53,8 @@ pub fn run_environment(run: &str) -> Vec<(String, String)> {
             "PRISM_ENABLED_STAGES",
             "[\"thumbnail\", \"detect\", \"classify\"]".into(),
         ),
+        // Every service on its own free port for /metrics (a test that scrapes names its own).
+        ("PRISM_OBSERVE__LISTEN", "127.0.0.1:0".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -195,6 +199,13 @@ struct Running {
     log: PathBuf,
 }
 
+/// A gateway started by [`Services::start_gateway`].
+pub struct Gateway {
+    /// `http://127.0.0.1:<port>`, no trailing slash.
+    pub url: String,
+    pub admin_token: String,
+}
+
 /// The service processes, killed (and their logs shown) when the test ends.
 pub struct Services {
     environment: Vec<(String, String)>,
@@ -220,6 +231,45 @@ impl Services {
 
     /// Starts `prism ARGS` as `name`; a name started again appends to the same log.
     pub fn spawn(&mut self, name: &str, args: &[&str]) {
+        self.spawn_with(name, args, &[]);
+    }
+
+    /// Starts `prism serve gateway` as `gateway` on a free port of 127.0.0.1, with a fresh admin
+    /// token and `settings` (`PRISM_GATEWAY__…` variables) on top of the run's, and waits until
+    /// it accepts connections.
+    pub fn start_gateway(&mut self, settings: &[(&str, &str)]) -> Gateway {
+        let port = free_port();
+        let admin_token = uuid::Uuid::new_v4().simple().to_string();
+        let listen = format!("127.0.0.1:{port}");
+        let mut environment = vec![
+            ("PRISM_GATEWAY__LISTEN".to_string(), listen.clone()),
+            (
+                "PRISM_GATEWAY__ADMIN_TOKEN".to_string(),
+                admin_token.clone(),
+            ),
+        ];
+        environment.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let logged_before = self.log("gateway").len();
+        self.spawn_with("gateway", &["serve", "gateway"], &environment);
+        // Its own word, not a connection: another process may have taken the port meanwhile.
+        let listening = format!("gateway listening address={listen}");
+        let deadline = Instant::now() + DEADLINE;
+        while !self.log("gateway")[logged_before..].contains(&listening) {
+            self.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "the gateway never listened on {listen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Gateway {
+            url: format!("http://{listen}"),
+            admin_token,
+        }
+    }
+
+    /// [`Services::spawn`] with variables on top of the run's.
+    pub fn spawn_with(&mut self, name: &str, args: &[&str], extra: &[(String, String)]) {
         assert!(
             self.children.iter().all(|r| r.name != name),
             "{name} is already running"
@@ -232,7 +282,7 @@ impl Services {
             .unwrap();
         let child = Command::new(prism_binary())
             .args(args)
-            .envs(self.environment.iter().map(|(k, v)| (k, v)))
+            .envs(self.environment.iter().chain(extra).map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::from(file.try_clone().unwrap()))
@@ -280,6 +330,11 @@ impl Services {
     /// Everything `name` has logged so far (all its runs).
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Where the services' logs go (kept when the test fails): room for a test's own files too.
+    pub fn logs_dir(&self) -> &Path {
+        &self.logs
     }
 
     pub fn assert_running(&mut self) {
@@ -461,14 +516,24 @@ fn servers_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/servers.sh")
 }
 
+/// A port nobody uses now (see [`free_ports`]).
+pub fn free_port() -> u16 {
+    free_ports(1)[0]
+}
+
 /// Ports nobody uses now, below Linux's ephemeral range (32768 and up) so that no client socket
 /// takes one as its own port meanwhile, and a probe never connects to itself.
+/// Never the same port twice in one test process: tests running at once would share it.
 fn free_ports(count: usize) -> Vec<u16> {
+    static GIVEN: OnceLock<std::sync::Mutex<BTreeSet<u16>>> = OnceLock::new();
+    let mut given = GIVEN.get_or_init(Default::default).lock().unwrap();
     let start = 20_000 + (std::process::id() % 1000) as u16 * 10;
     let ports: Vec<u16> = (start..32_000)
+        .filter(|port| !given.contains(port))
         .filter(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
         .take(count)
         .collect();
+    given.extend(&ports);
     assert_eq!(ports.len(), count, "no {count} free ports from {start}");
     ports
 }

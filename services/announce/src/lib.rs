@@ -14,6 +14,7 @@ use prism_core::ports::bus::kafka::{KafkaPublisher, ensure_topics};
 use prism_core::ports::claims::couch::CouchIndex;
 use prism_core::ports::store::Buckets;
 use prism_core::runtime::config::Settings;
+use prism_core::runtime::observe;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -55,6 +56,7 @@ pub async fn watch(
     args: &WatchArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    observe::serve(&settings.observe.listen, &[observe::SERVERS], &shutdown).await?;
     ensure_topics(&settings.kafka, &[settings.topics.uploads.as_str()]).await?;
     let publisher = Arc::new(KafkaPublisher::new(&settings.kafka)?);
     let mut watcher = Watcher::new(
@@ -79,6 +81,10 @@ pub async fn reconcile(
     args: &ReconcileArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Only the repeating reconciler is a service to watch; a single round is a command.
+    if args.every_secs.is_some() {
+        observe::serve(&settings.observe.listen, &[observe::SERVERS], &shutdown).await?;
+    }
     let index = CouchIndex::connect(&settings.couchdb).await?;
     let publisher = if args.dry_run {
         None
@@ -99,14 +105,23 @@ pub async fn reconcile(
         )
         .await?;
         print!("{}", report.display(args.dry_run, args.min_age_secs));
-        anyhow::Ok(())
+        anyhow::Ok(report)
     };
     let Some(every_secs) = args.every_secs else {
-        return round().await;
+        return round().await.map(drop);
     };
     while !shutdown.is_cancelled() {
-        if let Err(error) = round().await {
-            tracing::warn!(error = %error, "reconcile failed, trying again next round");
+        match round().await {
+            Ok(report) => {
+                observe::passing(observe::SERVERS);
+                if !args.dry_run {
+                    observe::announced("reconcile", report.missing.len());
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "reconcile failed, trying again next round");
+                observe::failing(observe::SERVERS, error.to_string());
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => {}

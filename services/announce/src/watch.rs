@@ -15,6 +15,7 @@ use prism_core::contract::ingest::UploadEvent;
 use prism_core::contract::reannounce::{announcement_key, reemission};
 use prism_core::ports::bus::{BusError, Publication, Publisher};
 use prism_core::ports::store::{Buckets, StoreError, Unlisted, warn_unlisted};
+use prism_core::runtime::observe;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -113,9 +114,17 @@ impl Watcher {
         tracing::info!(bucket = %self.bucket, topic = %self.topic, "watching");
         while !shutdown.is_cancelled() {
             match self.poll().await {
-                Ok(new) if !new.is_empty() => tracing::info!(announced = new.len(), "new objects"),
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "retrying at the next poll"),
+                Ok(new) => {
+                    observe::passing(observe::SERVERS);
+                    observe::announced("watch", new.len());
+                    if !new.is_empty() {
+                        tracing::info!(announced = new.len(), "new objects");
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "retrying at the next poll");
+                    observe::failing(observe::SERVERS, error.to_string());
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => {}

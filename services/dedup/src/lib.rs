@@ -18,10 +18,9 @@ use prism_core::contract::{Classify, Origin, SourceObject, StageName};
 use prism_core::ports::bus::{Delivery, Publication};
 use prism_core::ports::claims::{self, Admission, ClaimIndex, HandledUpload, SeenSource, Work};
 use prism_core::ports::store::{Buckets, ContentHash};
-use prism_core::runtime::backends::Backends;
 use prism_core::runtime::config::Settings;
 use prism_core::runtime::consumer::{Outcome, ProcessError, Processor, dead_letter};
-use prism_core::runtime::service;
+use prism_core::runtime::{observe, service};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -212,9 +211,7 @@ impl Dedup {
                 tracing::debug!(key = %source.key, %stage, %hash, ?admission, "admitted");
                 let publication = match admission {
                     Admission::Run(job) => Publication::json(topics.jobs(*stage), &hash.0, job),
-                    Admission::Done(result) => {
-                        Publication::json(topics.results(*stage), &hash.0, result)
-                    }
+                    Admission::Done(result) => Publication::result(topics.results(*stage), result),
                     Admission::Failed(report) => dead_letter(
                         &topics.deadletter,
                         stage.as_str(),
@@ -274,7 +271,8 @@ impl Processor for Dedup {
 
 /// Runs the dedup service against Kafka, S3 and CouchDB until `shutdown`.
 pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let backends = Backends::connect(&settings, &shutdown).await?;
+    let backends =
+        service::observe_and_connect(&settings, &[observe::CONSUMER_GROUP], &shutdown).await?;
     let dedup = Dedup::new(
         settings.clone(),
         backends.buckets.clone(),

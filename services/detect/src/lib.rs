@@ -59,6 +59,7 @@ impl DetectStage {
         })
     }
 
+    /// One input's outputs.
     fn outputs(
         image: &image::RgbImage,
         format: &str,

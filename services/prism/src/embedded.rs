@@ -27,13 +27,16 @@ const INDEX_FILE: &str = ".prism/claims.json";
 /// How many uploads' likeliest class the summary lists; the rest are in results.jsonl.
 const CLASSES_LISTED: usize = 20;
 
+/// Processes `input`, prints the summary, and with `web` (an address) then serves the gateway's
+/// pages over the same bus and folders until `shutdown`.
 pub async fn run(
     mut settings: Settings,
     input: &Path,
     output: &Path,
     stages: &[StageName],
+    web: Option<&str>,
     shutdown: CancellationToken,
-) -> anyhow::Result<Summary> {
+) -> anyhow::Result<()> {
     anyhow::ensure!(
         input.is_dir(),
         "{} is not a folder of images",
@@ -129,13 +132,52 @@ pub async fn run(
             summary.record_result(serde_json::from_slice(&delivery.payload)?);
         }
     }
+    summary.elapsed = started.elapsed();
+    print!("{summary}");
+    if let Some(address) = web
+        && !shutdown.is_cancelled()
+    {
+        let (address, serving) = start_gateway(&settings, &backends, &bus, address, &stop).await?;
+        println!("serving http://{address}/ (admin: http://{address}/admin); Ctrl-C to stop");
+        serving.await??;
+    }
     stop.cancel();
     for handle in loops {
         handle.await??;
     }
     index.save(&index_path)?;
-    summary.elapsed = started.elapsed();
-    Ok(summary)
+    Ok(())
+}
+
+/// The gateway over the embedded bus and folders, listening on `address` until `stop`.
+async fn start_gateway(
+    settings: &Settings,
+    backends: &Backends,
+    bus: &MemoryBus,
+    address: &str,
+    stop: &CancellationToken,
+) -> anyhow::Result<(
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+)> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot listen on {address}: {error}"))?;
+    let bound = listener.local_addr()?;
+    let app = Arc::new(prism_gateway::App::new(
+        settings.clone(),
+        backends.clone(),
+        None,
+        stop.clone(),
+    ));
+    let outcomes = bus.subscribe(&app.outcome_topics());
+    let serving = tokio::spawn(prism_gateway::run(
+        app,
+        Box::new(outcomes),
+        listener,
+        stop.clone(),
+    ));
+    Ok((bound, serving))
 }
 
 /// What a run did, printed at its end.

@@ -1,6 +1,7 @@
 //! `prism`: the one binary for every Prism service (`prism serve dedup|thumbnail|detect|classify`,
-//! `prism watch`, `prism reconcile`) and for the embedded mode (`prism run`: the whole pipeline
-//! in one process over a folder, no servers). It holds wiring only: each service lives in its own
+//! `prism serve gateway`, `prism watch`, `prism reconcile`) and for the embedded mode (`prism
+//! run`: the whole pipeline in one process over a folder, no servers; `--web` adds the pages). It
+//! holds wiring only: each service lives in its own
 //! crate.
 
 mod embedded;
@@ -36,6 +37,13 @@ enum Command {
             default_value = "thumbnail,detect,classify"
         )]
         stages: Vec<StageName>,
+        /// Then keep serving the upload and admin pages (the gateway) until Ctrl-C; uploads
+        /// land in the input folder under `web/`.
+        #[arg(long)]
+        web: bool,
+        /// Where `--web` listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
     },
     /// Announce new objects of the input bucket as MinIO-format events (for S3 servers without
     /// Kafka notifications).
@@ -52,6 +60,7 @@ enum Service {
     Thumbnail,
     Detect,
     Classify,
+    Gateway,
 }
 
 #[tokio::main]
@@ -62,10 +71,15 @@ async fn main() -> anyhow::Result<()> {
     let settings: Settings = config::load()?;
     let shutdown = service::shutdown_signal();
     match cli.command {
-        Command::Run { input, out, stages } => {
-            let summary = embedded::run(settings, &input, &out, &stages, shutdown).await?;
-            print!("{summary}");
-            Ok(())
+        Command::Run {
+            input,
+            out,
+            stages,
+            web,
+            listen,
+        } => {
+            let web = web.then_some(listen.as_str());
+            embedded::run(settings, &input, &out, &stages, web, shutdown).await
         }
         Command::Watch(args) => prism_announce::watch(&settings, &args, shutdown).await,
         Command::Reconcile(args) => prism_announce::reconcile(&settings, &args, shutdown).await,
@@ -74,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
             Service::Thumbnail => prism_thumbnail::serve(settings, shutdown).await,
             Service::Detect => prism_detect::serve(settings, shutdown).await,
             Service::Classify => prism_classify::serve(settings, shutdown).await,
+            Service::Gateway => prism_gateway::serve(settings, shutdown).await,
         },
     }
 }

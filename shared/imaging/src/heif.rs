@@ -73,13 +73,19 @@ pub(super) fn decode(
 
     // An ICC profile ('prof' or 'rICC'), else the code points of an nclx description.
     let icc_profile = handle.color_profile_raw().map(|profile| profile.data);
-    let code_points = handle
-        .color_profile_nclx()
-        .map(|nclx| ColourSpace::CodePoints {
-            primaries: nclx.color_primaries() as u8,
-            transfer: nclx.transfer_characteristics() as u8,
-        });
-    let colour_space = icc_profile.as_deref().map(ColourSpace::Icc).or(code_points);
+    // The nclx box is read only where there is no profile.
+    let code_points = || {
+        handle
+            .color_profile_nclx()
+            .map(|nclx| ColourSpace::CodePoints {
+                primaries: nclx.color_primaries() as u8,
+                transfer: nclx.transfer_characteristics() as u8,
+            })
+    };
+    let colour_space = icc_profile
+        .as_deref()
+        .map(ColourSpace::Icc)
+        .or_else(code_points);
     Ok(DecodedImage::new(
         format,
         (width, height),

@@ -101,6 +101,11 @@ pub struct Timings {
     pub finished_at: DateTime<Utc>,
     /// Time spent producing this result (the stage's work, or dedup's look-up for a copy).
     pub processing_ms: u64,
+    /// How many inputs the stage ran together with this one (a detect forward pass); only on the
+    /// result that did the work. A rerun after a redelivery may batch differently, so it sits
+    /// here with the timings rather than among the stage's findings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
 }
 
 /// A stage's result for one upload, on `prism.results.<stage>`, keyed by content hash.

@@ -7,7 +7,7 @@
 pub mod kafka;
 pub mod memory;
 
-use crate::contract::Classify;
+use crate::contract::{Classify, StageName, StageResult};
 use async_trait::async_trait;
 
 /// A message taken from a topic.
@@ -45,6 +45,26 @@ pub struct Publication {
     /// Kafka key: the content hash, so every message about one content lands on one partition.
     pub key: String,
     pub payload: Vec<u8>,
+    /// What it is, for the metrics recorded once it is out (not sent).
+    pub kind: Published,
+}
+
+/// What a publication is, as far as the metrics care.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Published {
+    #[default]
+    Message,
+    Result {
+        stage: StageName,
+        deduplicated: bool,
+        processing_ms: u64,
+        /// From dedup's receipt of the upload to the result.
+        latency_ms: i64,
+    },
+    DeadLetter {
+        service: String,
+        code: String,
+    },
 }
 
 impl Publication {
@@ -53,6 +73,21 @@ impl Publication {
             topic: topic.to_string(),
             key: key.to_string(),
             payload: serde_json::to_vec(message).expect("contract types always serialise"),
+            kind: Published::Message,
+        }
+    }
+
+    /// A stage's result, keyed by its content hash.
+    pub fn result(topic: &str, result: &StageResult) -> Self {
+        let timings = &result.timings;
+        Publication {
+            kind: Published::Result {
+                stage: result.stage,
+                deduplicated: result.deduplicated,
+                processing_ms: timings.processing_ms,
+                latency_ms: (timings.finished_at - timings.received_at).num_milliseconds(),
+            },
+            ..Publication::json(topic, &result.content_hash, result)
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::contract::{
     Classify, ErrorReport, Job, Origin, OutputObject, SCHEMA_VERSION, SourceObject, StageName,
     StageResult, Timings,
 };
+use crate::runtime::observe;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -243,6 +244,7 @@ impl Claim {
                 received_at: seen.received_at,
                 finished_at: Utc::now(),
                 processing_ms: processing.as_millis() as u64,
+                batch_size: None,
             },
         }
     }
@@ -423,7 +425,7 @@ pub async fn admit_all(
             true => Vec::new(),
             false => index.replace_all(&mut updated).await?,
         };
-        for (admitted, replaced) in decided.into_iter().zip(replaced) {
+        for ((admitted, replaced), claim) in decided.into_iter().zip(replaced).zip(&updated) {
             if replaced {
                 for (index, admission) in admitted {
                     admissions[index] = Some(admission);
@@ -431,6 +433,7 @@ pub async fn admit_all(
             } else {
                 // Someone changed the claim meanwhile (a worker finished, another twin arrived):
                 // look again.
+                observe::claim_conflict(claim.stage);
                 pending.extend(admitted.into_iter().map(|(index, _)| index));
             }
         }
@@ -501,6 +504,7 @@ pub async fn hand_over(
         if index.replace(&mut claim).await? {
             return Ok(Some(claim.job()));
         }
+        observe::claim_conflict(job.stage);
     }
 }
 
@@ -548,6 +552,7 @@ pub async fn finish(
                 .collect();
             return Ok(Finished { claim, recipients });
         }
+        observe::claim_conflict(job.stage);
     }
 }
 

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use object_store::{
-    Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions, PutPayload,
+    Attribute, Attributes, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions,
+    PutPayload, WriteMultipart,
     aws::{AmazonS3Builder, AwsCredentialProvider},
     local::LocalFileSystem,
     memory::InMemory,
@@ -53,6 +54,9 @@ pub enum StoreError {
         announced: String,
         found: String,
     },
+    /// An upload's body ended in an error (the client went away or was too slow).
+    #[error("the upload was interrupted: {reason}")]
+    Interrupted { reason: String },
     #[error("object store: {0}")]
     Unavailable(object_store::Error),
 }
@@ -103,6 +107,7 @@ impl Classify for StoreError {
             StoreError::TooLarge { .. } => "too_many_bytes",
             StoreError::Misconfigured { .. } => "object_store_misconfigured",
             StoreError::Changed { .. } => "content_changed",
+            StoreError::Interrupted { .. } => "upload_interrupted",
             StoreError::Unavailable(_) => "object_store_unavailable",
         }
     }
@@ -340,6 +345,129 @@ impl Buckets {
         }
     }
 
+    /// GETs an object: not found, no such bucket and links in folder buckets told apart.
+    async fn get(&self, bucket: &str, key: &str) -> Result<object_store::GetResult, StoreError> {
+        let store = self.bucket(bucket)?;
+        let path = self.readable_path(bucket, key)?;
+        store
+            .get(&path)
+            .await
+            .map_err(|error| not_found(error, bucket, key))
+    }
+
+    /// `key` as a store path, refusing links in folder buckets.
+    fn readable_path(&self, bucket: &str, key: &str) -> Result<Path, StoreError> {
+        let path = object_path(key)?;
+        if let Backend::Folders(folders) = &*self.backend
+            && leads_through_link(folder(folders, bucket)?, key).map_err(local_error)?
+        {
+            // The listing sets links aside; this holds for any event naming one, or a file
+            // replaced by a link since it was listed.
+            return Err(StoreError::SymbolicLink {
+                key: key.to_string(),
+            });
+        }
+        Ok(path)
+    }
+
+    /// What an object is, without reading it.
+    pub async fn head(&self, bucket: &str, key: &str) -> Result<SourceObject, StoreError> {
+        let store = self.bucket(bucket)?;
+        let meta = store
+            .head(&self.readable_path(bucket, key)?)
+            .await
+            .map_err(|error| not_found(error, bucket, key))?;
+        Ok(SourceObject {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            etag: self.etag(&meta),
+            size: meta.size,
+        })
+    }
+
+    /// An object to pass on as it is read (an HTTP response), never held whole.
+    pub async fn open_object(&self, bucket: &str, key: &str) -> Result<OpenedObject, StoreError> {
+        let result = self.get(bucket, key).await?;
+        let content_type = result
+            .attributes
+            .get(&Attribute::ContentType)
+            .map(|value| value.to_string());
+        Ok(OpenedObject {
+            size: result.meta.size,
+            content_type,
+            bytes: result.into_stream().map_err(StoreError::from).boxed(),
+        })
+    }
+
+    /// Writes `body` to `bucket/key` as it arrives (a multipart upload: at most a part or two in
+    /// memory), hashing it on the way; past `max_bytes` the upload is abandoned and nothing is
+    /// stored. Returns the stored version's ETag, its size and its BLAKE3.
+    pub async fn write_stream<E: std::fmt::Display>(
+        &self,
+        bucket: &str,
+        key: &str,
+        content_type: &str,
+        max_bytes: u64,
+        mut body: impl futures::Stream<Item = Result<Bytes, E>> + Unpin,
+    ) -> Result<Hashed, StoreError> {
+        let store = self.bucket(bucket)?;
+        let path = object_path(key)?;
+        let options = PutMultipartOptions {
+            attributes: self.attributes(content_type),
+            ..Default::default()
+        };
+        let upload = store.put_multipart_opts(&path, options).await?;
+        let mut writer = WriteMultipart::new(upload);
+        let mut hasher = blake3::Hasher::new();
+        let mut size = 0u64;
+        let failure = loop {
+            let chunk = match body.next().await {
+                None => break None,
+                Some(Ok(chunk)) => chunk,
+                Some(Err(error)) => {
+                    break Some(StoreError::Interrupted {
+                        reason: error.to_string(),
+                    });
+                }
+            };
+            size += chunk.len() as u64;
+            if size > max_bytes {
+                break Some(StoreError::TooLarge {
+                    size,
+                    limit: max_bytes,
+                });
+            }
+            hasher.update(&chunk);
+            // Backpressure: the body is read no faster than the store takes the parts.
+            if let Err(error) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                break Some(error.into());
+            }
+            writer.put(chunk);
+        };
+        if let Some(error) = failure {
+            if let Err(abort) = writer.abort().await {
+                tracing::warn!(%bucket, %key, error = %abort, "could not abandon a refused upload");
+            }
+            return Err(error);
+        }
+        writer.finish().await?;
+        let meta = store.head(&path).await?;
+        Ok(Hashed {
+            hash: ContentHash::from(hasher.finalize()),
+            size,
+            etag: self.etag(&meta),
+        })
+    }
+
+    /// The content type as an attribute, where the store can keep one (a folder cannot).
+    fn attributes(&self, content_type: &str) -> Attributes {
+        let mut attributes = Attributes::new();
+        if !matches!(*self.backend, Backend::Folders(_)) {
+            attributes.insert(Attribute::ContentType, content_type.to_string().into());
+        }
+        attributes
+    }
+
     /// Streams an object through `consume`, failing once more than `max_bytes` arrived, or before
     /// reading when `announced_etag` is given and the bucket holds another version. Returns the
     /// size and the ETag of the version read.
@@ -351,29 +479,7 @@ impl Buckets {
         max_bytes: u64,
         mut consume: impl FnMut(&Bytes),
     ) -> Result<(u64, String), StoreError> {
-        let store = self.bucket(bucket)?;
-        let path = object_path(key)?;
-        if let Backend::Folders(folders) = &*self.backend
-            && leads_through_link(folder(folders, bucket)?, key).map_err(local_error)?
-        {
-            // The listing sets links aside; this holds for any event naming one, or a file
-            // replaced by a link since it was listed.
-            return Err(StoreError::SymbolicLink {
-                key: key.to_string(),
-            });
-        }
-        let result = store.get(&path).await.map_err(|error| match error {
-            object_store::Error::NotFound { .. } if error.to_string().contains("NoSuchBucket") => {
-                StoreError::NoSuchBucket {
-                    bucket: bucket.to_string(),
-                }
-            }
-            object_store::Error::NotFound { .. } => StoreError::NotFound {
-                bucket: bucket.to_string(),
-                key: key.to_string(),
-            },
-            other => other.into(),
-        })?;
+        let result = self.get(bucket, key).await?;
         let etag = self.etag(&result.meta);
         if let Some(announced) = announced_etag
             && announced.trim_matches('"') != etag
@@ -451,19 +557,40 @@ impl Buckets {
         content_type: &str,
     ) -> Result<(), StoreError> {
         let store = self.bucket(bucket)?;
-        let mut attributes = Attributes::new();
-        // A folder has nowhere to keep a content type.
-        if !matches!(*self.backend, Backend::Folders(_)) {
-            attributes.insert(Attribute::ContentType, content_type.to_string().into());
-        }
         let options = PutOptions {
-            attributes,
+            attributes: self.attributes(content_type),
             ..Default::default()
         };
         store
             .put_opts(&object_path(key)?, PutPayload::from(bytes), options)
             .await?;
         Ok(())
+    }
+}
+
+/// Parts of a streamed upload sent at once.
+const PARTS_IN_FLIGHT: usize = 2;
+
+/// An object opened by [`Buckets::open_object`].
+pub struct OpenedObject {
+    pub size: u64,
+    pub content_type: Option<String>,
+    pub bytes: futures::stream::BoxStream<'static, Result<Bytes, StoreError>>,
+}
+
+/// A GET or HEAD error, with a missing object or bucket named.
+fn not_found(error: object_store::Error, bucket: &str, key: &str) -> StoreError {
+    match error {
+        object_store::Error::NotFound { .. } if error.to_string().contains("NoSuchBucket") => {
+            StoreError::NoSuchBucket {
+                bucket: bucket.to_string(),
+            }
+        }
+        object_store::Error::NotFound { .. } => StoreError::NotFound {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+        },
+        other => other.into(),
     }
 }
 
@@ -929,6 +1056,69 @@ pub(crate) mod tests {
         let error = buckets.hash(&missing, 10).await.unwrap_err();
         assert_eq!(error.code(), "object_not_found");
         assert!(!error.is_transient());
+    }
+
+    /// A streamed write stores what arrived, hashed, with the ETag a read sees; past the limit or
+    /// after a broken body nothing is stored.
+    async fn assert_streamed_writes_store_whole_uploads_only(buckets: Buckets) {
+        let chunks = || {
+            futures::stream::iter(
+                [&b"hello "[..], b"streamed ", b"world"]
+                    .map(|chunk| Ok::<_, std::io::Error>(Bytes::from_static(chunk))),
+            )
+        };
+        let written = buckets
+            .write_stream("in", "web/s/1/a b.jpg", "image/jpeg", 100, chunks())
+            .await
+            .unwrap();
+        assert_eq!(written.hash, ContentHash::of(b"hello streamed world"));
+        assert_eq!(written.size, 20);
+        let head = buckets.head("in", "web/s/1/a b.jpg").await.unwrap();
+        assert_eq!((head.size, &head.etag), (20, &written.etag));
+        let opened = buckets.open_object("in", "web/s/1/a b.jpg").await.unwrap();
+        assert_eq!(opened.size, 20);
+        let bytes: Vec<Bytes> = opened.bytes.try_collect().await.unwrap();
+        assert_eq!(bytes.concat(), b"hello streamed world");
+
+        let error = buckets
+            .write_stream("in", "too-big.jpg", "image/jpeg", 10, chunks())
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), "too_many_bytes");
+        let broken = futures::stream::iter([
+            Ok(Bytes::from_static(b"part")),
+            Err(std::io::Error::other("client went away")),
+        ]);
+        let error = buckets
+            .write_stream("in", "broken.jpg", "image/jpeg", 100, broken)
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), "upload_interrupted");
+        for refused in ["too-big.jpg", "broken.jpg"] {
+            let error = buckets.head("in", refused).await.unwrap_err();
+            assert_eq!(error.code(), "object_not_found", "{refused}");
+        }
+        assert_eq!(
+            buckets
+                .open_object("in", "missing.jpg")
+                .await
+                .err()
+                .unwrap()
+                .code(),
+            "object_not_found"
+        );
+    }
+
+    #[tokio::test]
+    async fn streamed_writes_in_memory() {
+        assert_streamed_writes_store_whole_uploads_only(Buckets::memory()).await;
+    }
+
+    #[tokio::test]
+    async fn streamed_writes_in_a_folder() {
+        let scratch = ScratchDir::new();
+        let buckets = Buckets::folders(HashMap::from([("in".to_string(), scratch.0.clone())]));
+        assert_streamed_writes_store_whole_uploads_only(buckets).await;
     }
 
     /// Writes `body` as `key` in bucket `in` and lists it back, ETag included.

@@ -376,6 +376,86 @@ pub struct Settings {
     pub detect: DetectRuntime,
     /// Where the classify service finds its model (not part of the fingerprint: the digest is).
     pub classify: ClassifyRuntime,
+    /// The HTTP gateway (`prism serve gateway`, `prism run --web`).
+    pub gateway: GatewaySettings,
+    /// Where every service serves `/metrics`, `/healthz` and `/readyz`.
+    pub observe: ObserveSettings,
+}
+
+/// The observability endpoints of a service (not of `prism run`, which ends when its folder is
+/// done).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObserveSettings {
+    /// `host:port`; port 0 takes a free one (logged). Containers set `0.0.0.0:9464`; services
+    /// sharing a host each need their own port.
+    pub listen: String,
+}
+
+impl Default for ObserveSettings {
+    fn default() -> Self {
+        ObserveSettings {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// The HTTP gateway: where it listens, what it accepts, who may use it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySettings {
+    /// `host:port` to listen on.
+    pub listen: String,
+    /// Largest upload accepted (413 above); unset means the stages' byte limit, since a larger
+    /// upload could only be dead-lettered.
+    pub max_upload_bytes: Option<u64>,
+    /// The admin API's token (bearer, or the password of basic auth); empty with no file means
+    /// the admin API refuses everyone.
+    pub admin_token: Secret,
+    pub admin_token_file: Option<PathBuf>,
+    /// Whether the gateway publishes the upload event of what it stores. Off where the S3 server
+    /// notifies Kafka itself (MinIO in compose.yaml): dedup would get each upload twice. /predict
+    /// for an object already stored always announces it.
+    pub announce_uploads: bool,
+    /// When true the upload page and its API ask for the admin token too (basic auth, so the
+    /// browser asks once and sends it on every request, the live results' stream included).
+    pub protect_uploads: bool,
+    /// Longest a request may take, but the live stream and /predict's own wait.
+    #[serde(with = "millis")]
+    pub request_timeout: Duration,
+    /// Longest an upload may take from its first byte to its answer.
+    #[serde(with = "millis")]
+    pub upload_timeout: Duration,
+    /// Longest a client may pause while sending a body (a stalled or very slow client).
+    #[serde(with = "millis")]
+    pub body_idle_timeout: Duration,
+    /// How long /predict waits for its result unless the request says (`?timeout=30s`).
+    #[serde(with = "millis")]
+    pub predict_timeout: Duration,
+}
+
+/// Where the gateway listens unless configured: every interface, as a container needs.
+pub const DEFAULT_GATEWAY_LISTEN: &str = "0.0.0.0:8080";
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        GatewaySettings {
+            listen: DEFAULT_GATEWAY_LISTEN.into(),
+            max_upload_bytes: None,
+            admin_token: Secret::default(),
+            admin_token_file: None,
+            announce_uploads: true,
+            protect_uploads: false,
+            // Reads of results and objects answer in milliseconds; ten seconds is a server away.
+            request_timeout: Duration::from_secs(10),
+            // A phone on a slow uplink sends a 50 MB photo in well under two minutes.
+            upload_timeout: Duration::from_secs(120),
+            // Even a poor mobile link delivers some bytes every few seconds.
+            body_idle_timeout: Duration::from_secs(10),
+            // The seed microservice's clients waited up to 30 s.
+            predict_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -413,6 +493,8 @@ impl Default for Settings {
             stages: StageParams::default(),
             detect: DetectRuntime::default(),
             classify: ClassifyRuntime::default(),
+            gateway: GatewaySettings::default(),
+            observe: ObserveSettings::default(),
         }
     }
 }

@@ -15,8 +15,11 @@ use crate::contract::{
     Classify, DeadLetter, ErrorKind, ErrorReport, Origin, SCHEMA_VERSION, SourceObject,
     original_payload,
 };
-use crate::ports::bus::{BusError, Delivery, Position, Publication, Publisher, Subscriber};
+use crate::ports::bus::{
+    BusError, Delivery, Position, Publication, Published, Publisher, Subscriber,
+};
 use crate::runtime::config::{ConsumerSettings, Intake};
+use crate::runtime::observe;
 use async_trait::async_trait;
 use futures::future::join_all;
 use std::collections::{BTreeMap, HashMap};
@@ -141,7 +144,13 @@ pub fn dead_letter(
                 .map(|k| String::from_utf8_lossy(k).into_owned())
         })
         .unwrap_or_default();
-    Publication::json(topic, &key, &letter)
+    Publication {
+        kind: Published::DeadLetter {
+            service: stage.to_string(),
+            code: error.report.code.clone(),
+        },
+        ..Publication::json(topic, &key, &letter)
+    }
 }
 
 /// Counters a service exposes (logs now, an admin page later).
@@ -219,7 +228,9 @@ async fn consume(
     let mut batch = Vec::with_capacity(max_batch);
     let mut deadline = Instant::now();
     let mut stopping = false;
+    let service = settler.processor.name();
     loop {
+        observe::batches_in_flight(service, in_flight.len());
         let taking = !stopping && in_flight.len() < concurrency;
         let step = tokio::select! {
             // Finished work first: acknowledging it frees a slot and moves the offsets on.
@@ -253,6 +264,7 @@ async fn consume(
                         continue; // stopped while retrying: redelivered after the restart
                     }
                     settler.stats.processed.fetch_add(1, Ordering::Relaxed);
+                    observe::message_finished(service);
                     if let Some(acknowledged) = unfinished.finished(&position) {
                         subscriber.ack(&acknowledged)?;
                     }
@@ -274,6 +286,7 @@ fn dispatch(
     shutdown: &CancellationToken,
 ) {
     let batch = std::mem::take(batch);
+    observe::batch_dispatched(settler.processor.name(), batch.len());
     let (settler, shutdown) = (settler.clone(), shutdown.clone());
     in_flight.spawn(async move {
         let finished = settler.settle(&batch, &shutdown).await;
@@ -359,12 +372,12 @@ impl Settler {
                 finished[index] = published;
             }
             let Some((_, error)) = retry.first() else {
+                observe::passing(observe::SERVERS);
                 return finished;
             };
             self.log_retry(error, retry.len(), attempts);
-            self.stats
-                .retries
-                .fetch_add(retry.len() as u64, Ordering::Relaxed);
+            observe::failing(observe::SERVERS, error.report.code.clone());
+            self.count_retries(retry.len());
             if backoff.wait(shutdown).await.is_err() {
                 return finished;
             }
@@ -439,11 +452,15 @@ impl Settler {
         let mut backoff = Backoff::new(&self.settings);
         loop {
             match self.publisher.publish(publication).await {
-                Ok(()) => return Ok(Ok(())),
+                Ok(()) => {
+                    observe::published(publication);
+                    return Ok(Ok(()));
+                }
                 Err(error) if !error.is_transient() => return Ok(Err(error)),
                 Err(error) => {
                     tracing::warn!(%error, topic = %publication.topic, "publish failed, retrying");
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    observe::failing(observe::SERVERS, format!("publishing: {error}"));
+                    self.count_retries(1);
                     backoff.wait(shutdown).await?;
                 }
             }
@@ -491,10 +508,17 @@ impl Settler {
 
     /// Counts dead letters, whether the loop made them or the processor did (one message can hold
     /// several uploads, e.g. a failed job and its waiting twins).
+    fn count_retries(&self, messages: usize) {
+        self.stats
+            .retries
+            .fetch_add(messages as u64, Ordering::Relaxed);
+        observe::retried(self.processor.name(), messages);
+    }
+
     fn count_dead_letters(&self, publications: &[Publication]) {
         let letters = publications
             .iter()
-            .filter(|p| p.topic == self.deadletter_topic)
+            .filter(|p| matches!(p.kind, Published::DeadLetter { .. }))
             .count();
         self.stats
             .dead_lettered
@@ -566,6 +590,7 @@ mod tests {
                         } else {
                             delivery.payload.clone()
                         },
+                        kind: Default::default(),
                     }])
                 })
                 .collect()
@@ -583,6 +608,7 @@ mod tests {
                 topic: "in".into(),
                 key: "k".into(),
                 payload: input.to_vec(),
+                kind: Default::default(),
             })
             .await
             .unwrap();
@@ -742,6 +768,7 @@ mod tests {
                             topic: "out".into(),
                             key: "k".into(),
                             payload: payload.to_vec(),
+                            kind: Default::default(),
                         }])
                     }
                 });

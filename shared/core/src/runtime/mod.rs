@@ -8,10 +8,12 @@
 //! - [`backends`] — the ports, connected to real servers or in-process ones.
 //! - [`service`] — run a processor on a topic until SIGTERM.
 //! - [`telemetry`] — logging.
+//! - [`observe`] — Prometheus metrics, liveness and readiness over HTTP.
 
 pub mod backends;
 pub mod config;
 pub mod consumer;
+pub mod observe;
 pub mod service;
 pub mod telemetry;
 pub mod worker;

@@ -5,6 +5,7 @@ use crate::ports::bus::kafka::KafkaSubscriber;
 use crate::runtime::backends::Backends;
 use crate::runtime::config::{Intake, Settings};
 use crate::runtime::consumer::{ConsumerLoop, Processor, Stats};
+use crate::runtime::observe;
 use crate::runtime::worker::{Stage, StageWorker};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +26,20 @@ pub fn shutdown_signal() -> CancellationToken {
         cancel.cancel();
     });
     token
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` (see [`observe`]), then connects the real backends:
+/// readiness waits for them and for `checks`.
+pub async fn observe_and_connect(
+    settings: &Settings,
+    checks: &[&'static str],
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Backends> {
+    let checks: Vec<&'static str> = [observe::SERVERS].iter().chain(checks).copied().collect();
+    observe::serve(&settings.observe.listen, &checks, shutdown).await?;
+    let backends = Backends::connect(settings, shutdown).await?;
+    observe::passing(observe::SERVERS);
+    Ok(backends)
 }
 
 /// Runs `processor` on `topic` in consumer group `prism-<service>` until shutdown, taking work as
@@ -67,7 +82,7 @@ pub async fn serve_stage<S: Stage>(
     stage: S,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let backends = Backends::connect(settings, &shutdown).await?;
+    let backends = observe_and_connect(settings, &[observe::CONSUMER_GROUP], &shutdown).await?;
     // The stages own the output bucket, as the services own their topics.
     backends
         .create_bucket(&settings.output_bucket, &shutdown)

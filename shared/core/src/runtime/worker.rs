@@ -178,13 +178,15 @@ impl<S: Stage> StageWorker<S> {
         join_all(writes).await.into_iter().collect()
     }
 
-    /// Stores the outcome on the claim and turns it into results or dead letters for everyone waiting.
+    /// Stores the outcome on the claim and turns it into results or dead letters for everyone
+    /// waiting; the upload that did the work is told `batch_size`, how many inputs it ran with.
     async fn complete(
         &self,
         delivery: &Delivery,
         job: &Job,
         outcome: Result<(Vec<OutputObject>, Map<String, Value>), ErrorReport>,
         started: Instant,
+        batch_size: u32,
     ) -> Outcome {
         let failed = outcome.as_ref().err().cloned();
         let Finished { claim, recipients } = claims::finish(&*self.index, job, outcome).await?;
@@ -192,11 +194,13 @@ impl<S: Stage> StageWorker<S> {
         let publications = recipients
             .into_iter()
             .map(|(seen, deduplicated)| match &failed {
-                None => Publication::json(
-                    self.topics.results(job.stage),
-                    &job.content_hash,
-                    &claim.result_for(&seen, deduplicated, elapsed),
-                ),
+                None => {
+                    let mut result = claim.result_for(&seen, deduplicated, elapsed);
+                    if !deduplicated {
+                        result.timings.batch_size = Some(batch_size);
+                    }
+                    Publication::result(self.topics.results(job.stage), &result)
+                }
                 Some(report) => dead_letter(
                     &self.topics.deadletter,
                     job.stage.as_str(),
@@ -210,21 +214,22 @@ impl<S: Stage> StageWorker<S> {
     }
 }
 
-/// Runs the stage on a blocking thread. A panic (a decoder bug on a hostile file) must not take the
-/// service down: the batch is re-run one input at a time so only the culprit fails.
+/// Runs the stage on a blocking thread; returns the outcomes and how many inputs ran together. A
+/// panic (a decoder bug on a hostile file) must not take the service down: the batch is re-run one
+/// input at a time so only the culprit fails.
 async fn run_guarded<S: Stage>(
     stage: Arc<S>,
     inputs: Vec<Bytes>,
-) -> Vec<Result<StageOutput, StageFailure>> {
+) -> (Vec<Result<StageOutput, StageFailure>>, u32) {
     if inputs.is_empty() {
-        return Vec::new();
+        return (Vec::new(), 0);
     }
     let whole = {
         let (stage, inputs) = (stage.clone(), inputs.clone());
         tokio::task::spawn_blocking(move || stage.run(&inputs)).await
     };
     if let Ok(outcomes) = whole {
-        return outcomes;
+        return (outcomes, inputs.len() as u32);
     }
     let mut outcomes = Vec::with_capacity(inputs.len());
     for input in inputs {
@@ -239,7 +244,7 @@ async fn run_guarded<S: Stage>(
             }),
         });
     }
-    outcomes
+    (outcomes, 1)
 }
 
 #[async_trait]
@@ -256,7 +261,8 @@ impl<S: Stage> Processor for StageWorker<S> {
             .iter()
             .filter_map(|f| f.as_ref().ok().map(|(_, bytes)| bytes.clone()))
             .collect();
-        let mut ran = run_guarded(self.stage.clone(), inputs).await.into_iter();
+        let (ran, batch_size) = run_guarded(self.stage.clone(), inputs).await;
+        let mut ran = ran.into_iter();
 
         let mut outcomes = Vec::with_capacity(batch.len());
         for (delivery, fetched) in batch.iter().zip(fetched) {
@@ -278,7 +284,8 @@ impl<S: Stage> Processor for StageWorker<S> {
                             reason: failure.reason,
                         }),
                     };
-                    self.complete(delivery, &job, result, started).await
+                    self.complete(delivery, &job, result, started, batch_size)
+                        .await
                 }
             };
             outcomes.push(outcome);
@@ -428,6 +435,11 @@ mod tests {
         assert_eq!(result.topic, topics.thumbnail_results);
         let result: StageResult = serde_json::from_slice(&result.payload).unwrap();
         assert!(!result.deduplicated);
+        assert_eq!(
+            result.timings.batch_size,
+            Some(1),
+            "re-run alone after the panic"
+        );
         let output = &result.outputs[0];
         let (written, _) = f
             .backends
@@ -449,6 +461,37 @@ mod tests {
             assert_eq!(letter.error.code, code);
             assert_eq!(letter.stage, "thumbnail");
         }
+    }
+
+    #[tokio::test]
+    async fn the_results_that_did_the_work_say_how_many_inputs_ran_together() {
+        let f = fixture();
+        let batch = [
+            job_for(&f, "a.txt", b"one", 0).await,
+            job_for(&f, "b.txt", b"two", 1).await,
+        ];
+        waiter_for(&f, "c.txt", b"one").await;
+        let mut batch_sizes: Vec<(String, bool, Option<u32>)> = f
+            .worker
+            .process(&batch)
+            .await
+            .into_iter()
+            .flat_map(|outcome| outcome.unwrap())
+            .map(|publication| {
+                let result: StageResult = serde_json::from_slice(&publication.payload).unwrap();
+                let key = result.source.key;
+                (key, result.deduplicated, result.timings.batch_size)
+            })
+            .collect();
+        batch_sizes.sort();
+        assert_eq!(
+            batch_sizes,
+            [
+                ("a.txt".into(), false, Some(2)),
+                ("b.txt".into(), false, Some(2)),
+                ("c.txt".into(), true, None),
+            ]
+        );
     }
 
     #[tokio::test]

@@ -6,14 +6,16 @@
 
 use super::{BusError, Delivery, Position, Publication, Publisher, Subscriber};
 use crate::runtime::config::{KafkaSettings, resolve_secret};
+use crate::runtime::observe;
 use async_trait::async_trait;
 use rdkafka::{
-    ClientConfig, Message,
+    ClientConfig, Message, Offset,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::{ClientContext, DefaultClientContext},
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     error::{KafkaError, KafkaResult, RDKafkaErrorCode},
     producer::{FutureProducer, FutureRecord, Producer},
+    statistics::Statistics,
     topic_partition_list::TopicPartitionList,
     util::Timeout,
 };
@@ -28,6 +30,12 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 /// wait (Tansu does) adds it to each hop. librdkafka's 500 ms default made an idle pipeline's three
 /// hops cost ~170 ms of a 236 ms median; 25 ms costs an idle consumer 40 small requests a second.
 const FETCH_WAIT: Duration = Duration::from_millis(25);
+
+/// How often a group consumer's statistics (each partition's lag, for the metrics) come.
+const STATISTICS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Longest a tailing subscriber waits for each metadata or offset answer at start.
+const TAIL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pause after a consumer error while the broker is away, so the warnings don't flood the log.
 const CONSUME_RETRY: Duration = Duration::from_millis(500);
@@ -195,7 +203,32 @@ struct GroupEvents {
     group: String,
 }
 
-impl ClientContext for GroupEvents {}
+impl ClientContext for GroupEvents {
+    /// Each partition's lag for the metrics, from librdkafka's statistics (every
+    /// `STATISTICS_INTERVAL`).
+    fn stats(&self, statistics: Statistics) {
+        for (topic, partitions) in &statistics.topics {
+            // Partition -1 is librdkafka's internal one for messages not yet assigned a partition.
+            for partition in partitions.partitions.values().filter(|p| p.partition >= 0) {
+                observe::consumer_lag(&self.group, topic, partition.partition, lag(partition));
+            }
+        }
+    }
+}
+
+/// A partition's backlog: end minus last commit; from its start while nothing is committed; 0
+/// when this replica does not fetch it (another owns it now).
+fn lag(partition: &rdkafka::statistics::Partition) -> i64 {
+    let fetching = !matches!(
+        partition.fetch_state.as_str(),
+        "none" | "stopping" | "stopped"
+    );
+    match (fetching, partition.consumer_lag) {
+        (false, _) => 0,
+        (true, lag) if lag >= 0 => lag,
+        (true, _) => (partition.hi_offset - partition.lo_offset.max(0)).max(0),
+    }
+}
 
 impl ConsumerContext for GroupEvents {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -203,11 +236,18 @@ impl ConsumerContext for GroupEvents {
         match rebalance {
             Rebalance::Assign(list) => {
                 tracing::info!(%group, partitions = %describe(list), "partitions assigned");
+                observe::passing(observe::CONSUMER_GROUP);
             }
             Rebalance::Revoke(list) => {
                 tracing::info!(%group, partitions = %describe(list), "partitions revoked");
             }
-            Rebalance::Error(error) => tracing::warn!(%group, %error, "rebalance failed"),
+            Rebalance::Error(error) => {
+                tracing::warn!(%group, %error, "rebalance failed");
+                observe::failing(
+                    observe::CONSUMER_GROUP,
+                    format!("rebalance failed: {error}"),
+                );
+            }
         }
     }
 
@@ -265,7 +305,11 @@ impl KafkaSubscriber {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("fetch.wait.max.ms", FETCH_WAIT.as_millis().to_string());
+            .set("fetch.wait.max.ms", FETCH_WAIT.as_millis().to_string())
+            .set(
+                "statistics.interval.ms",
+                STATISTICS_INTERVAL.as_millis().to_string(),
+            );
         let consumer: StreamConsumer<GroupEvents> =
             with_overrides(&mut config, settings, Role::Consumer).create_with_context(
                 GroupEvents {
@@ -273,6 +317,47 @@ impl KafkaSubscriber {
                 },
             )?;
         consumer.subscribe(topics)?;
+        Ok(KafkaSubscriber { consumer })
+    }
+    /// Follows every partition of `topics` from its end as it is now, joining no consumer group: a
+    /// listener that must see every message published from now on rather than share them with
+    /// replicas (the gateway), and that can start at once, with no group to join. It commits
+    /// nothing. Partitions added to the topics later are not followed. Blocking (metadata and
+    /// offset requests).
+    pub fn tail(
+        settings: &KafkaSettings,
+        listener: &str,
+        topics: &[&str],
+    ) -> Result<Self, BusError> {
+        let mut config = client_config(settings)?;
+        // librdkafka assigns partitions only to a consumer with a group id; this one is never
+        // joined (no subscribe) and nothing is committed under it.
+        let group = format!(
+            "{}-{listener}-{}",
+            settings.group_prefix,
+            uuid::Uuid::new_v4().simple()
+        );
+        config
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", FETCH_WAIT.as_millis().to_string());
+        let consumer: StreamConsumer<GroupEvents> =
+            with_overrides(&mut config, settings, Role::Consumer)
+                .create_with_context(GroupEvents { group })?;
+        let mut ends = TopicPartitionList::new();
+        for &topic in topics {
+            let metadata = consumer.fetch_metadata(Some(topic), TAIL_TIMEOUT)?;
+            for found in metadata.topics() {
+                for partition in found.partitions() {
+                    // The end as a number, not `Offset::End`: resolved later, that could skip
+                    // what is published between now and the first fetch.
+                    let (_, end) =
+                        consumer.fetch_watermarks(topic, partition.id(), TAIL_TIMEOUT)?;
+                    ends.add_partition_offset(topic, partition.id(), Offset::Offset(end))?;
+                }
+            }
+        }
+        consumer.assign(&ends)?;
         Ok(KafkaSubscriber { consumer })
     }
 }
@@ -356,4 +441,88 @@ pub async fn ensure_topics(settings: &KafkaSettings, topics: &[&str]) -> Result<
         }
     }
     Ok(())
+}
+
+/// How far a consumer group is behind on one partition.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    /// The group's committed offset; None before its first commit.
+    pub committed: Option<i64>,
+    /// The partition's end (the offset the next message will get).
+    pub end: i64,
+    /// Messages not yet handled (from the start of the partition when nothing is committed).
+    pub lag: i64,
+}
+
+/// One member of a consumer group, as the coordinator describes it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GroupMember {
+    pub id: String,
+    pub client_id: String,
+    pub host: String,
+}
+
+/// A consumer group's lag per partition of `topics`, and its members (or why the broker did not
+/// describe them). Blocking: call it off the async runtime.
+#[allow(clippy::type_complexity)] // a pair of plain results, named by the doc
+pub fn group_lag(
+    settings: &KafkaSettings,
+    group: &str,
+    topics: &[&str],
+    timeout: Duration,
+) -> Result<(Vec<PartitionLag>, Result<Vec<GroupMember>, String>), BusError> {
+    // A consumer of the group that never subscribes: it reads the group's offsets without
+    // joining it, so the workers' assignment is left alone.
+    let mut config = client_config(settings)?;
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = with_overrides(&mut config, settings, Role::Consumer).create()?;
+    let mut wanted = TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for &topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+        for found in metadata.topics() {
+            for partition in found.partitions() {
+                let (low, high) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
+                wanted.add_partition(topic, partition.id());
+                ends.push((topic.to_string(), partition.id(), low, high));
+            }
+        }
+    }
+    let committed = consumer.committed_offsets(wanted, timeout)?;
+    let lags = ends
+        .into_iter()
+        .map(|(topic, partition, low, end)| {
+            let offset = committed
+                .find_partition(&topic, partition)
+                .and_then(|element| element.offset().to_raw())
+                .filter(|&offset| offset >= 0);
+            PartitionLag {
+                lag: (end - offset.unwrap_or(low)).max(0),
+                topic,
+                partition,
+                committed: offset,
+                end,
+            }
+        })
+        .collect();
+    let members = match consumer.fetch_group_list(Some(group), timeout) {
+        Ok(list) => match list.groups().iter().find(|g| g.name() == group) {
+            Some(found) => Ok(found
+                .members()
+                .iter()
+                .map(|member| GroupMember {
+                    id: member.id().to_string(),
+                    client_id: member.client_id().to_string(),
+                    host: member.client_host().to_string(),
+                })
+                .collect()),
+            None => Err(format!("the broker does not describe group {group}")),
+        },
+        Err(error) => Err(format!("describing group {group}: {error}")),
+    };
+    Ok((lags, members))
 }

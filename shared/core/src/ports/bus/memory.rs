@@ -138,6 +138,7 @@ mod tests {
                 topic: topic.into(),
                 key: format!("k{n}"),
                 payload: vec![n],
+                kind: Default::default(),
             };
             async move { bus.publish(&publication).await.unwrap() }
         };

@@ -296,7 +296,7 @@ impl fmt::Display for Summary {
         if self.stages.contains(&StageName::Detect) {
             writeln!(f, "  {} objects detected", self.detections)?;
         }
-        if self.stages.contains(&StageName::Classify) {
+        if !self.top_classes.is_empty() {
             writeln!(f, "  likeliest classes:")?;
             for (key, (label, score)) in self.top_classes.iter().take(CLASSES_LISTED) {
                 writeln!(f, "    {key}: {label} ({:.0}%)", score * 100.0)?;

@@ -354,7 +354,11 @@ async fn the_gateway_serves_predict_uploads_results_and_admin_over_the_real_serv
     let groups = stats["consumer_groups"]
         .as_array()
         .expect("consumer groups");
-    assert_eq!(groups.len(), 4, "dedup, thumbnail, detect, classify: {stats}");
+    assert_eq!(
+        groups.len(),
+        4,
+        "dedup, thumbnail, detect, classify: {stats}"
+    );
     for group in groups {
         assert_eq!(group["partitions"].as_array().unwrap().len(), 12, "{group}");
         match group["members"].as_array() {

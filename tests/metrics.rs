@@ -1,4 +1,4 @@
-//! The services' `/metrics`, `/healthz` and `/readyz`, scraped by a real Prometheus (Debian's
+//! The services' `/metrics`, `/healthz` and `/readyz` (dedup, every stage, the watcher), scraped by a real Prometheus (Debian's
 //! package, installed by deploy/local/install.sh) while real uploads go through the pipeline: the
 //! counters Prometheus holds must match what the test saw on the topics.
 
@@ -84,7 +84,7 @@ impl Prometheus {
 /// Per stage, as Prometheus has them: fresh results, copies, dead letters.
 async fn counted(prometheus: &Prometheus) -> BTreeMap<&'static str, (f64, f64, f64)> {
     let mut counted = BTreeMap::new();
-    for stage in ["thumbnail", "detect"] {
+    for stage in StageName::ALL.map(StageName::as_str) {
         let results = |deduplicated: bool| {
             format!("prism_results_total{{stage=\"{stage}\",deduplicated=\"{deduplicated}\"}}")
         };
@@ -123,6 +123,7 @@ async fn prometheus_counts_what_the_pipeline_did() {
         ("dedup", vec!["serve", "dedup"]),
         ("thumbnail", vec!["serve", "thumbnail"]),
         ("detect", vec!["serve", "detect"]),
+        ("classify", vec!["serve", "classify"]),
         ("watch", vec!["watch", "--interval-ms", "200"]),
     ]
     .into_iter()
@@ -198,7 +199,7 @@ async fn prometheus_counts_what_the_pipeline_did() {
     // What the topics said, per stage: results (fresh, copies) and dead letters.
     let seen = &listener.seen;
     let mut expected = BTreeMap::new();
-    for stage in [StageName::Thumbnail, StageName::Detect] {
+    for stage in StageName::ALL {
         let results = seen.results.iter().filter(|((s, _), _)| *s == stage);
         let copies = results
             .clone()

@@ -55,9 +55,7 @@ run_check "cargo test" cargo test --workspace --features prism-e2e/e2e,prism-det
 # (the fault test takes ~5 minutes on a quiet machine, 14 under heavy load).
 run_check "fault test" timeout --kill-after=30 1500 cargo test -p prism-e2e --features e2e --test faults -- --show-output
 run_check "rebalance test" timeout --kill-after=30 600 cargo test -p prism-e2e --features e2e --test rebalance -- --show-output
-if [[ -f deploy/compose/validate.sh ]]; then
-    run_check "compose validation" bash deploy/compose/validate.sh
-fi
+run_check "deployment validation" bash deploy/validate.sh
 
 say "=== summary"
 printf '[prism]   %s\n' "${summary[@]}" >&2

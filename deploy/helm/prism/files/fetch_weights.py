@@ -1,0 +1,1 @@
+../../../compose/fetch_weights.py

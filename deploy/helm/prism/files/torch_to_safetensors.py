@@ -1,0 +1,1 @@
+../../../../services/classify/tools/torch_to_safetensors.py

@@ -131,6 +131,10 @@ install_keda_models() {
     if [ ! -d "$dir/node_modules/@kubernetes-models/keda" ]; then
         require_command npm "install Node.js with npm"
         mkdir -p "$dir"
+        # npm trusts only its own bundled roots; the system's store as well (a TLS-inspecting
+        # proxy's CA is installed there), as pip and curl already do.
+        local system_roots=/etc/ssl/certs/ca-certificates.crt
+        [ -f "$system_roots" ] && export NODE_EXTRA_CA_CERTS="${NODE_EXTRA_CA_CERTS:-$system_roots}"
         npm install --silent --no-audit --no-fund --prefix "$dir" \
             "@kubernetes-models/keda@$keda_models_version" >&2 || die "npm could not install @kubernetes-models/keda"
     fi

@@ -7,7 +7,16 @@
 #[allow(unsafe_code)]
 pub mod kernels;
 
+use sha2::{Digest, Sha256};
 use std::path::PathBuf;
+
+/// A fetched file's sha256 in hex, as the configuration pins it: a model refuses other weights.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
 
 /// The runtime cache (`$PRISM_HOME`, default `$HOME/.cache/prism`) that
 /// `deploy/local/fetch-assets.sh` fills with weights and sample images.

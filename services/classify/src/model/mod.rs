@@ -18,12 +18,12 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 pub use efficientnet::{BN_EPSILON, CLASSES, EfficientNetLite0};
 pub use preprocess::{CenterCrop, INPUT_SIZE, INPUT_VALUES, MEAN, RESIZE_SHORTER, STD, fill_input};
 /// Where `deploy/local/fetch-assets.sh` puts the weights (`$PRISM_HOME`).
 pub use prism_inference::prism_home;
+use prism_inference::sha256_hex;
 pub use weights::Weights;
 
 /// File name of the converted EfficientNet-Lite0 weights inside `$PRISM_HOME/models`.
@@ -134,7 +134,7 @@ impl Classifier {
             return Err(ModelError::InvalidTopK(config.top_k));
         }
         let bytes = read_file(&config.weights)?;
-        let weights_digest = hex(&Sha256::digest(&bytes));
+        let weights_digest = sha256_hex(&bytes);
         let tensors =
             candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|source| {
                 ModelError::InvalidSafetensors {
@@ -150,7 +150,7 @@ impl Classifier {
             labels,
             config: config.clone(),
             weights_digest,
-            labels_digest: hex(&Sha256::digest(&label_bytes)),
+            labels_digest: sha256_hex(&label_bytes),
         })
     }
 
@@ -287,10 +287,6 @@ fn read_file(path: &Path) -> Result<Vec<u8>, ModelError> {
             source,
         },
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -24,7 +24,6 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 pub use annotate::{annotate, annotate_within};
 pub use classes::COCO_CLASSES;
@@ -46,6 +45,7 @@ pub const DEFAULT_INPUT_SIZE: u32 = 640;
 
 /// Where `deploy/local/fetch-assets.sh` puts the weights (`$PRISM_HOME`).
 pub use prism_inference::prism_home;
+use prism_inference::sha256_hex;
 
 #[derive(thiserror::Error, Debug)]
 pub enum ModelError {
@@ -175,7 +175,7 @@ impl Detector {
             return Err(ModelError::InvalidInputSize(config.input_size));
         }
         let bytes = read_weights_file(&config.weights)?;
-        let weights_digest = hex(&Sha256::digest(&bytes));
+        let weights_digest = sha256_hex(&bytes);
         let initializers =
             onnx::read_initializers(&bytes).map_err(|source| ModelError::InvalidOnnx {
                 path: config.weights.clone(),
@@ -260,8 +260,4 @@ fn read_weights_file(path: &Path) -> Result<Vec<u8>, ModelError> {
             source,
         },
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }

@@ -14,7 +14,7 @@ use prism_e2e::{
     DEADLINE, Seen, Services, Upload, encode, generated, observer, picture, prepare,
     run_environment, run_name, settings_for, to_pairs,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 /// After every upload has its outcome, keep listening this long to catch duplicates.
@@ -223,6 +223,39 @@ async fn uploads_get_exactly_one_result_each_and_identical_content_is_processed_
     let good = all.iter().filter(|u| u.size.is_some()).count();
     // The good distinct uploads, the twins' content and the warm-up image.
     let distinct_good = distinct.iter().filter(|u| u.size.is_some()).count() + 2;
+
+    // One upload can be followed across the services: the watcher's announcement starts a
+    // trace (one per upload), and dedup and every stage continue it (Kafka `traceparent`
+    // headers). A copy that waited for its original's work gets that work's results, in the
+    // original's trace; an upload whose content is its own is in its own trace alone.
+    assert!(
+        seen.untraced.is_empty(),
+        "untraced messages on {:?}",
+        seen.untraced
+    );
+    let announced = |upload: &Upload| -> String {
+        let traces = &seen.announcement_traces[&upload.key];
+        assert_eq!(traces.len(), 1, "{}: announced once", upload.key);
+        traces.first().unwrap().clone()
+    };
+    let announcements: BTreeSet<String> = all.iter().map(|u| announced(u)).collect();
+    assert_eq!(announcements.len(), all.len(), "a trace per upload");
+    for upload in &all {
+        let same_content: BTreeSet<String> = all
+            .iter()
+            .filter(|other| other.bytes == upload.bytes)
+            .map(|other| announced(other))
+            .collect();
+        let traces = &seen.outcome_traces[&upload.key];
+        assert!(
+            traces.is_subset(&same_content),
+            "{}: outcomes in {traces:?}, not in its content's traces {same_content:?}",
+            upload.key
+        );
+        if same_content.len() == 1 {
+            assert_eq!(traces, &same_content, "{}: its own trace", upload.key);
+        }
+    }
 
     for stage in StageName::ALL {
         let results = |key: &str| {

@@ -39,6 +39,7 @@ async fn a_huge_poison_message_is_dead_lettered_small_and_holds_nothing_up() {
             key: "poison".into(),
             payload: poison,
             kind: Default::default(),
+            traceparent: None,
         })
         .await
         .unwrap();

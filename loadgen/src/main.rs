@@ -127,7 +127,7 @@ struct ThumbnailsArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    prism_core::runtime::telemetry::init();
+    let _telemetry = prism_core::runtime::telemetry::init();
     match Cli::parse().command {
         Command::Upload {
             dir,

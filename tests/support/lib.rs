@@ -14,7 +14,7 @@ use prism_core::ports::store::Buckets;
 use prism_core::runtime::config::{self, Settings, Topics};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -605,6 +605,12 @@ pub struct Seen {
     pub results: BTreeMap<(StageName, String), Vec<StageResult>>,
     pub dead_letters: BTreeMap<(StageName, String), Vec<DeadLetter>>,
     pub counts: HashMap<String, usize>,
+    /// By upload key: the trace ids its upload events carried.
+    pub announcement_traces: BTreeMap<String, BTreeSet<String>>,
+    /// By upload key: the trace ids its results and dead letters carried.
+    pub outcome_traces: BTreeMap<String, BTreeSet<String>>,
+    /// The topics of messages that came without a `traceparent` header.
+    pub untraced: Vec<String>,
 }
 
 impl Seen {
@@ -626,7 +632,25 @@ impl Seen {
             MessageKind::Result
         };
         schemas.check_bytes(kind, payload).unwrap();
+        let trace_id = trace_id_of(message);
+        if trace_id.is_none() {
+            self.untraced.push(topic.to_string());
+        }
+        let traced = |traces: &mut BTreeMap<String, BTreeSet<String>>, upload_key: &str| {
+            if let Some(trace_id) = &trace_id {
+                traces
+                    .entry(upload_key.to_string())
+                    .or_default()
+                    .insert(trace_id.clone());
+            }
+        };
         match kind {
+            MessageKind::Upload => {
+                // Announcements are keyed `bucket/key`.
+                let announced = std::str::from_utf8(message.key().unwrap_or_default()).unwrap();
+                let key = announced.split_once('/').map_or(announced, |(_, key)| key);
+                traced(&mut self.announcement_traces, key);
+            }
             MessageKind::Result => {
                 let result: StageResult = serde_json::from_slice(payload).unwrap();
                 assert_eq!(
@@ -634,6 +658,7 @@ impl Seen {
                     Some(result.content_hash.as_bytes()),
                     "results are keyed by content hash"
                 );
+                traced(&mut self.outcome_traces, &result.source.key);
                 self.results
                     .entry((result.stage, result.source.key.clone()))
                     .or_default()
@@ -646,6 +671,7 @@ impl Seen {
                     .as_ref()
                     .map(|s| s.key.clone())
                     .unwrap_or_default();
+                traced(&mut self.outcome_traces, &key);
                 let stage = letter
                     .stage
                     .parse()
@@ -705,6 +731,17 @@ impl Seen {
         let id = (stage, key.to_string());
         self.results.contains_key(&id) || self.dead_letters.contains_key(&id)
     }
+}
+
+/// The trace id of a message's `traceparent` header (`00-<trace id>-<span id>-<flags>`).
+fn trace_id_of(message: &BorrowedMessage<'_>) -> Option<String> {
+    let header = message
+        .headers()?
+        .iter()
+        .find(|header| header.key == prism_core::runtime::trace::TRACEPARENT)?;
+    let traceparent = std::str::from_utf8(header.value?).ok()?;
+    let trace_id = traceparent.split('-').nth(1)?;
+    (trace_id.len() == 32).then(|| trace_id.to_string())
 }
 
 /// The observer and what it has filed, for the tests that watch a stream of uploads.

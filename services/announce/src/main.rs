@@ -23,7 +23,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init();
+    let _telemetry = telemetry::init();
     let cli = Cli::parse();
     let settings = config::load()?;
     let shutdown = service::shutdown_signal();

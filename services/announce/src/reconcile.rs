@@ -16,6 +16,7 @@ use prism_core::contract::reannounce::{announcement_key, reemission};
 use prism_core::ports::bus::{Publication, Publisher};
 use prism_core::ports::claims::{ClaimIndex, ledger_id};
 use prism_core::ports::store::{Buckets, warn_unlisted};
+use prism_core::runtime::trace::starting_trace;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -104,7 +105,11 @@ pub async fn reconcile(
             .map(|object| async move {
                 let event = reemission(object, Utc::now());
                 publisher
-                    .publish(&Publication::json(topic, &announcement_key(object), &event))
+                    .publish(&starting_trace(
+                        Publication::json(topic, &announcement_key(object), &event),
+                        "reconcile",
+                        None,
+                    ))
                     .await
             })
             .buffer_unordered(PUBLISHES_IN_FLIGHT)

@@ -16,6 +16,7 @@ use prism_core::contract::reannounce::{announcement_key, reemission};
 use prism_core::ports::bus::{BusError, Publication, Publisher};
 use prism_core::ports::store::{Buckets, StoreError, Unlisted, warn_unlisted};
 use prism_core::runtime::observe;
+use prism_core::runtime::trace::starting_trace;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -91,7 +92,11 @@ impl Watcher {
             } else {
                 UploadEvent::for_object(object, None, Utc::now())
             };
-            let publication = Publication::json(&self.topic, &announcement_key(object), &event);
+            let publication = starting_trace(
+                Publication::json(&self.topic, &announcement_key(object), &event),
+                "announce",
+                None,
+            );
             if let Err(error) = self.publisher.publish(&publication).await {
                 // Forget this object and the ones after it, so the next poll announces them (still
                 // as re-announcements if this was the first listing).

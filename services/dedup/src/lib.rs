@@ -347,6 +347,7 @@ mod tests {
             offset,
             key: None,
             payload: serde_json::to_vec(event).unwrap(),
+            traceparent: None,
         }
     }
 
@@ -370,6 +371,7 @@ mod tests {
             offset: 0,
             key: None,
             payload: payload.to_vec(),
+            traceparent: None,
         };
         let error = dedup.process(&[delivery]).await.pop().unwrap().unwrap_err();
         assert!(!error.is_transient(), "{error:?}");

@@ -4,6 +4,6 @@ use prism_core::runtime::{config, service, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init();
+    let _telemetry = telemetry::init();
     prism_detect::serve(config::load()?, service::shutdown_signal()).await
 }

@@ -17,6 +17,7 @@ use prism_core::contract::reannounce::announcement_key;
 use prism_core::contract::{SourceObject, StageName, StageResult};
 use prism_core::ports::bus::Publication;
 use prism_core::ports::store::{StoreError, object_path};
+use prism_core::runtime::trace::{TRACEPARENT, starting_trace};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -117,7 +118,7 @@ pub async fn predict(
     let mut outcomes = app.hub.subscribe();
     let object = if is_json {
         let object = existing_object(&app, body).await?;
-        app.announce(&object, None).await?;
+        app.announce(&object, None, &headers).await?;
         object
     } else {
         let name = crate::uploads::sanitised_name(query.name.as_deref().unwrap_or("upload"))?;
@@ -233,19 +234,28 @@ async fn existing_object(app: &App, body: Body) -> Result<SourceObject, ApiError
 }
 
 impl App {
-    /// Publishes the upload event of an object already stored.
+    /// Publishes the upload event of an object already stored, the first message of its trace
+    /// (a child of the caller's, when the request carried a `traceparent`).
     pub async fn announce(
         &self,
         object: &SourceObject,
         content_type: Option<&str>,
+        caller: &HeaderMap,
     ) -> Result<(), ApiError> {
         let event = UploadEvent::for_object(object, content_type, Utc::now());
+        let parent = caller
+            .get(TRACEPARENT)
+            .and_then(|value| value.to_str().ok());
         self.backends
             .publisher
-            .publish(&Publication::json(
-                &self.settings.topics.uploads,
-                &announcement_key(object),
-                &event,
+            .publish(&starting_trace(
+                Publication::json(
+                    &self.settings.topics.uploads,
+                    &announcement_key(object),
+                    &event,
+                ),
+                "upload",
+                parent,
             ))
             .await?;
         Ok(())

@@ -123,7 +123,7 @@ impl App {
             size: hashed.size,
         };
         if self.settings.gateway.announce_uploads {
-            self.announce(&object, Some(&content_type)).await?;
+            self.announce(&object, Some(&content_type), headers).await?;
         }
         Ok((object, hashed.hash.0))
     }

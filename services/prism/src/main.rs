@@ -66,7 +66,7 @@ enum Service {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     memory::return_large_buffers();
-    telemetry::init();
+    let _telemetry = telemetry::init();
     let cli = Cli::parse();
     let settings: Settings = config::load()?;
     let shutdown = service::shutdown_signal();

@@ -227,6 +227,7 @@ mod tests {
             offset: 42,
             key: None,
             payload: b"not json".to_vec(),
+            traceparent: None,
         };
         let error = ProcessError::permanent("corrupt_image", "JPEG ends early").about(&source());
         let letter = dead_letter("prism.deadletter", "thumbnail", &delivery, &error, 2);

@@ -18,6 +18,8 @@ pub struct Delivery {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
+    /// The W3C trace context of the upload this message is about (its `traceparent` header).
+    pub traceparent: Option<String>,
 }
 
 impl Delivery {
@@ -47,6 +49,9 @@ pub struct Publication {
     pub payload: Vec<u8>,
     /// What it is, for the metrics recorded once it is out (not sent).
     pub kind: Published,
+    /// Sent as the `traceparent` header. The consumer loop fills it in for what a message
+    /// produced (a child of that message's trace); producers of new uploads start a trace.
+    pub traceparent: Option<String>,
 }
 
 /// What a publication is, as far as the metrics care.
@@ -74,6 +79,7 @@ impl Publication {
             key: key.to_string(),
             payload: serde_json::to_vec(message).expect("contract types always serialise"),
             kind: Published::Message,
+            traceparent: None,
         }
     }
 

@@ -20,6 +20,7 @@ use crate::ports::bus::{
 };
 use crate::runtime::config::{ConsumerSettings, Intake};
 use crate::runtime::observe;
+use crate::runtime::trace::Hop;
 use async_trait::async_trait;
 use futures::future::join_all;
 use std::collections::{BTreeMap, HashMap};
@@ -29,6 +30,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Why a message could not be processed.
 #[derive(Debug, Clone, PartialEq)]
@@ -229,8 +231,13 @@ async fn consume(
     let mut deadline = Instant::now();
     let mut stopping = false;
     let service = settler.processor.name();
+    let mut gauged_in_flight = None;
     loop {
-        observe::batches_in_flight(service, in_flight.len());
+        // Set only on a change: the gauge's labels cost an allocation per call.
+        if gauged_in_flight != Some(in_flight.len()) {
+            gauged_in_flight = Some(in_flight.len());
+            observe::batches_in_flight(service, in_flight.len());
+        }
         let taking = !stopping && in_flight.len() < concurrency;
         let step = tokio::select! {
             // Finished work first: acknowledging it frees a slot and moves the offsets on.
@@ -351,6 +358,10 @@ impl Settler {
     async fn settle(&self, batch: &[Delivery], shutdown: &CancellationToken) -> Vec<bool> {
         let mut finished = vec![false; batch.len()];
         let mut pending: Vec<usize> = (0..batch.len()).collect();
+        let mut hops: Vec<Option<Hop>> = batch
+            .iter()
+            .map(|delivery| Some(Hop::handling(self.processor.name(), delivery)))
+            .collect();
         let mut outcomes = self.processor.process(batch).await;
         debug_assert_eq!(outcomes.len(), batch.len());
         let mut attempts = 1;
@@ -361,15 +372,27 @@ impl Settler {
             for (index, outcome) in pending.into_iter().zip(outcomes) {
                 match outcome {
                     Err(error) if error.is_transient() => retry.push((index, error)),
-                    outcome => publishing.push(async move {
-                        let published =
-                            self.publish_outcome(&batch[index], outcome, attempts, shutdown);
-                        (index, published.await.is_ok())
-                    }),
+                    outcome => {
+                        let hop = hops[index]
+                            .as_ref()
+                            .expect("a hop ends once its message is");
+                        let failure = outcome
+                            .as_ref()
+                            .err()
+                            .map(|error| format!("{}: {}", error.report.code, error.report.reason));
+                        let logged = tracing::info_span!("message", trace_id = %hop.trace_id());
+                        let published = self
+                            .publish_outcome(&batch[index], hop, outcome, attempts, shutdown)
+                            .instrument(logged);
+                        publishing.push(async move { (index, failure, published.await.is_ok()) });
+                    }
                 }
             }
-            for (index, published) in join_all(publishing).await {
+            for (index, failure, published) in join_all(publishing).await {
                 finished[index] = published;
+                if let Some(hop) = hops[index].take() {
+                    hop.end(failure.as_deref());
+                }
             }
             let Some((_, error)) = retry.first() else {
                 observe::passing(observe::SERVERS);
@@ -409,11 +432,12 @@ impl Settler {
     async fn publish_outcome(
         &self,
         delivery: &Delivery,
+        hop: &Hop,
         outcome: Outcome,
         attempts: u32,
         shutdown: &CancellationToken,
     ) -> Result<(), Stopped> {
-        let publications = outcome.unwrap_or_else(|error| {
+        let mut publications = outcome.unwrap_or_else(|error| {
             tracing::warn!(
                 service = self.processor.name(),
                 code = %error.report.code,
@@ -430,6 +454,19 @@ impl Settler {
                 attempts,
             )]
         });
+        for publication in &mut publications {
+            publication
+                .traceparent
+                .get_or_insert_with(|| hop.traceparent());
+        }
+        tracing::debug!(
+            service = self.processor.name(),
+            topic = %delivery.topic,
+            partition = delivery.partition,
+            offset = delivery.offset,
+            publications = publications.len(),
+            "message handled"
+        );
         // Together: the bus batches them (one linger, not one per message).
         let published = join_all(publications.iter().map(|publication| async move {
             if let Err(refused) = self.publish(publication, shutdown).await? {
@@ -490,13 +527,16 @@ impl Settler {
         if publication.topic == self.deadletter_topic {
             return Ok(());
         }
-        let letter = dead_letter(
-            &self.deadletter_topic,
-            self.processor.name(),
-            delivery,
-            &ProcessError::from(refused),
-            attempts,
-        );
+        let letter = Publication {
+            traceparent: publication.traceparent.clone(),
+            ..dead_letter(
+                &self.deadletter_topic,
+                self.processor.name(),
+                delivery,
+                &ProcessError::from(refused),
+                attempts,
+            )
+        };
         match self.publish(&letter, shutdown).await? {
             Ok(()) => {
                 self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
@@ -591,10 +631,23 @@ mod tests {
                             delivery.payload.clone()
                         },
                         kind: Default::default(),
+                        traceparent: None,
                     }])
                 })
                 .collect()
         }
+    }
+
+    /// The trace context input `index` arrives with: trace id `index + 1`.
+    fn upstream_trace(index: usize) -> String {
+        format!("00-{:032x}-00f067aa0ba902b7-01", index + 1)
+    }
+
+    /// The trace id and the parent span id a message's `traceparent` names.
+    fn trace_of(delivery: &Delivery) -> (String, String) {
+        let traceparent = delivery.traceparent.as_deref().expect("a traceparent");
+        let parts: Vec<&str> = traceparent.split('-').collect();
+        (parts[1].to_string(), parts[2].to_string())
     }
 
     async fn run_over(
@@ -603,12 +656,13 @@ mod tests {
         max_batch: usize,
     ) -> (MemoryBus, Arc<Stats>, Arc<Echo>) {
         let bus = MemoryBus::default();
-        for input in inputs {
+        for (index, input) in inputs.iter().enumerate() {
             bus.publish(&Publication {
                 topic: "in".into(),
                 key: "k".into(),
                 payload: input.to_vec(),
                 kind: Default::default(),
+                traceparent: Some(upstream_trace(index)),
             })
             .await
             .unwrap();
@@ -662,6 +716,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn what_a_message_produces_continues_its_trace_with_a_span_of_the_service() {
+        let (bus, _, _) = run_over(&[b"1", b"bad", b"2"], 1, 2).await;
+        let out = bus.messages("out");
+        let dead = bus.messages("dead");
+        let upstream_of = |index: usize| format!("{:032x}", index + 1);
+        let (first, first_span) = trace_of(&out[0]);
+        let (second, second_span) = trace_of(&out[1]);
+        let (letter, letter_span) = trace_of(&dead[0]);
+        assert_eq!(first, upstream_of(0));
+        assert_eq!(letter, upstream_of(1));
+        assert_eq!(second, upstream_of(2));
+        let spans = [first_span, second_span, letter_span];
+        assert!(
+            spans.iter().all(|span| span != "00f067aa0ba902b7"),
+            "{spans:?}"
+        );
+        assert!(spans[0] != spans[1] && spans[1] != spans[2] && spans[0] != spans[2]);
+    }
+
+    #[tokio::test]
     async fn a_message_the_bus_refuses_becomes_a_bounded_dead_letter_and_the_rest_flows() {
         // What Echo makes of a message starting `big` is over the bus's limit; the dead letter
         // for that 200 KB message is not.
@@ -677,6 +751,11 @@ mod tests {
         assert_eq!(letter.error.kind, ErrorKind::Permanent);
         assert_eq!(letter.original_bytes, Some(200_000));
         assert!(letter.original_truncated);
+        assert_eq!(
+            trace_of(&dead[0]).0,
+            format!("{:032x}", 1),
+            "the input's trace"
+        );
         assert!(
             dead[0].payload.len() < 8 * 1024,
             "{} bytes",
@@ -769,6 +848,7 @@ mod tests {
                             key: "k".into(),
                             payload: payload.to_vec(),
                             kind: Default::default(),
+                            traceparent: None,
                         }])
                     }
                 });
@@ -804,6 +884,7 @@ mod tests {
                     offset: offset as i64,
                     key: None,
                     payload: payload.to_vec(),
+                    traceparent: None,
                 })
                 .collect();
             let consumer = ConsumerLoop {

@@ -7,7 +7,8 @@
 //! - [`worker`] — the processor that runs a pure [`worker::Stage`] over jobs.
 //! - [`backends`] — the ports, connected to real servers or in-process ones.
 //! - [`service`] — run a processor on a topic until SIGTERM.
-//! - [`telemetry`] — logging.
+//! - [`telemetry`] — logging, and trace export when configured.
+//! - [`trace`] — one upload followed across the services (W3C trace context in Kafka headers).
 //! - [`observe`] — Prometheus metrics, liveness and readiness over HTTP.
 
 pub mod backends;
@@ -16,4 +17,5 @@ pub mod consumer;
 pub mod observe;
 pub mod service;
 pub mod telemetry;
+pub mod trace;
 pub mod worker;

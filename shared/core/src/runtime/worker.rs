@@ -372,6 +372,7 @@ mod tests {
             offset,
             key: None,
             payload: serde_json::to_vec(&job).unwrap(),
+            traceparent: None,
         }
     }
 
@@ -549,6 +550,7 @@ mod tests {
             offset: 1,
             key: None,
             payload: next.payload.clone(),
+            traceparent: None,
         };
         let published = f.worker.process(&[delivery]).await.pop().unwrap().unwrap();
         let result: StageResult = serde_json::from_slice(&published[0].payload).unwrap();

@@ -7,6 +7,7 @@
 use super::{BusError, Delivery, Position, Publication, Publisher, Subscriber};
 use crate::runtime::config::{KafkaSettings, resolve_secret};
 use crate::runtime::observe;
+use crate::runtime::trace::TRACEPARENT;
 use async_trait::async_trait;
 use rdkafka::{
     ClientConfig, Message, Offset,
@@ -14,6 +15,7 @@ use rdkafka::{
     client::{ClientContext, DefaultClientContext},
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     error::{KafkaError, KafkaResult, RDKafkaErrorCode},
+    message::{BorrowedMessage, Header, Headers, OwnedHeaders},
     producer::{FutureProducer, FutureRecord, Producer},
     statistics::Statistics,
     topic_partition_list::TopicPartitionList,
@@ -157,9 +159,15 @@ impl KafkaPublisher {
 impl Publisher for KafkaPublisher {
     async fn publish(&self, publication: &Publication) -> Result<(), BusError> {
         let producer = self.producer();
-        let record = FutureRecord::to(&publication.topic)
+        let mut record = FutureRecord::to(&publication.topic)
             .key(&publication.key)
             .payload(&publication.payload);
+        if let Some(traceparent) = &publication.traceparent {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: TRACEPARENT,
+                value: Some(traceparent),
+            }));
+        }
         let sent = producer
             .send(record, Timeout::After(PUBLISH_TIMEOUT))
             .await
@@ -180,6 +188,15 @@ impl Publisher for KafkaPublisher {
         }
         sent
     }
+}
+
+/// The trace context a message carries, if its `traceparent` header is readable text.
+fn traceparent_of(message: &BorrowedMessage<'_>) -> Option<String> {
+    let header = message
+        .headers()?
+        .iter()
+        .find(|header| header.key == TRACEPARENT)?;
+    std::str::from_utf8(header.value?).ok().map(str::to_string)
 }
 
 /// Produce errors no retry can cure: the message itself, or the topic, is refused.
@@ -385,6 +402,7 @@ impl Subscriber for KafkaSubscriber {
             offset: message.offset(),
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().unwrap_or_default().to_vec(),
+            traceparent: traceparent_of(&message),
         })
     }
 

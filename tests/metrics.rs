@@ -1,6 +1,7 @@
 //! The services' `/metrics`, `/healthz` and `/readyz` (dedup, every stage, the watcher), scraped by a real Prometheus (Debian's
 //! package, installed by deploy/local/install.sh) while real uploads go through the pipeline: the
-//! counters Prometheus holds must match what the test saw on the topics.
+//! counters Prometheus holds must match what the test saw on the topics, and every query of the
+//! Grafana dashboard (deploy/grafana/prism-dashboard.json) must find the series it charts.
 
 use image::ImageFormat;
 use prism_core::contract::StageName;
@@ -104,6 +105,29 @@ impl Drop for Prometheus {
         let _ = self.child.wait();
     }
 }
+
+/// The Grafana dashboard's queries as (panel title, PromQL), with Grafana's rate window given the
+/// length of a whole test run.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/prism-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            queries.push((
+                panel["title"].as_str().unwrap().to_owned(),
+                expr.replace("$__rate_interval", "5m"),
+            ));
+        }
+    }
+    assert!(!queries.is_empty(), "no queries in {}", path.display());
+    queries
+}
+
+/// Dashboard panels that chart what this run never causes: no server goes away (retries) and no
+/// two writers race for a claim (conflicts).
+const PANELS_QUIET_HERE: [&str; 2] = ["Retries per second", "Claim conflicts per second"];
 
 /// GETs `url`; the status and body, or `None` while nothing listens.
 async fn get(url: &str) -> Option<(u16, String)> {
@@ -269,4 +293,21 @@ async fn prometheus_counts_what_the_pipeline_did() {
         batches >= expected["detect"].0,
         "detect's batches held {batches} jobs"
     );
+
+    // The dashboard charts series that exist: each of its queries that this run gives data returns
+    // at least one (a misspelt metric or label matcher returns none), and every query parses.
+    let queries = dashboard_queries();
+    for quiet in PANELS_QUIET_HERE {
+        assert!(
+            queries.iter().any(|(title, _)| title == quiet),
+            "no dashboard panel titled {quiet:?}"
+        );
+    }
+    for (title, expr) in &queries {
+        let series = prometheus.query(expr).await;
+        assert!(
+            !series.is_empty() || PANELS_QUIET_HERE.contains(&title.as_str()),
+            "dashboard panel {title:?}: no series for {expr}"
+        );
+    }
 }

@@ -2,9 +2,12 @@
 
 Compose itself checks the schema, interpolation and depends_on targets; this checks what it cannot
 know: that the images it builds are real workspace binaries, that the services get only settings
-Prism reads, that nothing is published beyond loopback, that secrets come from the env file only.
+Prism reads, that each reports its health through `prism probe`, that nothing is published beyond
+loopback, that secrets are files on the credentials volumes only, that the observe profile's
+Prometheus scrapes every Prism service and its Grafana shows the dashboard. Both models are
+rendered with the observe profile on.
 
-    python3 compose_policy.py ROOT RENDERED.json UNINTERPOLATED.json CARGO_METADATA.json
+    python3 compose_policy.py ROOT RENDERED.json CARGO_METADATA.json
 """
 
 import json
@@ -12,17 +15,29 @@ import re
 import sys
 from pathlib import Path
 
-DOCKERFILE = "deploy/docker/Dockerfile"
+import yaml
 
-# Every variable the Prism services read (shared/core/src/runtime/config.rs and the AWS SDK's standard ones). A name
+DOCKERFILE = "deploy/docker/Dockerfile"
+PROMETHEUS_CONFIG = "deploy/compose/prometheus.yml"
+DASHBOARD = "deploy/grafana/prism-dashboard.json"
+GRAFANA_PROVISIONING = "deploy/grafana/provisioning"
+# The binary every Prism service runs; its `probe` subcommand is the healthcheck.
+PRISM_BINARY = "prism"
+OBSERVE_PROFILE = {"prometheus", "grafana"}
+
+# Every variable the Prism services read (shared/core/src/runtime/config.rs, the AWS SDK's standard ones and
+# OpenTelemetry's trace export, runtime/trace.rs). A name
 # outside this list is a typo figment would ignore or, inside a section, reject at start-up.
 SERVICE_ENVIRONMENT = {
     "RUST_LOG",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
     "PRISM_KAFKA__BROKERS",
     "PRISM_S3__ENDPOINT",
     "AWS_REGION",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
+    "PRISM_S3__ACCESS_KEY_ID",
+    "PRISM_S3__SECRET_ACCESS_KEY_FILE",
     "PRISM_COUCHDB__URL",
     "PRISM_COUCHDB__DATABASE",
     "PRISM_COUCHDB__USERNAME",
@@ -42,6 +57,7 @@ SERVICE_ENVIRONMENT = {
     "PRISM_CLASSIFY__WEIGHTS",
     "PRISM_CLASSIFY__LABELS",
     "PRISM_GATEWAY__ADMIN_TOKEN",
+    "PRISM_GATEWAY__ADMIN_TOKEN_FILE",
     "PRISM_GATEWAY__ANNOUNCE_UPLOADS",
     "PRISM_OBSERVE__LISTEN",
 }
@@ -50,14 +66,16 @@ SERVICE_ENVIRONMENT = {
 MODEL_FILES = ["PRISM_DETECT__WEIGHTS", "PRISM_CLASSIFY__WEIGHTS", "PRISM_CLASSIFY__LABELS"]
 
 # Only these may publish ports, and only on loopback: the user reaches MinIO and CouchDB, both
-# behind their credentials, and the gateway (its admin API behind a token); Kafka has no
-# authentication and stays on the compose network.
-PUBLISHING_SERVICES = {"minio", "couchdb", "gateway"}
+# behind their credentials, the gateway (its admin API behind a token), Prometheus and Grafana
+# (anonymous viewers); Kafka has no authentication and stays on the compose network.
+PUBLISHING_SERVICES = {"minio", "couchdb", "gateway"} | OBSERVE_PROFILE
 LOOPBACK = "127.0.0.1"
 
-SECRET_NAME = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|TOKEN")
-# A required substitution: compose refuses to start without the value, and there is no default.
-REQUIRED_SUBSTITUTION = re.compile(r"^\$\{[A-Z][A-Z0-9_]*:\?[^}]*\}$")
+# A secret's name (an access key id is a user name, not a secret). Secrets are given as files,
+# NAME_FILE (Grafana: NAME__FILE), on the volumes the credentials service fills.
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|ACCESS_KEY$")
+CREDENTIALS_SERVICE = "credentials"
+CREDENTIALS_VOLUME = re.compile(r"^credentials-")
 
 # What the build context must never carry.
 DOCKERIGNORE_REQUIRED = [".git", "**/target", ".env", "**/*.onnx", "**/*.safetensors"]
@@ -84,6 +102,8 @@ def check_built_service(name, service, root, binaries, problems):
     elif binary not in binaries[package]:
         problems.append(f"{name}: package {package} has no binary {binary!r} "
                         f"(binaries: {', '.join(sorted(binaries[package])) or 'none yet'})")
+    if binary != PRISM_BINARY:
+        problems.append(f"{name}: builds {binary!r}, not {PRISM_BINARY!r}, whose probe is the healthcheck")
 
     # Scaling (`--scale NAME=4`) needs containers without fixed names or host ports.
     if "container_name" in service:
@@ -101,6 +121,15 @@ def check_built_service(name, service, root, binaries, problems):
     for variable in sorted(set(environment) - SERVICE_ENVIRONMENT):
         problems.append(f"{name}: environment variable {variable} is not one Prism reads")
 
+    # Dependents (and `docker compose ps`) see readiness: connected, and in its consumer group.
+    readyz = f"http://127.0.0.1:{observe_port(environment)}/readyz"
+    healthcheck = service.get("healthcheck") or {}
+    if healthcheck.get("test") != ["CMD", PRISM_BINARY, "probe", readyz]:
+        problems.append(f"{name}: healthcheck {healthcheck.get('test')} does not probe {readyz} "
+                        f"with `{PRISM_BINARY} probe`")
+    elif not healthcheck.get("start_period"):
+        problems.append(f"{name}: healthcheck has no start_period for connecting and loading models")
+
     # The model files come from a volume that the service cannot write to.
     for variable in MODEL_FILES:
         path = environment.get(variable)
@@ -114,10 +143,78 @@ def check_built_service(name, service, root, binaries, problems):
             problems.append(f"{name}: the volume holding {path} is mounted writable")
 
 
-def check(root: Path, rendered: dict, uninterpolated: dict, cargo_metadata: dict) -> list[str]:
+def observe_port(environment: dict) -> str:
+    return str(environment.get("PRISM_OBSERVE__LISTEN", "")).rpartition(":")[2]
+
+
+def check_secret_files(name, service, problems):
+    """Secrets only as files, on credentials volumes that only the credentials service writes."""
+    for variable in service.get("environment") or {}:
+        if SECRET_NAME.search(variable) and not variable.endswith("_FILE"):
+            problems.append(f"{name}: {variable} is a secret given inline; give it as a file "
+                            f"({variable}_FILE) from a credentials volume")
+    mounts = service.get("volumes") or []
+    for mount in mounts:
+        if (mount.get("type") == "volume" and CREDENTIALS_VOLUME.match(mount.get("source", ""))
+                and name != CREDENTIALS_SERVICE and not mount.get("read_only")):
+            problems.append(f"{name}: mounts {mount['source']} writable")
+    for variable, value in (service.get("environment") or {}).items():
+        if not (SECRET_NAME.search(variable) and variable.endswith("_FILE")):
+            continue
+        holders = [m for m in mounts if m.get("type") == "volume" and m.get("read_only")
+                   and CREDENTIALS_VOLUME.match(m.get("source", ""))
+                   and str(value).startswith(m["target"].rstrip("/") + "/")]
+        if not holders:
+            problems.append(f"{name}: {variable}={value} is not on a read-only credentials volume")
+
+
+def check_observe_profile(root: Path, services: dict, problems: list[str]):
+    """Prometheus scrapes every Prism service on its observe port; Grafana shows the dashboard."""
+    for name in sorted(OBSERVE_PROFILE):
+        if name not in services:
+            problems.append(f"the observe profile has no {name} service")
+        elif services[name].get("profiles") != ["observe"]:
+            problems.append(f"{name}: not in the observe profile (profiles: {services[name].get('profiles')})")
+    for name, service in services.items():
+        if name not in OBSERVE_PROFILE and service.get("profiles"):
+            problems.append(f"{name}: in profiles {service['profiles']}; `docker compose up` would skip it")
+
+    config = yaml.safe_load((root / PROMETHEUS_CONFIG).read_text())
+    scraped = {}
+    for job in config.get("scrape_configs") or []:
+        for discovery in job.get("dns_sd_configs") or []:
+            for dns_name in discovery.get("names") or []:
+                scraped[dns_name] = (discovery.get("type"), str(discovery.get("port")))
+    for name, service in sorted(services.items()):
+        if "build" not in service:
+            continue
+        want = ("A", observe_port(service.get("environment") or {}))
+        if name not in scraped:
+            problems.append(f"{name} is not scraped by {PROMETHEUS_CONFIG} (dns_sd_configs names)")
+        elif scraped[name] != want:
+            problems.append(f"{name}: {PROMETHEUS_CONFIG} looks it up as {scraped[name]}, want {want}")
+    for dns_name in sorted(set(scraped) - set(services)):
+        problems.append(f"{PROMETHEUS_CONFIG}: {dns_name} is no compose service")
+
+    grafana = services.get("grafana") or {}
+    binds = {Path(m["source"]).resolve(): m["target"] for m in grafana.get("volumes") or []
+             if m.get("type") == "bind"}
+    for wanted in (DASHBOARD, GRAFANA_PROVISIONING):
+        if (root / wanted).resolve() not in binds:
+            problems.append(f"grafana: does not mount {wanted}")
+    dashboard_target = binds.get((root / DASHBOARD).resolve(), "")
+    providers = yaml.safe_load((root / GRAFANA_PROVISIONING / "dashboards/prism.yml").read_text())
+    paths = [p.get("options", {}).get("path", "").rstrip("/") for p in providers.get("providers") or []]
+    if dashboard_target.rpartition("/")[0] not in paths:
+        problems.append(f"grafana: the dashboard is mounted at {dashboard_target or 'nowhere'}, "
+                        f"outside the provisioned folders {paths}")
+
+
+def check(root: Path, rendered: dict, cargo_metadata: dict) -> list[str]:
     problems: list[str] = []
     binaries = binaries_by_package(cargo_metadata)
     services = rendered["services"]
+    check_observe_profile(root, services, problems)
 
     for name, service in services.items():
         if "build" in service:
@@ -135,19 +232,14 @@ def check(root: Path, rendered: dict, uninterpolated: dict, cargo_metadata: dict
                 problems.append(f"{name}: port {port.get('target')} is published on "
                                 f"{port.get('host_ip') or 'all interfaces'}, not {LOOPBACK}")
 
+        check_secret_files(name, service, problems)
+
         # A one-shot container that others wait for must not be restarted into a loop.
         for dependency, condition in (service.get("depends_on") or {}).items():
             if condition.get("condition") == "service_completed_successfully":
                 restart = services.get(dependency, {}).get("restart", "no")
                 if restart != "no":
                     problems.append(f"{dependency}: one-shot (awaited by {name}) but restart is {restart!r}")
-
-    for name, service in uninterpolated["services"].items():
-        for variable, value in (service.get("environment") or {}).items():
-            if SECRET_NAME.search(variable) and not variable.endswith("_FILE"):
-                if value is None or not REQUIRED_SUBSTITUTION.match(str(value)):
-                    problems.append(f"{name}: {variable} must be a required ${{VAR:?...}} from .env, "
-                                    f"not {value!r}")
 
     dockerignore = root / ".dockerignore"
     patterns = dockerignore.read_text().split("\n") if dockerignore.is_file() else []
@@ -157,17 +249,16 @@ def check(root: Path, rendered: dict, uninterpolated: dict, cargo_metadata: dict
 
     gitignore = root / ".gitignore"
     if ".env" not in (gitignore.read_text().split("\n") if gitignore.is_file() else []):
-        problems.append(".gitignore: .env missing; generated credentials could be committed")
+        problems.append(".gitignore: .env missing; local settings could be committed")
 
     return problems
 
 
 def main(argv: list[str]) -> int:
-    root, rendered, uninterpolated, cargo_metadata = argv[1:5]
+    root, rendered, cargo_metadata = argv[1:4]
     problems = check(
         Path(root),
         json.loads(Path(rendered).read_text()),
-        json.loads(Path(uninterpolated).read_text()),
         json.loads(Path(cargo_metadata).read_text()),
     )
     for problem in problems:

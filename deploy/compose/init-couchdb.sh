@@ -1,14 +1,16 @@
 #!/bin/sh
 # Prepares CouchDB for Prism (run by the couchdb-init service, in the couchdb image for its curl):
 # the system databases a single node needs, Prism's database, and the services' own user, admin of
-# that database only. Idempotent; a re-run sets the service user's password from .env again.
+# that database only. Idempotent; a re-run sets the service user's password from its file again.
 set -eu
 
-: "${COUCHDB_ADMIN_USER:?}" "${COUCHDB_ADMIN_PASSWORD:?}" "${PRISM_COUCHDB__URL:?}"
-: "${PRISM_COUCHDB__DATABASE:?}" "${PRISM_COUCHDB__USERNAME:?}" "${PRISM_COUCHDB__PASSWORD:?}"
+: "${COUCHDB_ADMIN_USER:?}" "${COUCHDB_ADMIN_PASSWORD_FILE:?}" "${PRISM_COUCHDB__URL:?}"
+: "${PRISM_COUCHDB__DATABASE:?}" "${PRISM_COUCHDB__USERNAME:?}" "${PRISM_COUCHDB__PASSWORD_FILE:?}"
 
+# The passwords are files (the credentials service writes them).
+read -r admin_password <"$COUCHDB_ADMIN_PASSWORD_FILE"
 service_user="$PRISM_COUCHDB__USERNAME"
-service_password="$PRISM_COUCHDB__PASSWORD"
+read -r service_password <"$PRISM_COUCHDB__PASSWORD_FILE"
 # Both are written into JSON below as they are: refuse the characters that would need escaping.
 for value in "$service_user" "$service_password"; do
     case "$value" in
@@ -28,7 +30,7 @@ couch() {
     shift 2
     rm -f "$response"
     curl -sS -o "$response" -w '%{http_code}' -X "$method" -H 'Content-Type: application/json' \
-        -u "$COUCHDB_ADMIN_USER:$COUCHDB_ADMIN_PASSWORD" "$@" "$PRISM_COUCHDB__URL/$path"
+        -u "$COUCHDB_ADMIN_USER:$admin_password" "$@" "$PRISM_COUCHDB__URL/$path"
 }
 
 # expect STATUS WHAT ALLOWED...: stop with CouchDB's answer unless STATUS is one of ALLOWED.

@@ -5,14 +5,20 @@
 # Idempotent. The mc image is minimal (no grep or cat), so only shell built-ins and mc are used.
 set -eu
 
-: "${MINIO_ROOT_USER:?}" "${MINIO_ROOT_PASSWORD:?}" "${PRISM_S3__ENDPOINT:?}"
-: "${PRISM_INPUT_BUCKET:?}" "${PRISM_OUTPUT_BUCKET:?}" "${AWS_ACCESS_KEY_ID:?}" "${AWS_SECRET_ACCESS_KEY:?}"
-: "${GATEWAY_ACCESS_KEY_ID:?}" "${GATEWAY_SECRET_ACCESS_KEY:?}"
+: "${MINIO_ROOT_USER:?}" "${MINIO_ROOT_PASSWORD_FILE:?}" "${PRISM_S3__ENDPOINT:?}"
+: "${PRISM_INPUT_BUCKET:?}" "${PRISM_OUTPUT_BUCKET:?}"
+: "${SERVICE_ACCESS_KEY_ID:?}" "${SERVICE_SECRET_ACCESS_KEY_FILE:?}"
+: "${GATEWAY_ACCESS_KEY_ID:?}" "${GATEWAY_SECRET_ACCESS_KEY_FILE:?}"
+
+# The secrets are files (the credentials service writes them); read with the shell's own `read`.
+read -r root_password <"$MINIO_ROOT_PASSWORD_FILE"
+read -r service_secret_key <"$SERVICE_SECRET_ACCESS_KEY_FILE"
+read -r gateway_secret_key <"$GATEWAY_SECRET_ACCESS_KEY_FILE"
 
 # The notification target named PRISM in compose.yaml (MINIO_NOTIFY_KAFKA_*_PRISM).
 notify_arn=arn:minio:sqs::PRISM:kafka
 
-mc alias set local "$PRISM_S3__ENDPOINT" "$MINIO_ROOT_USER" "$MINIO_ROOT_PASSWORD" >/dev/null
+mc alias set local "$PRISM_S3__ENDPOINT" "$MINIO_ROOT_USER" "$root_password" >/dev/null
 
 mc mb --ignore-existing "local/$PRISM_INPUT_BUCKET" "local/$PRISM_OUTPUT_BUCKET"
 
@@ -24,7 +30,7 @@ esac
 
 # grant POLICY USER SECRET EXTRA_STATEMENT: creates POLICY (read uploads, write outputs, plus
 # EXTRA_STATEMENT when not empty) and USER with it. Adding an existing user sets its secret, so a
-# changed .env takes effect on the next run.
+# changed secret file takes effect on the next run.
 grant() {
     policy_file="/tmp/$1-policy.json"
     printf '%s\n' '{
@@ -58,9 +64,9 @@ grant() {
 }
 
 # The workers: read uploads, write outputs, nothing else; they never hold the root credentials.
-grant prism-service "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" ""
+grant prism-service "$SERVICE_ACCESS_KEY_ID" "$service_secret_key" ""
 # The gateway also stores uploads (streamed as multipart uploads) in the input bucket.
-grant prism-gateway "$GATEWAY_ACCESS_KEY_ID" "$GATEWAY_SECRET_ACCESS_KEY" '
+grant prism-gateway "$GATEWAY_ACCESS_KEY_ID" "$gateway_secret_key" '
     {
       "Effect": "Allow",
       "Action": ["s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],

@@ -1,11 +1,12 @@
 //! `prism`: the one binary for every Prism service (`prism serve dedup|thumbnail|detect|classify`,
 //! `prism serve gateway`, `prism watch`, `prism reconcile`) and for the embedded mode (`prism
-//! run`: the whole pipeline in one process over a folder, no servers; `--web` adds the pages). It
-//! holds wiring only: each service lives in its own
-//! crate.
+//! run`: the whole pipeline in one process over a folder, no servers; `--web` adds the pages);
+//! `prism probe` is the health check of its container images. It holds wiring only: each service
+//! lives in its own crate.
 
 mod embedded;
 mod memory;
+mod probe;
 
 use clap::{Parser, Subcommand};
 use prism_announce::{ReconcileArgs, WatchArgs};
@@ -52,6 +53,9 @@ enum Command {
     Reconcile(ReconcileArgs),
     /// Run one service against Kafka, S3 and CouchDB (same as its own binary).
     Serve { service: Service },
+    /// GET a URL (a service's /readyz or /healthz): exit 0 on a 2xx answer, else 1 with the
+    /// reason on stderr. For container health checks, as the images have no curl.
+    Probe { url: String },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -68,6 +72,19 @@ async fn main() -> anyhow::Result<()> {
     memory::return_large_buffers();
     let _telemetry = telemetry::init();
     let cli = Cli::parse();
+    // A probe reads no settings: it only asks the service beside it.
+    if let Command::Probe { url } = &cli.command {
+        // Printed here rather than returned: an error from main may add a backtrace, and a
+        // healthcheck's output should be the one line.
+        match probe::probe(url).await {
+            Ok(status) => println!("{url}: {status}"),
+            Err(reason) => {
+                eprintln!("{url}: {reason}");
+                std::process::exit(1);
+            }
+        }
+        return Ok(());
+    }
     let settings: Settings = config::load()?;
     let shutdown = service::shutdown_signal();
     match cli.command {
@@ -90,5 +107,6 @@ async fn main() -> anyhow::Result<()> {
             Service::Classify => prism_classify::serve(settings, shutdown).await,
             Service::Gateway => prism_gateway::serve(settings, shutdown).await,
         },
+        Command::Probe { .. } => unreachable!("answered before the settings were read"),
     }
 }

@@ -108,6 +108,10 @@ capabilities:
   value: {{ .Values.enabledStages | toJson | quote }}
 - name: PRISM_OBSERVE__LISTEN
   value: {{ printf "0.0.0.0:%v" .Values.metricsPort | quote }}
+{{- with .Values.tracing.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}

@@ -9,7 +9,7 @@
 #                127.0.0.1, secrets only as files on read-only credentials volumes, Prometheus
 #                scrapes every Prism service, Grafana mounts the dashboard, the S3 server's Kafka
 #                target is Prism's uploads topic, MinIO from source is a CVE-2025-62506-fixed
-#                release, ...; on each rendering the compose check makes
+#                release, ...; on each rendering the compose check makes (observe profile on)
 #   prometheus   promtool check config on deploy/compose/prometheus.yml (the observe profile's)
 #   dockerfile   hadolint on deploy/docker/Dockerfile and deploy/docker/minio.Dockerfile
 #   scripts      shellcheck on deploy/compose/*.sh, Python syntax of the Python files

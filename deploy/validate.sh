@@ -2,14 +2,16 @@
 # Checks the deployments without a Docker engine or a cluster. Docker Compose:
 #   compose      compose.yaml renders with Docker Compose v2's own loader (schema, anchors,
 #                interpolation, depends_on targets) without any .env, with and without the
-#                observe profile
+#                observe profile, alone and with each override file (MinIO from source, RustFS)
 #   policy       Prism's rules on the rendered model (compose_policy.py): built packages and
 #                binaries exist in the workspace, service env names are ones Prism reads, each
 #                Prism service's healthcheck is `prism probe` of /readyz, host ports only on
 #                127.0.0.1, secrets only as files on read-only credentials volumes, Prometheus
-#                scrapes every Prism service, Grafana mounts the dashboard, ...
+#                scrapes every Prism service, Grafana mounts the dashboard, the S3 server's Kafka
+#                target is Prism's uploads topic, MinIO from source is a CVE-2025-62506-fixed
+#                release, ...; on every rendering the compose check makes, observe profile on
 #   prometheus   promtool check config on deploy/compose/prometheus.yml (the observe profile's)
-#   dockerfile   hadolint on deploy/docker/Dockerfile
+#   dockerfile   hadolint on deploy/docker/Dockerfile and deploy/docker/minio.Dockerfile
 #   scripts      shellcheck on deploy/compose/*.sh, Python syntax of the Python files
 # The Grafana dashboard (deploy/grafana/prism-dashboard.json):
 #   dashboard    a dashboard JSON model on built-in panels and a Prometheus datasource variable,
@@ -161,27 +163,44 @@ install_tools() {
     keda_models="$(install_keda_models)"
 }
 
-# Compose sees only the env file it is given, never this shell's variables.
+# Compose sees only the env file it is given, never this shell's variables. OVERRIDE (a file
+# under the root, or empty) is given after compose.yaml, as `docker compose -f compose.yaml -f
+# OVERRIDE` would be.
 compose() {
-    local env_file="$1"
-    shift
+    local env_file="$1" override="$2"
+    shift 2
+    local files=(-f "$root/compose.yaml")
+    [ -z "$override" ] || files+=(-f "$root/$override")
     env -i PATH="$PATH" HOME="$work_dir" "$compose_bin" --project-directory "$root" \
-        -f "$root/compose.yaml" --env-file "$env_file" "$@"
+        "${files[@]}" --env-file "$env_file" "$@"
 }
+
+# The override files deploy/compose/README.md offers, each checked on top of compose.yaml.
+overrides=(deploy/compose/minio-from-source.yaml deploy/compose/rustfs.yaml)
 
 # The checks run as `if` conditions, where bash ignores `set -e`: every step says `|| return 1`.
 check_compose() {
-    compose "$env_file" config --quiet || return 1
-    compose "$env_file" --profile observe config --quiet
+    local override
+    for override in "" "${overrides[@]}"; do
+        echo "compose.yaml${override:+ + $override}"
+        compose "$env_file" "$override" config --quiet || return 1
+        compose "$env_file" "$override" --profile observe config --quiet || return 1
+    done
 }
 
 check_policy() {
-    compose "$env_file" --profile observe config --format json >"$work_dir/rendered.json" || return 1
     cargo metadata --no-deps --offline --format-version 1 --manifest-path "$root/Cargo.toml" \
         >"$work_dir/cargo-metadata.json" || return 1
-    # The kubernetes-validate venv has PyYAML, for prometheus.yml and Grafana's provisioning.
-    "$kubernetes_venv/bin/python" -B "$root/deploy/compose/compose_policy.py" "$root" \
-        "$work_dir/rendered.json" "$work_dir/cargo-metadata.json"
+    local override failed=0
+    for override in "" "${overrides[@]}"; do
+        echo "compose.yaml${override:+ + $override}:"
+        compose "$env_file" "$override" --profile observe config --format json \
+            >"$work_dir/rendered.json" || return 1
+        # The kubernetes-validate venv has PyYAML, for prometheus.yml and Grafana's provisioning.
+        "$kubernetes_venv/bin/python" -B "$root/deploy/compose/compose_policy.py" "$root" \
+            "$work_dir/rendered.json" "$work_dir/cargo-metadata.json" || failed=1
+    done
+    [ "$failed" -eq 0 ]
 }
 
 check_prometheus() {
@@ -189,7 +208,7 @@ check_prometheus() {
 }
 
 check_dockerfile() {
-    "$hadolint_bin" "$root/deploy/docker/Dockerfile"
+    "$hadolint_bin" "$root/deploy/docker/Dockerfile" "$root/deploy/docker/minio.Dockerfile"
 }
 
 check_scripts() {
@@ -358,6 +377,15 @@ mutations=(
     "policy|**/*.onnx missing|.dockerignore|**/*.onnx
 |"
     "dockerfile|DL3002|deploy/docker/Dockerfile|USER 10001:10001|USER root"
+    "dockerfile|DL3002|deploy/docker/minio.Dockerfile|USER 10001:10001|USER root"
+    "policy|builds MinIO RELEASE.2025-09-07T16-13-09Z, which predates RELEASE.2025-10-15T17-29-55Z|deploy/compose/minio-from-source.yaml|MINIO_RELEASE: RELEASE.2025-10-15T17-29-55Z|MINIO_RELEASE: RELEASE.2025-09-07T16-13-09Z"
+    "policy|RUSTFS_NOTIFY_KAFKA_TOPIC_PRISM=prism.upload is not the Prism services' prism.uploads|deploy/compose/rustfs.yaml|RUSTFS_NOTIFY_KAFKA_TOPIC_PRISM: prism.uploads|RUSTFS_NOTIFY_KAFKA_TOPIC_PRISM: prism.upload"
+    "policy|PRISM_NOTIFY_ARN=arn:rustfs:sqs:us-east-1:primary:kafka is no notification target|deploy/compose/rustfs.yaml|PRISM_NOTIFY_ARN: arn:rustfs:sqs:us-east-1:prism:kafka|PRISM_NOTIFY_ARN: arn:rustfs:sqs:us-east-1:primary:kafka"
+    "policy|minio: RUSTFS_SECRET_KEY is a secret given inline|deploy/compose/rustfs.yaml|      PRISM_S3_ROOT_USER: prism-admin|      PRISM_S3_ROOT_USER: prism-admin
+      RUSTFS_SECRET_KEY: prism-admin-secret"
+    "policy|minio: port 9001 is published on all interfaces|deploy/compose/rustfs.yaml|    command: !override [\"/data\"]|    command: !override [\"/data\"]
+    ports: !override
+      - 9001:9001"
     "dockerfile|unexpected|deploy/docker/Dockerfile|FROM debian:bookworm-slim AS runtime|FORM debian:bookworm-slim AS runtime"
     "scripts|SC1046|deploy/compose/init-minio.sh|esac
 

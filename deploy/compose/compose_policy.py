@@ -4,8 +4,11 @@ Compose itself checks the schema, interpolation and depends_on targets; this che
 know: that the images it builds are real workspace binaries, that the services get only settings
 Prism reads, that each reports its health through `prism probe`, that nothing is published beyond
 loopback, that secrets are files on the credentials volumes only, that the observe profile's
-Prometheus scrapes every Prism service and its Grafana shows the dashboard. Both models are
-rendered with the observe profile on.
+Prometheus scrapes every Prism service and its Grafana shows the dashboard, that the S3 server
+(MinIO, or RustFS with deploy/compose/rustfs.yaml) announces uploads on Prism's uploads topic to a
+target that minio-init binds, and that MinIO built from source (deploy/compose/minio-from-source.yaml)
+is a release with the fix for CVE-2025-62506. validate.sh runs it on compose.yaml alone and with
+each override file, always with the observe profile on.
 
     python3 compose_policy.py ROOT RENDERED.json CARGO_METADATA.json
 """
@@ -18,6 +21,13 @@ from pathlib import Path
 import yaml
 
 DOCKERFILE = "deploy/docker/Dockerfile"
+# Other images compose may build (the override files): only from these Dockerfiles.
+OTHER_DOCKERFILES = {"minio": "deploy/docker/minio.Dockerfile"}
+# The first MinIO release with the fix for CVE-2025-62506 (commit c1a49490c78e); release tags sort
+# by time as strings.
+MINIO_FIXED_RELEASE = "RELEASE.2025-10-15T17-29-55Z"
+# The S3 server (whatever runs it) and the init container that binds its notification target.
+S3_SERVICE, S3_INIT_SERVICE = "minio", "minio-init"
 PROMETHEUS_CONFIG = "deploy/compose/prometheus.yml"
 DASHBOARD = "deploy/grafana/prism-dashboard.json"
 GRAFANA_PROVISIONING = "deploy/grafana/provisioning"
@@ -86,6 +96,73 @@ def binaries_by_package(cargo_metadata: dict) -> dict[str, set[str]]:
         package["name"]: {t["name"] for t in package["targets"] if "bin" in t["kind"]}
         for package in cargo_metadata["packages"]
     }
+
+
+def is_prism_build(root: Path, service: dict) -> bool:
+    build = service.get("build")
+    if not build:
+        return False
+    dockerfile = (Path(build["context"]) / build.get("dockerfile", "Dockerfile")).resolve()
+    return dockerfile == (root / DOCKERFILE).resolve()
+
+
+def check_other_build(name, service, root, problems):
+    """An image built by an override file: a known Dockerfile, a pinned tag, a fixed release."""
+    build = service["build"]
+    dockerfile = (Path(build["context"]) / build.get("dockerfile", "Dockerfile")).resolve()
+    wanted = OTHER_DOCKERFILES.get(name)
+    if wanted is None or dockerfile != (root / wanted).resolve():
+        problems.append(f"{name}: builds {dockerfile}; compose builds only {DOCKERFILE} "
+                        f"(Prism) and {', '.join(sorted(OTHER_DOCKERFILES.values()))}")
+        return
+    image = service.get("image", "")
+    if ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest"):
+        problems.append(f"{name}: the built image {image!r} has no release tag")
+    release = (build.get("args") or {}).get("MINIO_RELEASE", "")
+    if not release.startswith("RELEASE.") or release < MINIO_FIXED_RELEASE:
+        problems.append(f"{name}: builds MinIO {release or '(no MINIO_RELEASE)'}, which predates "
+                        f"{MINIO_FIXED_RELEASE} and its fix for CVE-2025-62506")
+    elif release not in image:
+        problems.append(f"{name}: image {image!r} is not tagged with the release it builds ({release})")
+
+
+def check_s3_notifications(services: dict, problems: list[str]):
+    """The S3 server's Kafka target publishes uploads where dedup reads them, and is the one bound."""
+    server = services.get(S3_SERVICE) or {}
+    environment = server.get("environment") or {}
+    image = server.get("image", "")
+    # (variable prefix, ARN of a target named NAME), by server; RustFS names a target by its
+    # variables' suffix in lower case and puts the region (us-east-1 unless RUSTFS_REGION) in it.
+    if "rustfs" in image:
+        prefix = "RUSTFS_NOTIFY_KAFKA_"
+        region = environment.get("RUSTFS_REGION") or "us-east-1"
+        arn = lambda target: f"arn:rustfs:sqs:{region}:{target.lower()}:kafka"
+        if str(environment.get("RUSTFS_NOTIFY_ENABLE", "")).lower() != "true":
+            problems.append(f"{S3_SERVICE}: RUSTFS_NOTIFY_ENABLE is not true; RustFS would send no event")
+    else:
+        prefix = "MINIO_NOTIFY_KAFKA_"
+        arn = lambda target: f"arn:minio:sqs::{target}:kafka"
+    targets = sorted(v[len(prefix + "ENABLE_"):] for v in environment
+                     if v.startswith(prefix + "ENABLE_") and str(environment[v]).lower() == "on")
+    if not targets:
+        problems.append(f"{S3_SERVICE} ({image}): no Kafka notification target enabled ({prefix}ENABLE_<NAME>: on)")
+        return
+
+    prism = next((s.get("environment") or {} for s in services.values() if s.get("build")
+                  and "PRISM_TOPICS__UPLOADS" in (s.get("environment") or {})), {})
+    bound = (services.get(S3_INIT_SERVICE, {}).get("environment") or {}).get("PRISM_NOTIFY_ARN")
+    arns = {arn(target): target for target in targets}
+    if bound not in arns:
+        problems.append(f"{S3_INIT_SERVICE}: PRISM_NOTIFY_ARN={bound} is no notification target of "
+                        f"{S3_SERVICE} ({', '.join(sorted(arns))})")
+        return
+    target = arns[bound]
+    for key, want in (("TOPIC", prism.get("PRISM_TOPICS__UPLOADS")),
+                      ("BROKERS", prism.get("PRISM_KAFKA__BROKERS"))):
+        have = environment.get(f"{prefix}{key}_{target}")
+        if have != want:
+            problems.append(f"{S3_SERVICE}: {prefix}{key}_{target}={have} is not the Prism "
+                            f"services' {want} (PRISM_TOPICS__UPLOADS, PRISM_KAFKA__BROKERS)")
 
 
 def check_built_service(name, service, root, binaries, problems):
@@ -186,7 +263,7 @@ def check_observe_profile(root: Path, services: dict, problems: list[str]):
             for dns_name in discovery.get("names") or []:
                 scraped[dns_name] = (discovery.get("type"), str(discovery.get("port")))
     for name, service in sorted(services.items()):
-        if "build" not in service:
+        if not is_prism_build(root, service):
             continue
         want = ("A", observe_port(service.get("environment") or {}))
         if name not in scraped:
@@ -215,10 +292,13 @@ def check(root: Path, rendered: dict, cargo_metadata: dict) -> list[str]:
     binaries = binaries_by_package(cargo_metadata)
     services = rendered["services"]
     check_observe_profile(root, services, problems)
+    check_s3_notifications(services, problems)
 
     for name, service in services.items():
-        if "build" in service:
+        if is_prism_build(root, service):
             check_built_service(name, service, root, binaries, problems)
+        elif "build" in service:
+            check_other_build(name, service, root, problems)
         else:
             image = service.get("image", "")
             if "@" not in image and (":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest")):

@@ -1,7 +1,9 @@
 #!/bin/sh
 # Prepares MinIO for Prism (run by the minio-init service, minio/mc image): the two buckets, the
 # upload notification to Kafka, the services' own user, allowed into those buckets only, and the
-# gateway's, which also writes uploads into the input bucket.
+# gateway's, which also writes uploads into the input bucket. The same script prepares RustFS
+# (deploy/compose/rustfs.yaml), which serves MinIO's admin API and takes the notification binding
+# as an S3 queue configuration; only the notification target's ARN differs.
 # Idempotent. The mc image is minimal (no grep or cat), so only shell built-ins and mc are used.
 set -eu
 
@@ -9,14 +11,17 @@ set -eu
 : "${PRISM_INPUT_BUCKET:?}" "${PRISM_OUTPUT_BUCKET:?}"
 : "${SERVICE_ACCESS_KEY_ID:?}" "${SERVICE_SECRET_ACCESS_KEY_FILE:?}"
 : "${GATEWAY_ACCESS_KEY_ID:?}" "${GATEWAY_SECRET_ACCESS_KEY_FILE:?}"
+: "${PRISM_NOTIFY_ARN:?}"
 
 # The secrets are files (the credentials service writes them); read with the shell's own `read`.
 read -r root_password <"$MINIO_ROOT_PASSWORD_FILE"
 read -r service_secret_key <"$SERVICE_SECRET_ACCESS_KEY_FILE"
 read -r gateway_secret_key <"$GATEWAY_SECRET_ACCESS_KEY_FILE"
 
-# The notification target named PRISM in compose.yaml (MINIO_NOTIFY_KAFKA_*_PRISM).
-notify_arn=arn:minio:sqs::PRISM:kafka
+# The server's Kafka notification target: arn:minio:sqs::PRISM:kafka for MinIO's
+# MINIO_NOTIFY_KAFKA_*_PRISM (compose.yaml), arn:rustfs:sqs:us-east-1:prism:kafka for RustFS's
+# RUSTFS_NOTIFY_KAFKA_*_PRISM (deploy/compose/rustfs.yaml).
+notify_arn="$PRISM_NOTIFY_ARN"
 
 mc alias set local "$PRISM_S3__ENDPOINT" "$MINIO_ROOT_USER" "$root_password" >/dev/null
 

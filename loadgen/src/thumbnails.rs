@@ -734,15 +734,6 @@ fn named_outputs(out: &Path, photos: &[Photo]) -> Outputs {
         .collect()
 }
 
-/// Prism's outputs, from the results it wrote to OUT/results.jsonl (a deduplicated upload names
-/// the same objects as its twin's).
-fn prism_outputs(out: &Path) -> anyhow::Result<Outputs> {
-    let path = out.join("results.jsonl");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    parse_prism_results(&text, out)
-}
-
 #[derive(Deserialize)]
 struct PrismResult {
     source: PrismSource,

@@ -8,17 +8,19 @@ each smaller size from the one before (512 -> 256 -> 128), EXIF orientation appl
 libvips apply it. Each size is saved as JPEG and WebP with Prism's default qualities (85 and 80,
 Pillow's default 4:2:0 subsampling and WebP method 4), as OUT/<stem>_<size>.jpg and .webp.
 
-    pillow_thumbnails.py --out OUT [--processes N] INPUT...
+    pillow_thumbnails.py --out OUT [--processes N] [--times FILE] INPUT...
 
 INPUTs are image files or folders of them. --processes 1 (the default) works one image after
 another in this process, the seed paper's sequential method; N > 1 uses a multiprocessing.Pool of N
-worker processes over the same function, its parallel method.
+worker processes over the same function, its parallel method. --times FILE writes each image's
+own time (open to last save, in the process that made it) as "SECONDS<TAB>PATH" lines.
 """
 
 import argparse
 import multiprocessing
 import os
 import sys
+import time
 
 from PIL import Image, ImageOps
 
@@ -32,6 +34,7 @@ def parse_args():
     parser.add_argument("--sizes", default="512,256,128", help="longest edges, largest first")
     parser.add_argument("--jpeg-quality", type=int, default=85)
     parser.add_argument("--webp-quality", type=int, default=80)
+    parser.add_argument("--times", help="write each image's seconds here")
     parser.add_argument("inputs", nargs="+")
     return parser.parse_args()
 
@@ -60,6 +63,7 @@ class Thumbnailer:
         self.webp_quality = webp_quality
 
     def __call__(self, path):
+        started = time.perf_counter()
         stem = os.path.splitext(os.path.basename(path))[0]
         largest = self.sizes[0]
         with Image.open(path) as source:
@@ -73,7 +77,7 @@ class Thumbnailer:
                 base = os.path.join(self.out, f"{stem}_{size}")
                 image.save(base + ".jpg", "JPEG", quality=self.jpeg_quality)
                 image.save(base + ".webp", "WEBP", quality=self.webp_quality)
-        return path
+        return path, time.perf_counter() - started
 
 
 def main():
@@ -85,16 +89,17 @@ def main():
     sizes = [int(size) for size in args.sizes.split(",")]
     thumbnailer = Thumbnailer(args.out, sizes, args.jpeg_quality, args.webp_quality)
     if args.processes <= 1:
-        for path in files:
-            thumbnailer(path)
+        times = [thumbnailer(path) for path in files]
     else:
         # On an error the with block terminates the workers; otherwise they finish and are reaped.
         with multiprocessing.Pool(args.processes) as pool:
             # One image per task: sources differ a lot in size, so small chunks balance the cores.
-            for _ in pool.imap_unordered(thumbnailer, files, chunksize=1):
-                pass
+            times = list(pool.imap_unordered(thumbnailer, files, chunksize=1))
             pool.close()
             pool.join()
+    if args.times:
+        with open(args.times, "w") as out:
+            out.writelines(f"{seconds:.6f}\t{path}\n" for path, seconds in times)
 
 
 if __name__ == "__main__":

@@ -218,6 +218,37 @@ pub struct DatasetOptions<'a> {
     pub cameras: &'a [Camera],
 }
 
+/// The set of `count` distinct photos (`seed`, `duplicates`) under `root`, made from `sources`
+/// unless an earlier run made it already: the experiments share their sets across runs.
+pub fn ensure_set(
+    root: &Path,
+    sources: &Path,
+    count: usize,
+    seed: u64,
+    duplicates: f64,
+) -> anyhow::Result<PathBuf> {
+    let out = root.join(format!(
+        "photos-{count}-seed{seed}-copies{:.0}",
+        duplicates * 100.0
+    ));
+    if Manifest::load(&out).is_ok_and(|m| {
+        m.distinct == count && m.seed == seed && m.duplicates == duplicate_count(count, duplicates)
+    }) {
+        return Ok(out);
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    eprintln!("making {}", out.display());
+    generate(&DatasetOptions {
+        sources: sources.to_path_buf(),
+        out: out.clone(),
+        count,
+        seed,
+        duplicates,
+        cameras: CAMERAS,
+    })?;
+    Ok(out)
+}
+
 /// Copies that make `share` of a set with `distinct` originals.
 pub fn duplicate_count(distinct: usize, share: f64) -> usize {
     (distinct as f64 * share / (1.0 - share)).round() as usize

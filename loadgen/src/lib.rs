@@ -2,9 +2,16 @@
 //! benchmark photo sets (`dataset`); the end-to-end thumbnail benchmark (`thumbnails`); the seed's
 //! load plan against the gateway's /predict (`predict`).
 
+pub mod charts;
 pub mod dataset;
+pub mod dedup;
+pub mod latency;
 pub mod measure;
 pub mod predict;
+pub mod report;
+pub mod saturation;
+pub mod served;
+pub mod table;
 pub mod thumbnails;
 
 use bytes::Bytes;

@@ -8,6 +8,7 @@ use prism_core::runtime::config::{self, Settings};
 use prism_loadgen::dataset::{self, CAMERAS, DatasetOptions};
 use prism_loadgen::predict::{self, PredictOptions, Send, Uploaded};
 use prism_loadgen::thumbnails::{self, BenchOptions, Method, Tools};
+use prism_loadgen::{dedup, latency, report, saturation};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -38,6 +39,77 @@ enum Command {
     /// once, BATCHES times, over DISTINCT images; then the same again with every image seen
     /// before. Prints per-batch mean / p95 response times and each batch's series.
     Predict(PredictArgs),
+    /// CPU-seconds and wall time of `prism run` with and without deduplication for shares of
+    /// exact copies, and dedup's own time per event (hash + claim), p50/p99.
+    Dedup(DedupArgs),
+    /// The pipeline's throughput at saturation against the thumbnail stage's code in a plain loop
+    /// on the same cores.
+    Saturation(SaturationArgs),
+    /// Upload -> thumbnail result on an idle served pipeline, one photo at a time, where the time
+    /// goes, and what `prism watch`'s polling would add.
+    Latency(LatencyArgs),
+    /// Runs thumbnails, dedup, saturation and latency and writes docs/experiments.md with their tables
+    /// and charts (docs/experiments/*.svg), the machine, the commit and the date.
+    Report(ReportArgs),
+}
+
+#[derive(Args, Clone)]
+struct DedupArgs {
+    #[command(flatten)]
+    shared: Shared,
+    /// Shares of exact copies in the set, one set each.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.0, 0.25, 0.5, 0.75])]
+    duplicates: Vec<f64>,
+    /// Files in every set (copies included).
+    #[arg(long, default_value_t = 200)]
+    files: usize,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    charts: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct SaturationArgs {
+    #[command(flatten)]
+    shared: Shared,
+    /// Distinct photos.
+    #[arg(long, default_value_t = 200)]
+    images: usize,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct LatencyArgs {
+    #[command(flatten)]
+    shared: Shared,
+    /// Uploads timed (the photos of a set of this size, cycled).
+    #[arg(long, default_value_t = 30)]
+    samples: usize,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    #[command(flatten)]
+    thumbnails: ThumbnailsArgs,
+    /// Shares of exact copies for the dedup experiment.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.0, 0.25, 0.5, 0.75])]
+    duplicates: Vec<f64>,
+    /// Files in every set of the dedup experiment.
+    #[arg(long, default_value_t = 200)]
+    dedup_files: usize,
+    /// Photos of the saturation experiment.
+    #[arg(long, default_value_t = 200)]
+    saturation_images: usize,
+    /// Uploads timed by the latency experiment.
+    #[arg(long, default_value_t = 30)]
+    latency_samples: usize,
+    /// Where experiments.md and experiments/ go.
+    #[arg(long, default_value = "docs")]
+    docs: PathBuf,
 }
 
 #[derive(Args)]
@@ -97,31 +169,82 @@ struct DatasetArgs {
     sources: Option<PathBuf>,
 }
 
-#[derive(Args)]
-struct ThumbnailsArgs {
-    /// A folder made by `prism-loadgen dataset`.
-    #[arg(long)]
-    dataset: PathBuf,
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Method::PillowSeq, Method::PillowMp, Method::Vips, Method::Prism])]
-    methods: Vec<Method>,
-    /// Runs of each method; the figures are medians.
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
-    /// Processes for the parallel methods [default: the cores].
-    #[arg(long)]
-    workers: Option<usize>,
-    /// Also write the results as JSON here.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Scratch folder for the outputs [default: a new folder under the temporary directory].
-    #[arg(long)]
-    work: Option<PathBuf>,
-    /// Python with Pillow [default: $PRISM_HOME/venv-pillow/bin/python].
-    #[arg(long)]
-    python: Option<PathBuf>,
+/// Options every experiment shares.
+#[derive(Args, Clone)]
+struct Shared {
     /// The `prism` binary [default: beside this one, or release/prism under $CARGO_TARGET_DIR].
     #[arg(long)]
     prism: Option<PathBuf>,
+    /// Where the photo sets are made and kept between runs [default: $PRISM_HOME/datasets].
+    #[arg(long)]
+    datasets: Option<PathBuf>,
+    /// The photo sets' seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Scratch folder for the outputs [default: a new folder under the temporary directory].
+    #[arg(long)]
+    work: Option<PathBuf>,
+    /// Runs of each method; the figures are medians.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+impl Shared {
+    fn prism(&self) -> PathBuf {
+        self.prism.clone().unwrap_or_else(default_prism_binary)
+    }
+
+    fn work(&self) -> PathBuf {
+        self.work.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("prism-loadgen-{}", std::process::id()))
+        })
+    }
+
+    /// The set of `count` distinct photos with `duplicates` copies, made if needed.
+    fn photo_set(&self, count: usize, duplicates: f64) -> anyhow::Result<PathBuf> {
+        dataset::ensure_set(
+            &self
+                .datasets
+                .clone()
+                .unwrap_or_else(|| prism_home().join("datasets")),
+            &prism_home().join("photos"),
+            count,
+            self.seed,
+            duplicates,
+        )
+    }
+}
+
+#[derive(Args, Clone)]
+struct ThumbnailsArgs {
+    #[command(flatten)]
+    shared: Shared,
+    /// Photo set sizes, one run each (sets made by `dataset` and kept under --datasets).
+    #[arg(long, value_delimiter = ',', default_values_t = [50, 200])]
+    images: Vec<usize>,
+    /// A folder made by `prism-loadgen dataset`, instead of --images.
+    #[arg(long, conflicts_with = "images")]
+    dataset: Option<PathBuf>,
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Method::PillowSeq, Method::PillowMp, Method::Prism, Method::Served])]
+    methods: Vec<Method>,
+    /// Thumbnail replicas of the served pipeline, one layout each.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 4])]
+    replicas: Vec<usize>,
+    /// Processes for the parallel methods [default: the cores].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Price of a vCPU-hour for the cost per 1,000 images [default: AWS Fargate's, us-east-1].
+    #[arg(long, default_value_t = thumbnails::VCPU_HOUR_USD)]
+    vcpu_hour_usd: f64,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also write the charts as SVG files into this folder.
+    #[arg(long)]
+    charts: Option<PathBuf>,
+    /// Python with Pillow [default: $PRISM_HOME/venv-pillow/bin/python].
+    #[arg(long)]
+    python: Option<PathBuf>,
     #[arg(long, default_value = "vipsthumbnail")]
     vipsthumbnail: PathBuf,
 }
@@ -137,6 +260,25 @@ fn main() -> anyhow::Result<()> {
         Command::Dataset(args) => make_dataset(args),
         Command::Thumbnails(args) => benchmark_thumbnails(args),
         Command::Predict(args) => tokio::runtime::Runtime::new()?.block_on(load_predict(args)),
+        Command::Dedup(args) => {
+            let report = run_dedup(&args)?;
+            print!("{}", dedup::render_text(&report));
+            if let Some(folder) = &args.charts {
+                write_charts(folder, &dedup::charts(&report)?)?;
+            }
+            args.json.map_or(Ok(()), |path| write_json(&path, &report))
+        }
+        Command::Saturation(args) => {
+            let report = run_saturation(&args)?;
+            print!("{}", saturation::render_text(&report));
+            args.json.map_or(Ok(()), |path| write_json(&path, &report))
+        }
+        Command::Latency(args) => {
+            let report = run_latency(&args)?;
+            print!("{}", latency::render_text(&report));
+            args.json.map_or(Ok(()), |path| write_json(&path, &report))
+        }
+        Command::Report(args) => write_report(args),
     }
 }
 
@@ -204,8 +346,7 @@ async fn load_predict(args: PredictArgs) -> anyhow::Result<()> {
         print!("\n{}", predict::render_markdown(&report));
     }
     if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_json(&path, &report)?;
     }
     Ok(())
 }
@@ -252,34 +393,154 @@ fn make_dataset(args: DatasetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn benchmark_thumbnails(args: ThumbnailsArgs) -> anyhow::Result<()> {
-    let work = args.work.unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("prism-thumbnails-{}", std::process::id()))
-    });
-    let options = BenchOptions {
-        dataset: args.dataset,
-        methods: args.methods,
-        rounds: args.rounds,
-        workers: args
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
-        work: work.clone(),
-        tools: Tools {
-            python: args
-                .python
-                .unwrap_or_else(|| prism_home().join("venv-pillow/bin/python")),
-            prism: args.prism.unwrap_or_else(default_prism_binary),
-            vipsthumbnail: args.vipsthumbnail,
-        },
+/// Every photo set's thumbnail benchmark, in order of size.
+fn run_thumbnails(args: &ThumbnailsArgs) -> anyhow::Result<Vec<thumbnails::Report>> {
+    let sets = match &args.dataset {
+        Some(dataset) => vec![dataset.clone()],
+        None => args
+            .images
+            .iter()
+            .map(|&count| args.shared.photo_set(count, 0.0))
+            .collect::<anyhow::Result<_>>()?,
     };
-    let report = thumbnails::run(&options);
+    let work = args.shared.work();
+    let reports = sets
+        .into_iter()
+        .map(|dataset| {
+            let options = BenchOptions {
+                dataset,
+                methods: args.methods.clone(),
+                rounds: args.shared.rounds,
+                workers: args
+                    .workers
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
+                replicas: args.replicas.clone(),
+                work: work.clone(),
+                tools: Tools {
+                    python: args
+                        .python
+                        .clone()
+                        .unwrap_or_else(|| prism_home().join("venv-pillow/bin/python")),
+                    prism: args.shared.prism(),
+                    vipsthumbnail: args.vipsthumbnail.clone(),
+                },
+                vcpu_hour_usd: args.vcpu_hour_usd,
+            };
+            thumbnails::run(&options)
+        })
+        .collect();
     let _ = std::fs::remove_dir_all(&work);
-    let report = report?;
-    print!("{}", thumbnails::render_table(&report));
-    if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+    reports
+}
+
+fn benchmark_thumbnails(args: ThumbnailsArgs) -> anyhow::Result<()> {
+    let reports = run_thumbnails(&args)?;
+    for report in &reports {
+        println!("{}", thumbnails::render_table(report));
+        if let Some(folder) = &args.charts {
+            write_charts(folder, &thumbnails::charts(report)?)?;
+        }
     }
+    if let Some(path) = args.json {
+        write_json(&path, &reports)?;
+    }
+    Ok(())
+}
+
+/// Each chart as FOLDER/<stem>.svg.
+fn write_charts(folder: &Path, charts: &[(String, String)]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(folder)?;
+    for (stem, svg) in charts {
+        let path = folder.join(format!("{stem}.svg"));
+        std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn run_dedup(args: &DedupArgs) -> anyhow::Result<dedup::DedupReport> {
+    let sets = args
+        .duplicates
+        .iter()
+        .map(|&share| {
+            // The same number of files in every set: fewer distinct photos as copies grow.
+            let distinct = ((args.files as f64) * (1.0 - share)).round().max(1.0) as usize;
+            Ok((share, args.shared.photo_set(distinct, share)?))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let work = args.shared.work();
+    let report = dedup::run(&dedup::DedupOptions {
+        prism: args.shared.prism(),
+        sets,
+        rounds: args.shared.rounds,
+        work: work.clone(),
+    });
+    let _ = std::fs::remove_dir_all(&work);
+    report
+}
+
+fn run_saturation(args: &SaturationArgs) -> anyhow::Result<saturation::SaturationReport> {
+    let work = args.shared.work();
+    let report = saturation::run(&saturation::SaturationOptions {
+        dataset: args.shared.photo_set(args.images, 0.0)?,
+        prism: args.shared.prism(),
+        rounds: args.shared.rounds,
+        work: work.clone(),
+    });
+    let _ = std::fs::remove_dir_all(&work);
+    report
+}
+
+fn run_latency(args: &LatencyArgs) -> anyhow::Result<latency::LatencyReport> {
+    let set = args.shared.photo_set(args.samples, 0.0)?;
+    let photos = dataset::Manifest::load(&set)?
+        .photos
+        .into_iter()
+        .map(|photo| {
+            let bytes = std::fs::read(set.join(dataset::IMAGES_DIR).join(&photo.file))?;
+            Ok((photo.file, bytes::Bytes::from(bytes)))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let work = args.shared.work();
+    let report = tokio::runtime::Runtime::new()?.block_on(latency::run(
+        &args.shared.prism(),
+        &work,
+        &photos,
+        args.samples,
+    ));
+    let _ = std::fs::remove_dir_all(&work);
+    report
+}
+
+fn write_report(args: ReportArgs) -> anyhow::Result<()> {
+    let shared = args.thumbnails.shared.clone();
+    let experiments = report::Experiments {
+        thumbnails: run_thumbnails(&args.thumbnails)?,
+        dedup: run_dedup(&DedupArgs {
+            shared: shared.clone(),
+            duplicates: args.duplicates,
+            files: args.dedup_files,
+            json: None,
+            charts: None,
+        })?,
+        saturation: run_saturation(&SaturationArgs {
+            shared: shared.clone(),
+            images: args.saturation_images,
+            json: None,
+        })?,
+        latency: run_latency(&LatencyArgs {
+            shared,
+            samples: args.latency_samples,
+            json: None,
+        })?,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let written = report::write(&args.docs, &experiments)?;
+    println!("wrote {}", written.display());
     Ok(())
 }
 

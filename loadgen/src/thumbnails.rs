@@ -8,13 +8,24 @@
 //!   its share of the sources. vipsthumbnail writes one size and format per run, so, to decode each
 //!   source once as its users do, the first run shrinks every source on load to 512 into vips' own
 //!   uncompressed format (`.v`), and six more runs make the JPEG and WebP of each size from those;
-//! - `prism`: `prism run IMAGES --out OUT --stages thumbnail`, the embedded single-process mode.
+//! - `prism`: `prism run IMAGES --out OUT --stages thumbnail`, the embedded single-process mode;
+//! - `served`: `prism serve dedup` and 1, 2, 4... `prism serve thumbnail` replicas over the real
+//!   servers (`served.rs`), every photo uploaded, then every notification published at once; wall
+//!   time from the first notification to the last result, CPU time of the service processes (not
+//!   of the Kafka, S3 and CouchDB servers).
 //!
-//! Every output of every method is checked (it exists, its longest edge is the size, its shape the
-//! photo's after EXIF orientation): a method that silently produced nothing fails the run.
+//! Every output of every local method is checked (it exists, its longest edge is the size, its
+//! shape the photo's after EXIF orientation): a method that silently produced nothing fails the
+//! run; the served pipeline's results must name every size in every format.
+//!
+//! Per-image time is each image's own work, without queueing: Pillow's from open to last save
+//! (the script's `--times`), Prism's the stage's `processing_ms` in its results.
 
+use crate::charts;
 use crate::dataset::{IMAGES_DIR, Manifest, Photo};
 use crate::measure::{self, Usage};
+use crate::served::Pipeline;
+use crate::table::Table;
 use anyhow::{Context, bail, ensure};
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
@@ -33,6 +44,9 @@ pub fn sizes() -> [u32; 3] {
     sizes.sort_unstable_by(|a, b| b.cmp(a));
     sizes
 }
+/// The default price of a vCPU-hour: AWS Fargate, Linux/x86, us-east-1, on demand, $0.04048
+/// (https://aws.amazon.com/fargate/pricing/, the price listed 2023-2025). Memory is billed apart.
+pub const VCPU_HOUR_USD: f64 = 0.04048;
 const FORMATS: [&str; 2] = ["jpg", "webp"];
 const PILLOW_SCRIPT: &str = include_str!("../baselines/pillow_thumbnails.py");
 
@@ -43,6 +57,7 @@ pub enum Method {
     PillowMp,
     Vips,
     Prism,
+    Served,
 }
 
 impl Method {
@@ -52,6 +67,7 @@ impl Method {
             Self::PillowMp => "pillow-mp",
             Self::Vips => "vips",
             Self::Prism => "prism",
+            Self::Served => "served",
         }
     }
 
@@ -68,6 +84,23 @@ impl Method {
                 "vipsthumbnail, {workers} single-threaded processes; one shrink-on-load decode to 512 (.v), sizes from it"
             ),
             Self::Prism => "prism run --stages thumbnail (embedded, one process)".into(),
+            Self::Served => "prism serve dedup + thumbnail replicas over Kafka, S3, CouchDB".into(),
+        }
+    }
+}
+
+/// One method as run: the served pipeline once per replica count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Variant {
+    method: Method,
+    replicas: Option<usize>,
+}
+
+impl Variant {
+    fn name(self) -> String {
+        match self.replicas {
+            Some(replicas) => format!("{}-{replicas}", self.method.name()),
+            None => self.method.name().to_string(),
         }
     }
 }
@@ -84,9 +117,12 @@ pub struct BenchOptions {
     pub methods: Vec<Method>,
     pub rounds: usize,
     pub workers: usize,
+    /// Thumbnail replicas of the served pipeline, one layout each.
+    pub replicas: Vec<usize>,
     /// Scratch folder for the outputs; each round's are checked, then deleted.
     pub work: PathBuf,
     pub tools: Tools,
+    pub vcpu_hour_usd: f64,
 }
 
 /// One run of one method.
@@ -99,11 +135,15 @@ pub struct Run {
     /// 1-minute load average just before and just after: other work on the machine shows here.
     pub load_before: Option<f64>,
     pub load_after: Option<f64>,
+    /// Each image's own time in ms, where the method reports it (not vips).
+    #[serde(default)]
+    pub image_ms: Vec<f64>,
 }
 
 impl Run {
     fn from_usage(usage: Usage, load_before: Option<f64>, load_after: Option<f64>) -> Run {
         Run {
+            image_ms: Vec::new(),
             wall_s: usage.wall.as_secs_f64(),
             cpu_s: usage.cpu.as_secs_f64(),
             peak_rss_mib: usage.peak_rss_kib as f64 / 1024.0,
@@ -118,31 +158,84 @@ impl Run {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MethodResult {
     pub method: Method,
+    /// The method's name, with the replica count for the served pipeline (`served-2`).
+    pub name: String,
+    pub replicas: Option<usize>,
     pub description: String,
     pub runs: Vec<Run>,
     pub wall_s: f64,
     pub images_per_s: f64,
     pub cpu_s: f64,
     pub cpu_s_per_image: f64,
+    /// CPU-seconds per 1,000 images at the price per vCPU-hour.
+    pub usd_per_1000_images: f64,
     pub peak_rss_mib: f64,
     pub sum_of_process_peaks_mib: f64,
+    /// Per-image time over every round, where the method reports it.
+    pub image_ms: Option<Percentiles>,
 }
 
 impl MethodResult {
-    pub fn new(method: Method, description: String, images: usize, runs: Vec<Run>) -> Self {
+    pub fn new(
+        method: Method,
+        replicas: Option<usize>,
+        description: String,
+        images: usize,
+        vcpu_hour_usd: f64,
+        runs: Vec<Run>,
+    ) -> Self {
         let wall_s = median(runs.iter().map(|r| r.wall_s));
         let cpu_s = median(runs.iter().map(|r| r.cpu_s));
+        let image_ms: Vec<f64> = runs
+            .iter()
+            .flat_map(|r| r.image_ms.iter().copied())
+            .collect();
         MethodResult {
             method,
+            name: Variant { method, replicas }.name(),
+            replicas,
             description,
             wall_s,
             images_per_s: images as f64 / wall_s,
             cpu_s,
             cpu_s_per_image: cpu_s / images as f64,
+            usd_per_1000_images: cpu_s / images as f64 * 1000.0 / 3600.0 * vcpu_hour_usd,
             peak_rss_mib: median(runs.iter().map(|r| r.peak_rss_mib)),
             sum_of_process_peaks_mib: median(runs.iter().map(|r| r.sum_of_process_peaks_mib)),
+            image_ms: Percentiles::of(&image_ms),
             runs,
         }
+    }
+}
+
+/// Percentiles of times in ms, from an HDR histogram (three significant digits, 1 µs to 1 h).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    pub fn of(times_ms: &[f64]) -> Option<Percentiles> {
+        if times_ms.is_empty() {
+            return None;
+        }
+        let mut histogram =
+            hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("bounds");
+        for &ms in times_ms {
+            histogram.saturating_record((ms * 1000.0).round().max(1.0) as u64);
+        }
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Some(Percentiles {
+            count: histogram.len(),
+            p50: ms(histogram.value_at_quantile(0.50)),
+            p90: ms(histogram.value_at_quantile(0.90)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            max: ms(histogram.max()),
+        })
     }
 }
 
@@ -187,6 +280,7 @@ pub struct Report {
     pub dataset: DatasetSummary,
     pub rounds: usize,
     pub workers: usize,
+    pub vcpu_hour_usd: f64,
     pub sizes: Vec<u32>,
     pub jpeg_quality: u8,
     pub webp_quality: u8,
@@ -244,52 +338,58 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Report> {
             .with_context(|| format!("reading {} of the set", photo.file))?;
     }
 
-    let mut runs: HashMap<Method, Vec<Run>> = HashMap::new();
+    let variants: Vec<Variant> = options
+        .methods
+        .iter()
+        .flat_map(|&method| match method {
+            Method::Served => options
+                .replicas
+                .iter()
+                .map(|&replicas| Variant {
+                    method,
+                    replicas: Some(replicas),
+                })
+                .collect(),
+            _ => vec![Variant {
+                method,
+                replicas: None,
+            }],
+        })
+        .collect();
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut runs: HashMap<Variant, Vec<Run>> = HashMap::new();
     for round in 1..=options.rounds {
-        for &method in &options.methods {
-            let out = options.work.join(format!("{}-{round}", method.name()));
-            let _ = std::fs::remove_dir_all(&out);
-            std::fs::create_dir_all(&out)?;
-            let commands = commands(method, options, &images, &out, &script, &manifest.photos);
-            let load_before = measure::load_average();
-            let usage = measure::run_measured(
-                commands,
-                &options.work.join(format!("{}.log", method.name())),
-            )
-            .with_context(|| format!("{} (round {round})", method.name()))?;
-            let run = Run::from_usage(usage, load_before, measure::load_average());
-            let outputs = match method {
-                Method::Prism => prism_outputs(&out)?,
-                _ => named_outputs(&out, &manifest.photos),
+        for &variant in &variants {
+            let name = variant.name();
+            let run = match variant.replicas {
+                Some(replicas) => runtime
+                    .block_on(served_round(options, replicas, &images, &manifest.photos))
+                    .with_context(|| format!("{name} (round {round})"))?,
+                None => local_round(variant.method, options, &images, &script, &manifest, round)
+                    .with_context(|| format!("{name} (round {round})"))?,
             };
-            verify(&manifest.photos, &outputs).with_context(|| {
-                format!(
-                    "{} (round {round}) made wrong or missing thumbnails",
-                    method.name()
-                )
-            })?;
             eprintln!(
                 "round {round}/{}: {:<10} {:>7.2} s wall {:>7.2} s CPU {:>7.1} MiB (load {:.2})",
                 options.rounds,
-                method.name(),
+                name,
                 run.wall_s,
                 run.cpu_s,
                 run.peak_rss_mib,
                 run.load_before.unwrap_or(f64::NAN)
             );
-            runs.entry(method).or_default().push(run);
-            std::fs::remove_dir_all(&out)?;
+            runs.entry(variant).or_default().push(run);
         }
     }
-    let methods: Vec<MethodResult> = options
-        .methods
+    let methods: Vec<MethodResult> = variants
         .iter()
-        .map(|&method| {
+        .map(|&variant| {
             MethodResult::new(
-                method,
-                method.description(options.workers),
+                variant.method,
+                variant.replicas,
+                variant.method.description(options.workers),
                 manifest.photos.len(),
-                runs.remove(&method).unwrap_or_default(),
+                options.vcpu_hour_usd,
+                runs.remove(&variant).unwrap_or_default(),
             )
         })
         .collect();
@@ -299,12 +399,166 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Report> {
         dataset: DatasetSummary::of(&options.dataset, &manifest),
         rounds: options.rounds,
         workers: options.workers,
+        vcpu_hour_usd: options.vcpu_hour_usd,
         sizes: sizes().to_vec(),
         jpeg_quality: JPEG_QUALITY,
         webp_quality: WEBP_QUALITY,
         goals: goals(&methods),
         methods,
     })
+}
+
+/// One round of a method that runs on this machine alone: its processes measured, its outputs
+/// checked, then deleted.
+fn local_round(
+    method: Method,
+    options: &BenchOptions,
+    images: &Path,
+    script: &Path,
+    manifest: &Manifest,
+    round: usize,
+) -> anyhow::Result<Run> {
+    let out = options.work.join(format!("{}-{round}", method.name()));
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out)?;
+    let times = options
+        .work
+        .join(format!("{}-{round}.times", method.name()));
+    let commands = commands(
+        method,
+        options,
+        images,
+        &out,
+        script,
+        &times,
+        &manifest.photos,
+    );
+    let load_before = measure::load_average();
+    let usage = measure::run_measured(
+        commands,
+        &options.work.join(format!("{}.log", method.name())),
+    )?;
+    let mut run = Run::from_usage(usage, load_before, measure::load_average());
+    let outputs = match method {
+        Method::Prism => {
+            let results = out.join("results.jsonl");
+            let text = std::fs::read_to_string(&results)
+                .with_context(|| format!("reading {}", results.display()))?;
+            run.image_ms = prism_image_ms(&text)?;
+            parse_prism_results(&text, &out)?
+        }
+        _ => named_outputs(&out, &manifest.photos),
+    };
+    if matches!(method, Method::PillowSeq | Method::PillowMp) {
+        run.image_ms = pillow_image_ms(&std::fs::read_to_string(&times)?)?;
+    }
+    verify(&manifest.photos, &outputs).context("wrong or missing thumbnails")?;
+    std::fs::remove_dir_all(&out)?;
+    Ok(run)
+}
+
+/// One round of the served pipeline with `replicas` thumbnail replicas, on names of its own.
+async fn served_round(
+    options: &BenchOptions,
+    replicas: usize,
+    images: &Path,
+    photos: &[Photo],
+) -> anyhow::Result<Run> {
+    let pipeline = Pipeline::start(&options.tools.prism, replicas, &options.work, &[]).await?;
+    let producer = pipeline.producer()?;
+    let results = pipeline.results().await?;
+    // Connections and the result reader's group join are not throughput: one small image first.
+    let warmup = pipeline.upload(vec![warmup_jpeg()]).await?;
+    pipeline.notify(&producer, &warmup).await?;
+    results.collect(&[warmup[0].key.clone()]).await?;
+
+    let objects = photos
+        .iter()
+        .map(|photo| {
+            Ok((
+                photo.file.clone(),
+                std::fs::read(images.join(&photo.file))?.into(),
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let sources = pipeline.upload(objects).await?;
+    let keys: Vec<String> = sources.iter().map(|s| s.key.clone()).collect();
+    let load_before = measure::load_average();
+    let cpu_before = pipeline.cpu_seconds("")?;
+    let started = std::time::Instant::now();
+    pipeline.notify(&producer, &sources).await?;
+    let found = results.collect(&keys).await?;
+    let wall = started.elapsed();
+    let cpu = pipeline.cpu_seconds("")? - cpu_before;
+    let expected = sizes().len() * FORMATS.len();
+    let incomplete: Vec<&str> = found
+        .iter()
+        .filter(|(result, _)| result.outputs.len() != expected)
+        .map(|(result, _)| result.source.key.as_str())
+        .collect();
+    ensure!(
+        incomplete.is_empty(),
+        "{} results without {expected} thumbnails, such as {:?}",
+        incomplete.len(),
+        incomplete.first()
+    );
+    let peaks_mib = pipeline.sum_of_peaks_kib("") as f64 / 1024.0;
+    Ok(Run {
+        wall_s: wall.as_secs_f64(),
+        cpu_s: cpu,
+        peak_rss_mib: peaks_mib,
+        sum_of_process_peaks_mib: peaks_mib,
+        load_before,
+        load_after: measure::load_average(),
+        image_ms: found
+            .iter()
+            .filter(|(result, _)| !result.deduplicated)
+            .map(|(result, _)| result.timings.processing_ms as f64)
+            .collect(),
+    })
+}
+
+/// A small JPEG (the served pipeline's warm-up), under a key no photo has.
+pub(crate) fn warmup_jpeg() -> (String, bytes::Bytes) {
+    let picture =
+        image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 90]));
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    picture
+        .write_to(&mut jpeg, image::ImageFormat::Jpeg)
+        .expect("encoding to memory");
+    ("loadgen-warmup.jpg".into(), jpeg.into_inner().into())
+}
+
+/// Per-image ms from the Pillow script's `--times` file ("SECONDS<TAB>PATH" lines).
+fn pillow_image_ms(text: &str) -> anyhow::Result<Vec<f64>> {
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let (seconds, _) = line.split_once('\t').context("a line of --times")?;
+            Ok(seconds.parse::<f64>()? * 1000.0)
+        })
+        .collect()
+}
+
+/// Per-image ms from `prism run`'s results: the stage's own time for each image it worked on.
+fn prism_image_ms(results_jsonl: &str) -> anyhow::Result<Vec<f64>> {
+    #[derive(Deserialize)]
+    struct Timed {
+        deduplicated: bool,
+        timings: Timings,
+    }
+    #[derive(Deserialize)]
+    struct Timings {
+        processing_ms: u64,
+    }
+    let mut times = Vec::new();
+    for line in results_jsonl.lines().filter(|line| !line.trim().is_empty()) {
+        let result: Timed = serde_json::from_str(line).context("a line of results.jsonl")?;
+        if !result.deduplicated {
+            times.push(result.timings.processing_ms as f64);
+        }
+    }
+    Ok(times)
 }
 
 fn check_tools(options: &BenchOptions) -> anyhow::Result<()> {
@@ -324,7 +578,7 @@ fn check_tools(options: &BenchOptions) -> anyhow::Result<()> {
                 "{} does not run: {setup}",
                 options.tools.vipsthumbnail.display()
             ),
-            Method::Prism => ensure!(
+            Method::Prism | Method::Served => ensure!(
                 options.tools.prism.exists(),
                 "{} is missing: cargo build --release -p prism-cli, or name it with --prism",
                 options.tools.prism.display()
@@ -341,6 +595,7 @@ fn commands(
     images: &Path,
     out: &Path,
     script: &Path,
+    times: &Path,
     photos: &[Photo],
 ) -> Vec<Vec<Command>> {
     let pillow = |processes: usize| {
@@ -357,12 +612,15 @@ fn commands(
             .arg(JPEG_QUALITY.to_string())
             .arg("--webp-quality")
             .arg(WEBP_QUALITY.to_string())
+            .arg("--times")
+            .arg(times)
             .arg(images);
         vec![vec![command]]
     };
     match method {
         Method::PillowSeq => pillow(1),
         Method::PillowMp => pillow(options.workers),
+        Method::Served => unreachable!("the served pipeline is not a local command"),
         Method::Prism => {
             let mut command = Command::new(&options.tools.prism);
             command
@@ -474,15 +732,6 @@ fn named_outputs(out: &Path, photos: &[Photo]) -> Outputs {
             (photo.file.clone(), files)
         })
         .collect()
-}
-
-/// Prism's outputs, from the results it wrote to OUT/results.jsonl (a deduplicated upload names
-/// the same objects as its twin's).
-fn prism_outputs(out: &Path) -> anyhow::Result<Outputs> {
-    let path = out.join("results.jsonl");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    parse_prism_results(&text, out)
 }
 
 #[derive(Deserialize)]
@@ -636,11 +885,64 @@ fn goals(methods: &[MethodResult]) -> Vec<Goal> {
     goals
 }
 
-/// The table and the goals, as printed.
-pub fn render_table(report: &Report) -> String {
-    let mut text = format!(
+/// The charts of a run, as (file stem, SVG): per-image time per method, and, with more than one
+/// replica count, the served pipeline's images/s against its replicas beside the ideal line.
+pub fn charts(report: &Report) -> anyhow::Result<Vec<(String, String)>> {
+    let images = report.dataset.images;
+    let with_times: Vec<(String, Vec<f64>)> = report
+        .methods
+        .iter()
+        .filter(|m| m.image_ms.is_some())
+        .map(|m| {
+            let times = m.runs.iter().flat_map(|r| r.image_ms.iter().copied());
+            (m.name.clone(), times.collect())
+        })
+        .collect();
+    let mut charts = Vec::new();
+    if !with_times.is_empty() {
+        let title = format!("Per-image time, {images} photos");
+        let svg = charts::box_plot(&charts::BoxPlot {
+            title: &title,
+            y_label: "ms per image (own work)",
+            groups: with_times,
+        })?;
+        charts.push((format!("thumbnails-{images}-per-image"), svg));
+    }
+    let served: Vec<(f64, f64)> = report
+        .methods
+        .iter()
+        .filter_map(|m| Some((m.replicas? as f64, m.images_per_s)))
+        .collect();
+    if let [(one, rate), _, ..] = served[..] {
+        let last = served.iter().map(|p| p.0).fold(one, f64::max);
+        let title = format!("Served pipeline scalability, {images} photos");
+        let svg = charts::line_chart(&charts::LineChart {
+            title: &title,
+            x_label: "thumbnail replicas",
+            y_label: "images/s",
+            series: vec![
+                charts::Series {
+                    name: "measured".into(),
+                    points: served,
+                    reference: false,
+                },
+                charts::Series {
+                    name: "ideal (linear from the first)".into(),
+                    points: vec![(one, rate), (last, rate * last / one)],
+                    reference: true,
+                },
+            ],
+        })?;
+        charts.push((format!("thumbnails-{images}-scalability"), svg));
+    }
+    Ok(charts)
+}
+
+/// What was measured, in a sentence.
+pub fn describe(report: &Report) -> String {
+    format!(
         "{} images ({} distinct, {:.1}-{:.1} MP, mean {:.1} MP, {:.0} MiB), thumbnails {:?} px as JPEG q{} + WebP q{}, \
-         {} workers, medians of {} rounds\n{} ({} cores, {:.0} GiB), {}\n\n",
+         {} workers, medians of {} rounds; {} ({} cores, {:.0} GiB), {}",
         report.dataset.images,
         report.dataset.distinct,
         report.dataset.megapixels_min,
@@ -656,37 +958,77 @@ pub fn render_table(report: &Report) -> String {
         report.machine.cores,
         report.machine.memory_gib,
         report.date,
-    );
-    text.push_str(&format!(
-        "{:<11} {:>7} {:>9} {:>7} {:>11} {:>12} {:>9}\n",
-        "method", "wall s", "images/s", "CPU s", "CPU s/image", "peak RSS MiB", "load"
-    ));
+    )
+}
+
+/// The figures of every method, one row each.
+pub fn table(report: &Report) -> Table {
+    let mut table = Table::new(&[
+        "method",
+        "wall s",
+        "images/s",
+        "CPU s",
+        "CPU s/image",
+        &format!("$/1000 images at ${}/vCPU-h", report.vcpu_hour_usd),
+        "per image p50 ms",
+        "p99 ms",
+        "peak RSS MiB",
+        "load",
+    ]);
     for m in &report.methods {
-        let load = median(m.runs.iter().filter_map(|r| r.load_before));
-        text.push_str(&format!(
-            "{:<11} {:>7.2} {:>9.1} {:>7.2} {:>11.4} {:>12.1} {:>9.2}\n",
-            m.method.name(),
-            m.wall_s,
-            m.images_per_s,
-            m.cpu_s,
-            m.cpu_s_per_image,
-            m.peak_rss_mib,
-            load
-        ));
+        let (p50, p99) = m.image_ms.map_or_else(
+            || ("-".into(), "-".into()),
+            |p| (format!("{:.0}", p.p50), format!("{:.0}", p.p99)),
+        );
+        table.push(vec![
+            m.name.clone(),
+            format!("{:.2}", m.wall_s),
+            format!("{:.1}", m.images_per_s),
+            format!("{:.2}", m.cpu_s),
+            format!("{:.4}", m.cpu_s_per_image),
+            format!("{:.5}", m.usd_per_1000_images),
+            p50,
+            p99,
+            format!("{:.1}", m.peak_rss_mib),
+            format!("{:.2}", median(m.runs.iter().filter_map(|r| r.load_before))),
+        ]);
     }
-    text.push_str(
-        "\npeak RSS: the largest sum of the resident sets of a method's processes, sampled every 20 ms; \
-         load: 1-minute load average before each run (median)\n",
+    table
+}
+
+pub const NOTES: &str = "per image: each image's own work (Pillow: open to last save; Prism: the stage's processing_ms), \
+     over every round; $/1000 images: CPU-seconds at the price per vCPU-hour; peak RSS: the largest sum of the resident sets of \
+     a method's processes, sampled every 20 ms (served: the sum of the services' own peaks; the servers are not counted); \
+     load: 1-minute load average before each run (median)";
+
+/// The goals of issue #13, one line each.
+pub fn goal_lines(report: &Report) -> Vec<String> {
+    report
+        .goals
+        .iter()
+        .map(|goal| {
+            format!(
+                "goal: {} = {:.2}x ({} {}x): {}",
+                goal.name,
+                goal.ratio,
+                goal.comparison,
+                goal.bound,
+                if goal.met { "met" } else { "NOT met" }
+            )
+        })
+        .collect()
+}
+
+/// The table and the goals, as printed.
+pub fn render_table(report: &Report) -> String {
+    let mut text = format!(
+        "{}\n\n{}\n{NOTES}\n",
+        describe(report),
+        table(report).text()
     );
-    for goal in &report.goals {
-        text.push_str(&format!(
-            "goal: {} = {:.2}x ({} {}x): {}\n",
-            goal.name,
-            goal.ratio,
-            goal.comparison,
-            goal.bound,
-            if goal.met { "met" } else { "NOT met" }
-        ));
+    for line in goal_lines(report) {
+        text.push_str(&line);
+        text.push('\n');
     }
     text
 }
@@ -727,6 +1069,46 @@ mod tests {
     }
 
     #[test]
+    fn per_image_times_from_pillow_and_prism_skip_copies() {
+        let pillow = "0.095000\t/set/IMG_0001.jpg\n0.120500\t/set/IMG_0002.jpg\n";
+        assert_eq!(pillow_image_ms(pillow).unwrap(), [95.0, 120.5]);
+        assert!(pillow_image_ms("0.1 no tab\n").is_err());
+        let prism = concat!(
+            r#"{"deduplicated":false,"timings":{"processing_ms":87}}"#,
+            "\n",
+            r#"{"deduplicated":true,"timings":{"processing_ms":2}}"#,
+        );
+        assert_eq!(prism_image_ms(prism).unwrap(), [87.0]);
+    }
+
+    #[test]
+    fn percentiles_and_cost_per_thousand_images() {
+        let times: Vec<f64> = (1..=100).map(f64::from).collect();
+        let p = Percentiles::of(&times).unwrap();
+        assert_eq!(p.count, 100);
+        assert!(
+            (p.p50 - 50.0).abs() < 0.1 && (p.p99 - 99.0).abs() < 0.1,
+            "{p:?}"
+        );
+        assert!(Percentiles::of(&[]).is_none());
+        let run = Run {
+            wall_s: 10.0,
+            cpu_s: 36.0,
+            peak_rss_mib: 1.0,
+            sum_of_process_peaks_mib: 1.0,
+            load_before: None,
+            load_after: None,
+            image_ms: Vec::new(),
+        };
+        // 36 CPU-s for 100 images: 360 CPU-s, a tenth of a vCPU-hour, per 1,000.
+        let result =
+            MethodResult::new(Method::Served, Some(2), String::new(), 100, 0.05, vec![run]);
+        assert!((result.usd_per_1000_images - 0.005).abs() < 1e-12);
+        assert_eq!(result.name, "served-2");
+        assert!(result.image_ms.is_none());
+    }
+
+    #[test]
     fn medians_of_odd_and_even_counts() {
         assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
         assert_eq!(median([4.0, 1.0, 2.0, 3.0].into_iter()), 2.5);
@@ -742,8 +1124,10 @@ mod tests {
             sum_of_process_peaks_mib: peak_rss_mib,
             load_before: None,
             load_after: None,
+            image_ms: vec![wall_s * 10.0],
         };
-        let result = |method, r: Run| MethodResult::new(method, String::new(), 100, vec![r]);
+        let result =
+            |method, r: Run| MethodResult::new(method, None, String::new(), 100, 0.04, vec![r]);
         let methods = [
             result(Method::PillowSeq, run(10.0, 10.0, 40.0)),
             result(Method::PillowMp, run(5.0, 10.5, 100.0)),

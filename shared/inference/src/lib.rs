@@ -5,6 +5,8 @@
 
 // SIMD intrinsics and uninitialised output buffers: the one place Prism needs unsafe code.
 #[allow(unsafe_code)]
+pub mod channels_last;
+#[allow(unsafe_code)]
 pub mod kernels;
 
 use sha2::{Digest, Sha256};

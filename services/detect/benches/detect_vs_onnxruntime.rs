@@ -58,7 +58,9 @@ fn main() -> anyhow::Result<()> {
         names.push(name);
     }
 
-    let prism = time_batches(&images, iterations, |batch| detector.detect(batch).map(drop))?;
+    let prism = time_batches(&images, iterations, |batch| {
+        detector.detect(batch).map(drop)
+    })?;
     let prism_detections = detector.detect(&images)?;
     let onnxruntime = run_onnxruntime(&python, &config, &images, iterations)?;
 

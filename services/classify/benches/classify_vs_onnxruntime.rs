@@ -9,15 +9,15 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, anyhow, bail};
 use image::RgbImage;
 use prism_classify::model::{Classifier, ClassifierConfig, INPUT_VALUES, fill_input, prism_home};
+use prism_inference::bench::{
+    BATCH, Timings, iterations, onnxruntime_python, print_table, time_batches,
+};
 use serde::Deserialize;
 
-const BATCH: usize = 8;
-const DEFAULT_ITERATIONS: usize = 10;
 const IMAGES: [&str; 2] = ["chelsea.png", "coffee.png"];
 
 /// What tools/onnxruntime_classify.py prints.
@@ -35,17 +35,9 @@ struct OnnxRuntimeResult {
 }
 
 fn main() -> anyhow::Result<()> {
-    let iterations = match std::env::var("BENCH_ITERATIONS") {
-        Ok(value) => value.parse().context("BENCH_ITERATIONS must be a number")?,
-        Err(_) => DEFAULT_ITERATIONS,
-    };
+    let iterations = iterations().map_err(|error| anyhow!(error))?;
+    let python = onnxruntime_python().map_err(|error| anyhow!(error))?;
     let home = prism_home();
-    let python = home.join("venv-onnxruntime/bin/python");
-    ensure!(
-        python.is_file(),
-        "{} is missing: run deploy/local/fetch-assets.sh --onnxruntime",
-        python.display()
-    );
     let config = ClassifierConfig::default();
     let classifier = Classifier::load(&config)?;
     let mut images = Vec::new();
@@ -58,34 +50,22 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
-    let (batch1_ms, batch_ms) = time_prism(&classifier, &images, iterations)?;
+    let prism = time_batches(&images, iterations, |batch| {
+        classifier.classify(batch).map(drop)
+    })?;
     let onnxruntime = run_onnxruntime(&python, &config, &images, iterations)?;
 
-    println!(
-        "EfficientNet-Lite0, 224x224 input, images {}, median of {iterations} rounds, {} CPU threads\n",
-        IMAGES.join(", "),
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    );
-    println!(
-        "{:<34} {:>16} {:>18} {:>8}",
-        "", "Prism", onnxruntime.runtime, "ratio"
-    );
-    let row = |label: &str, prism: f64, other: f64| {
-        println!(
-            "{label:<34} {prism:>16.1} {other:>18.1} {:>7.2}x",
-            prism / other
-        );
-    };
-    row(
-        "batch 1 latency (ms/image)",
-        batch1_ms,
-        onnxruntime.batch1_median_ms,
-    );
-    let throughput = |batch_ms: f64| BATCH as f64 * 1000.0 / batch_ms;
-    row(
-        &format!("batch {BATCH} throughput (images/s)"),
-        throughput(batch_ms),
-        throughput(onnxruntime.batch_median_ms),
+    print_table(
+        &format!(
+            "EfficientNet-Lite0, 224x224 input, images {}, median of {iterations} rounds",
+            IMAGES.join(", ")
+        ),
+        prism,
+        &onnxruntime.runtime,
+        Timings {
+            batch1_ms: onnxruntime.batch1_median_ms,
+            batch_ms: onnxruntime.batch_median_ms,
+        },
     );
     println!();
     for (index, name) in IMAGES.iter().enumerate() {
@@ -102,30 +82,6 @@ fn main() -> anyhow::Result<()> {
         println!("{name}: max |probability difference| on Prism's input {difference:.2e}");
     }
     Ok(())
-}
-
-fn time_prism(
-    classifier: &Classifier,
-    images: &[RgbImage],
-    iterations: usize,
-) -> anyhow::Result<(f64, f64)> {
-    classifier.classify(&images[..1])?; // warm-up: first-touch allocations
-    let mut latencies = Vec::new();
-    for _ in 0..iterations {
-        for image in images {
-            let start = Instant::now();
-            classifier.classify(std::slice::from_ref(image))?;
-            latencies.push(start.elapsed().as_secs_f64() * 1000.0);
-        }
-    }
-    let batch: Vec<RgbImage> = images.iter().cycle().take(BATCH).cloned().collect();
-    let mut batch_times = Vec::new();
-    for _ in 0..iterations {
-        let start = Instant::now();
-        classifier.classify(&batch)?;
-        batch_times.push(start.elapsed().as_secs_f64() * 1000.0);
-    }
-    Ok((median(&mut latencies), median(&mut batch_times)))
 }
 
 /// onnxruntime decodes the same files with Pillow (the timings start after decoding) and also
@@ -174,9 +130,4 @@ fn run_onnxruntime(
         );
     }
     serde_json::from_slice(&output.stdout).context("reading the onnxruntime tool's output")
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }

@@ -8,17 +8,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, anyhow, bail, ensure};
 use image::RgbImage;
 use prism_detect::model::{
     Detection, Detector, DetectorConfig, Letterbox, fill_letterboxed, prism_home,
 };
+use prism_inference::bench::{
+    BATCH, Timings, iterations, onnxruntime_python, print_table, time_batches,
+};
 use serde::Deserialize;
 
-const BATCH: usize = 8;
-const DEFAULT_ITERATIONS: usize = 10;
 /// bike.jpg is optional in the cache.
 const IMAGES: [(&str, bool); 3] = [("bus.jpg", true), ("zidane.jpg", true), ("bike.jpg", false)];
 
@@ -31,23 +31,10 @@ struct OnnxRuntimeRun {
     detections: Vec<Vec<Detection>>,
 }
 
-struct Timings {
-    batch1_ms: f64,
-    batch_ms: f64,
-}
-
 fn main() -> anyhow::Result<()> {
-    let iterations = match std::env::var("BENCH_ITERATIONS") {
-        Ok(value) => value.parse().context("BENCH_ITERATIONS must be a number")?,
-        Err(_) => DEFAULT_ITERATIONS,
-    };
+    let iterations = iterations().map_err(|error| anyhow!(error))?;
+    let python = onnxruntime_python().map_err(|error| anyhow!(error))?;
     let home = prism_home();
-    let python = home.join("venv-onnxruntime/bin/python");
-    ensure!(
-        python.is_file(),
-        "{} is missing: run deploy/local/fetch-assets.sh --onnxruntime",
-        python.display()
-    );
     let config = DetectorConfig::default();
     let detector = Detector::load(&config)?;
 
@@ -71,37 +58,24 @@ fn main() -> anyhow::Result<()> {
         names.push(name);
     }
 
-    let prism = time_prism(&detector, &images, iterations)?;
+    let prism = time_batches(&images, iterations, |batch| {
+        detector.detect(batch).map(drop)
+    })?;
     let prism_detections = detector.detect(&images)?;
     let onnxruntime = run_onnxruntime(&python, &config, &images, iterations)?;
 
-    println!(
-        "YOLOv8n, {}x{} input, images {}, median of {iterations} rounds, {} CPU threads\n",
-        config.input_size,
-        config.input_size,
-        names.join(", "),
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    );
-    println!(
-        "{:<34} {:>16} {:>18} {:>8}",
-        "", "Prism", onnxruntime.runtime, "ratio"
-    );
-    let row = |label: &str, prism: f64, other: f64| {
-        println!(
-            "{label:<34} {prism:>16.1} {other:>18.1} {:>7.2}x",
-            prism / other
-        );
-    };
-    row(
-        "batch 1 latency (ms/image)",
-        prism.batch1_ms,
-        onnxruntime.batch1_median_ms,
-    );
-    let throughput = |batch_ms: f64| BATCH as f64 * 1000.0 / batch_ms;
-    row(
-        &format!("batch {BATCH} throughput (images/s)"),
-        throughput(prism.batch_ms),
-        throughput(onnxruntime.batch_median_ms),
+    print_table(
+        &format!(
+            "YOLOv8n, {0}x{0} input, images {1}, median of {iterations} rounds",
+            config.input_size,
+            names.join(", ")
+        ),
+        prism,
+        &onnxruntime.runtime,
+        Timings {
+            batch1_ms: onnxruntime.batch1_median_ms,
+            batch_ms: onnxruntime.batch_median_ms,
+        },
     );
     println!(
         "(onnxruntime runs the batch as {BATCH} single-image runs: the export's batch is fixed at 1)\n"
@@ -127,33 +101,6 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn time_prism(
-    detector: &Detector,
-    images: &[RgbImage],
-    iterations: usize,
-) -> anyhow::Result<Timings> {
-    detector.detect(&images[..1])?; // warm-up: first-touch allocations
-    let mut latencies = Vec::new();
-    for _ in 0..iterations {
-        for image in images {
-            let start = Instant::now();
-            detector.detect(std::slice::from_ref(image))?;
-            latencies.push(start.elapsed().as_secs_f64() * 1000.0);
-        }
-    }
-    let batch: Vec<RgbImage> = images.iter().cycle().take(BATCH).cloned().collect();
-    let mut batch_times = Vec::new();
-    for _ in 0..iterations {
-        let start = Instant::now();
-        detector.detect(&batch)?;
-        batch_times.push(start.elapsed().as_secs_f64() * 1000.0);
-    }
-    Ok(Timings {
-        batch1_ms: median(&mut latencies),
-        batch_ms: median(&mut batch_times),
-    })
 }
 
 fn run_onnxruntime(
@@ -239,9 +186,4 @@ fn agreement(ours: &[Detection], theirs: &[Detection]) -> String {
         "{} detections, same classes; max box difference {box_px:.4} px, max confidence difference {confidence:.6}",
         ours.len()
     )
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }

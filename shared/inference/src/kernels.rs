@@ -4,8 +4,10 @@
 //!
 //! - [`Conv2d`]: a convolution as tiled GEMMs with the bias and activation (SiLU, ReLU6 or none)
 //!   fused in; padding centred (`kernel / 2`, PyTorch's) or TensorFlow's "SAME" ([`Padding`]).
-//! - [`DepthwiseConv2d`]: one filter per channel (MobileNet-style blocks), same epilogues.
-//! - [`max_pool_same`], [`global_average_pool`], [`FeatureMap::concat`], [`FeatureMap::upsample2`].
+//! - [`max_pool_same`], [`FeatureMap::concat`], [`FeatureMap::upsample2`].
+//!
+//! EfficientNet-Lite0's 1x1 and depthwise convolutions run channels-last instead
+//! ([`crate::channels_last`]).
 //!
 //! Why own kernels instead of candle's ops (measured on YOLOv8n): profiling the candle port
 //! (perf, 2 cores, batch 1, 360 ms/image) showed about half the time in candle's im2col copy
@@ -142,15 +144,6 @@ pub fn max_pool_same(input: &[f32], shape: Shape, kernel: usize, output: &mut [f
     }
 }
 
-/// Global average pooling: the mean of each channel's plane.
-pub fn global_average_pool(map: &FeatureMap) -> Vec<f32> {
-    let plane = map.shape.plane();
-    map.values
-        .chunks_exact(plane)
-        .map(|values| values.iter().sum::<f32>() / plane as f32)
-        .collect()
-}
-
 /// What follows a convolution's bias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -188,7 +181,7 @@ pub enum Padding {
 
 impl Padding {
     /// Output extent and the zeros before the input along one axis.
-    fn axis(self, extent: usize, kernel: usize, stride: usize) -> (usize, usize) {
+    pub(crate) fn axis(self, extent: usize, kernel: usize, stride: usize) -> (usize, usize) {
         match self {
             Padding::Centered => {
                 let before = kernel / 2;
@@ -205,7 +198,7 @@ impl Padding {
 
 /// Output positions `first..end` along one axis whose input position `out * stride + tap - pad`
 /// lies inside `0..extent` (an empty range when none does).
-fn inside(
+pub(crate) fn inside(
     extent: usize,
     out_extent: usize,
     tap: usize,
@@ -488,131 +481,6 @@ impl Conv2d {
     }
 }
 
-/// A depthwise convolution: every channel convolved with its own `kernel x kernel` filter (ONNX
-/// `Conv` with `group = channels`), then bias and the activation.
-///
-/// Each output row is accumulated tap by tap from whole input rows (contiguous for stride 1,
-/// every other value for stride 2), so the inner loops vectorise; channels run in parallel.
-pub struct DepthwiseConv2d {
-    /// `[channels][kernel * kernel]`: the ONNX layout `[channels, 1, kernel, kernel]` flattened.
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-    kernel: usize,
-    stride: usize,
-    padding: Padding,
-    activation: Activation,
-}
-
-/// Channels per parallel task of a depthwise convolution (small planes are cheap).
-const DEPTHWISE_MIN_CHANNELS: usize = 8;
-
-impl DepthwiseConv2d {
-    /// `weight` is `[channels, 1, kernel, kernel]` flattened, `bias` has one value per channel.
-    pub fn new(
-        weight: Vec<f32>,
-        bias: Vec<f32>,
-        kernel: usize,
-        stride: usize,
-        padding: Padding,
-        activation: Activation,
-    ) -> Self {
-        assert_eq!(weight.len(), bias.len() * kernel * kernel, "weight shape");
-        assert!(
-            kernel > 0 && stride > 0,
-            "kernel and stride must be positive"
-        );
-        Self {
-            weight,
-            bias,
-            kernel,
-            stride,
-            padding,
-            activation,
-        }
-    }
-
-    pub fn channels(&self) -> usize {
-        self.bias.len()
-    }
-
-    pub fn output_shape(&self, input: Shape) -> Shape {
-        let size = |extent: usize| self.padding.axis(extent, self.kernel, self.stride).0;
-        Shape {
-            channels: self.channels(),
-            height: size(input.height),
-            width: size(input.width),
-        }
-    }
-
-    pub fn forward(&self, input: &FeatureMap) -> FeatureMap {
-        let mut output = FeatureMap::zeros(self.output_shape(input.shape));
-        self.run(&input.values, input.shape, &mut output.values);
-        output
-    }
-
-    /// Convolves one image of `shape` into `output` (`output_shape(shape).count()` values).
-    pub fn run(&self, input: &[f32], shape: Shape, output: &mut [f32]) {
-        assert_eq!(shape.channels, self.channels(), "input channels");
-        assert_eq!(input.len(), shape.count(), "input size");
-        let out = self.output_shape(shape);
-        assert_eq!(output.len(), out.count(), "output size");
-        let (kernel, stride) = (self.kernel, self.stride);
-        let pad_top = self.padding.axis(shape.height, kernel, stride).1;
-        let pad_left = self.padding.axis(shape.width, kernel, stride).1;
-        // Per tap: the output columns it reaches and where in the input row they start.
-        let columns: Vec<(usize, usize, usize)> = (0..kernel)
-            .map(|kx| {
-                let (first, end) = inside(shape.width, out.width, kx, stride, pad_left);
-                let source = (first * stride + kx).saturating_sub(pad_left);
-                (first, end, source)
-            })
-            .collect();
-
-        output
-            .par_chunks_mut(out.plane())
-            .zip(input.par_chunks(shape.plane()))
-            .zip(
-                self.weight
-                    .par_chunks(kernel * kernel)
-                    .zip(self.bias.par_iter()),
-            )
-            .with_min_len(DEPTHWISE_MIN_CHANNELS)
-            .for_each(|((target, plane), (filter, &bias))| {
-                for (oy, row) in target.chunks_exact_mut(out.width).enumerate() {
-                    row.fill(0.0);
-                    for (ky, taps) in filter.chunks_exact(kernel).enumerate() {
-                        let Some(y) = (oy * stride + ky)
-                            .checked_sub(pad_top)
-                            .filter(|&y| y < shape.height)
-                        else {
-                            continue;
-                        };
-                        let source_row = &plane[y * shape.width..][..shape.width];
-                        for (&weight, &(first, end, source)) in taps.iter().zip(&columns) {
-                            if first == end {
-                                continue;
-                            }
-                            let source = &source_row[source..];
-                            let row = &mut row[first..end];
-                            if stride == 1 {
-                                for (value, &pixel) in row.iter_mut().zip(source) {
-                                    *value += weight * pixel;
-                                }
-                            } else {
-                                for (value, &pixel) in
-                                    row.iter_mut().zip(source.iter().step_by(stride))
-                                {
-                                    *value += weight * pixel;
-                                }
-                            }
-                        }
-                    }
-                    self.activation.apply(row, bias);
-                }
-            });
-    }
-}
-
 /// One stride-1 im2col row: `target[(y, x)] = plane[(first_y + y, x + dx)]`, 0 outside the plane.
 /// Output and input rows have the same width, so this is one copy of the plane shifted by
 /// `first_y * width + dx` instead of a copy per row.
@@ -674,9 +542,14 @@ fn add_bias_silu_avx2(values: &mut [f32], bias: f32) {
 #[inline(always)]
 fn add_bias_silu_portable(values: &mut [f32], bias: f32) {
     for value in values {
-        let x = *value + bias;
-        *value = x / (1.0 + exp(-x));
+        *value = silu(*value + bias);
     }
+}
+
+/// `x * sigmoid(x)`, branch-free so loops over it vectorise.
+#[inline(always)]
+pub(crate) fn silu(x: f32) -> f32 {
+    x / (1.0 + exp(-x))
 }
 
 /// `e^x` within about 2 ulp, as a polynomial (Cephes' `expf`): `2^n * e^r` with
@@ -706,13 +579,13 @@ fn exp(x: f32) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Direct definition of a padded convolution, to check the GEMM and depthwise versions
     /// against; `depthwise` gives each output channel only its own input channel.
     #[allow(clippy::too_many_arguments)]
-    fn reference_conv(
+    pub(crate) fn reference_conv(
         weight: &[f32],
         bias: &[f32],
         input: &[f32],
@@ -785,7 +658,7 @@ mod tests {
     }
 
     /// Deterministic values in -1..1.
-    fn values(count: usize, seed: u32) -> Vec<f32> {
+    pub(crate) fn values(count: usize, seed: u32) -> Vec<f32> {
         (0..count as u32)
             .map(|i| {
                 let hash = (i ^ seed)
@@ -797,7 +670,7 @@ mod tests {
             .collect()
     }
 
-    fn assert_close(case: &str, got: &[f32], want: &[f32]) {
+    pub(crate) fn assert_close(case: &str, got: &[f32], want: &[f32]) {
         assert_eq!(got.len(), want.len(), "{case}");
         for (index, (got, want)) in got.iter().zip(want).enumerate() {
             assert!(
@@ -809,7 +682,8 @@ mod tests {
 
     /// Odd and even sizes and several tiles, so both paddings, strides and tile edges all show;
     /// and maps smaller than the kernel's reach.
-    const SHAPES: [(usize, usize, usize); 4] = [(5, 37, 23), (3, 1, 2), (4, 14, 14), (2, 16, 9)];
+    pub(crate) const SHAPES: [(usize, usize, usize); 4] =
+        [(5, 37, 23), (3, 1, 2), (4, 14, 14), (2, 16, 9)];
 
     #[test]
     fn convolutions_match_the_definition() {
@@ -846,39 +720,6 @@ mod tests {
     }
 
     #[test]
-    fn depthwise_convolutions_match_the_definition() {
-        for (channels, height, width) in SHAPES {
-            let shape = Shape {
-                channels,
-                height,
-                width,
-            };
-            let input = values(shape.count(), 4);
-            for padding in [Padding::Centered, Padding::TfSame] {
-                for (kernel, stride) in [(3, 1), (3, 2), (5, 1), (5, 2), (1, 1)] {
-                    let weight = values(channels * kernel * kernel, 5);
-                    let bias = values(channels, 6);
-                    let conv = DepthwiseConv2d::new(
-                        weight.clone(),
-                        bias.clone(),
-                        kernel,
-                        stride,
-                        padding,
-                        Activation::Identity,
-                    );
-                    let output = conv.forward(&FeatureMap::new(shape, input.clone()));
-                    let expected = reference_conv(
-                        &weight, &bias, &input, shape, kernel, stride, padding, true,
-                    );
-                    let case = format!("depthwise {shape:?} k{kernel} s{stride} {padding:?}");
-                    assert_eq!(output.shape.channels, channels, "{case}");
-                    assert_close(&case, &output.values, &expected);
-                }
-            }
-        }
-    }
-
-    #[test]
     fn tf_same_pads_after_when_odd() {
         // 224 -> 112 with a stride-2 3x3: one zero row and column after, none before.
         assert_eq!(Padding::TfSame.axis(224, 3, 2), (112, 0));
@@ -898,29 +739,6 @@ mod tests {
         let conv = Conv2d::new(vec![2.0], vec![0.5], 1, 1, 1, Activation::Relu6);
         let output = conv.forward(&FeatureMap::new(shape, vec![-1.0, 0.0, 1.0, 10.0]));
         assert_eq!(output.values, [0.0, 0.5, 2.5, 6.0]);
-        let depthwise = DepthwiseConv2d::new(
-            vec![2.0],
-            vec![0.5],
-            1,
-            1,
-            Padding::TfSame,
-            Activation::Relu6,
-        );
-        let output = depthwise.forward(&FeatureMap::new(shape, vec![-1.0, 0.0, 1.0, 10.0]));
-        assert_eq!(output.values, [0.0, 0.5, 2.5, 6.0]);
-    }
-
-    #[test]
-    fn global_average_pool_takes_each_planes_mean() {
-        let map = FeatureMap::new(
-            Shape {
-                channels: 2,
-                height: 2,
-                width: 2,
-            },
-            vec![1.0, 2.0, 3.0, 6.0, -1.0, -1.0, -1.0, -1.0],
-        );
-        assert_eq!(global_average_pool(&map), [3.0, -1.0]);
     }
 
     #[test]

@@ -4,11 +4,15 @@
 //! nothing here knows a model, an image format or a message.
 
 // SIMD intrinsics and uninitialised output buffers: the one place Prism needs unsafe code.
+#[cfg(feature = "bench")]
+pub mod bench;
+#[allow(unsafe_code)]
+pub mod channels_last;
 #[allow(unsafe_code)]
 pub mod kernels;
 
 use sha2::{Digest, Sha256};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// A fetched file's sha256 in hex, as the configuration pins it: a model refuses other weights.
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -16,6 +20,19 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .iter()
         .map(|byte| format!("{byte:02x}"))
         .collect()
+}
+
+/// Reads a model's fetched file (weights, labels) whole; the error, built by `missing` when there
+/// is no such file (fetch-assets.sh has not run) and by `unreadable` otherwise, is the model's.
+pub fn read_model_file<E>(
+    path: &Path,
+    missing: impl FnOnce(PathBuf) -> E,
+    unreadable: impl FnOnce(PathBuf, std::io::Error) -> E,
+) -> Result<Vec<u8>, E> {
+    std::fs::read(path).map_err(|error| match error.kind() {
+        std::io::ErrorKind::NotFound => missing(path.to_owned()),
+        _ => unreadable(path.to_owned(), error),
+    })
 }
 
 /// The runtime cache (`$PRISM_HOME`, default `$HOME/.cache/prism`) that

@@ -1,11 +1,11 @@
 //! EfficientNet-Lite0 (Tan & Le's EfficientNet-B0 made friendly to integer accelerators: no
 //! squeeze-excitation, ReLU6 instead of swish, stem and head not scaled), with the weight names of
 //! the lukemelas/EfficientNet-PyTorch state dict. BatchNorm (eps 1e-3) is folded into each
-//! convolution at load; padding is TensorFlow's "SAME". Runs on [`prism_inference::kernels`].
+//! convolution at load; padding is TensorFlow's "SAME". Runs on the channels-last kernels,
+//! [`prism_inference::channels_last`]: its 1x1 and depthwise convolutions are fastest that way.
 
-use prism_inference::kernels::{
-    Activation, Conv2d, DepthwiseConv2d, FeatureMap, Padding, Shape, global_average_pool,
-};
+use prism_inference::channels_last::{ChannelsLastConv, ChannelsLastDepthwise, ChannelsLastMap};
+use prism_inference::kernels::{Activation, Padding, Shape};
 use rayon::prelude::*;
 
 use super::{ModelError, Weights};
@@ -30,11 +30,11 @@ const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
 ];
 
 pub struct EfficientNetLite0 {
-    stem: Conv2d,
+    stem: ChannelsLastConv,
     blocks: Vec<MbConv>,
-    head: Conv2d,
+    head: ChannelsLastConv,
     /// The classifier as a 1x1 convolution over the pooled 1x1 map.
-    fc: Conv2d,
+    fc: ChannelsLastConv,
 }
 
 impl EfficientNetLite0 {
@@ -63,12 +63,13 @@ impl EfficientNetLite0 {
         }
         let last = STAGES[STAGES.len() - 1].5;
         let head = conv_bn(w, "_conv_head", "_bn1", [last, HEAD_CHANNELS], 1, 1)?;
-        let fc = Conv2d::new(
-            w.take("_fc.weight", &[CLASSES, HEAD_CHANNELS])?,
+        let fc = ChannelsLastConv::new(
+            &w.take("_fc.weight", &[CLASSES, HEAD_CHANNELS])?,
             w.take("_fc.bias", &[CLASSES])?,
             HEAD_CHANNELS,
             1,
             1,
+            Padding::TfSame,
             Activation::Identity,
         );
         weights.finish()?;
@@ -103,19 +104,19 @@ impl EfficientNetLite0 {
     }
 
     fn forward_image(&self, image: &[f32], shape: Shape) -> Vec<f32> {
-        let mut x = FeatureMap::zeros(self.stem.output_shape(shape));
-        self.stem.run(image, shape, &mut x.values);
+        let mut x = self
+            .stem
+            .forward(&ChannelsLastMap::from_planes(image, shape));
         for block in &self.blocks {
             x = block.forward(&x);
         }
-        let pooled = global_average_pool(&self.head.forward(&x));
-        let pooled = FeatureMap::new(
+        let pooled = ChannelsLastMap::new(
             Shape {
                 channels: HEAD_CHANNELS,
                 height: 1,
                 width: 1,
             },
-            pooled,
+            self.head.forward(&x).channel_means(),
         );
         self.fc.forward(&pooled).values
     }
@@ -124,9 +125,9 @@ impl EfficientNetLite0 {
 /// Mobile inverted bottleneck: 1x1 expansion (absent at ratio 1), depthwise convolution, 1x1
 /// projection without activation, and the input added back when the shape is kept.
 struct MbConv {
-    expand: Option<Conv2d>,
-    depthwise: DepthwiseConv2d,
-    project: Conv2d,
+    expand: Option<ChannelsLastConv>,
+    depthwise: ChannelsLastDepthwise,
+    project: ChannelsLastConv,
     residual: bool,
 }
 
@@ -158,8 +159,8 @@ impl MbConv {
             &format!("{prefix}._bn1"),
             [hidden, 1, kernel, kernel],
         )?;
-        let depthwise = DepthwiseConv2d::new(
-            weight,
+        let depthwise = ChannelsLastDepthwise::new(
+            &weight,
             bias,
             kernel,
             stride,
@@ -172,7 +173,15 @@ impl MbConv {
             &format!("{prefix}._bn2"),
             [out_channels, hidden, 1, 1],
         )?;
-        let project = Conv2d::new(weight, bias, hidden, 1, 1, Activation::Identity);
+        let project = ChannelsLastConv::new(
+            &weight,
+            bias,
+            hidden,
+            1,
+            1,
+            Padding::TfSame,
+            Activation::Identity,
+        );
         Ok(Self {
             expand,
             depthwise,
@@ -181,7 +190,7 @@ impl MbConv {
         })
     }
 
-    fn forward(&self, input: &FeatureMap) -> FeatureMap {
+    fn forward(&self, input: &ChannelsLastMap) -> ChannelsLastMap {
         let expanded;
         let hidden = match &self.expand {
             Some(expand) => {
@@ -190,13 +199,12 @@ impl MbConv {
             }
             None => input,
         };
-        let mut output = self.project.forward(&self.depthwise.forward(hidden));
+        let filtered = self.depthwise.forward(hidden);
         if self.residual {
-            for (value, skip) in output.values.iter_mut().zip(&input.values) {
-                *value += skip;
-            }
+            self.project.forward_adding(&filtered, input)
+        } else {
+            self.project.forward(&filtered)
         }
-        output
     }
 }
 
@@ -209,17 +217,22 @@ fn conv_bn(
     [in_channels, out_channels]: [usize; 2],
     kernel: usize,
     stride: usize,
-) -> Result<Conv2d, ModelError> {
+) -> Result<ChannelsLastConv, ModelError> {
     let (weight, bias) = folded(
         weights,
         conv,
         bn,
         [out_channels, in_channels, kernel, kernel],
     )?;
-    Ok(
-        Conv2d::new(weight, bias, in_channels, kernel, stride, Activation::Relu6)
-            .with_padding(Padding::TfSame),
-    )
+    Ok(ChannelsLastConv::new(
+        &weight,
+        bias,
+        in_channels,
+        kernel,
+        stride,
+        Padding::TfSame,
+        Activation::Relu6,
+    ))
 }
 
 /// `{conv}.weight` of `shape` with the BatchNorm `{bn}` folded in: every output channel's filter

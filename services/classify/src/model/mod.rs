@@ -23,7 +23,7 @@ pub use efficientnet::{BN_EPSILON, CLASSES, EfficientNetLite0};
 pub use preprocess::{CenterCrop, INPUT_SIZE, INPUT_VALUES, MEAN, RESIZE_SHORTER, STD, fill_input};
 /// Where `deploy/local/fetch-assets.sh` puts the weights (`$PRISM_HOME`).
 pub use prism_inference::prism_home;
-use prism_inference::sha256_hex;
+use prism_inference::{read_model_file, sha256_hex};
 pub use weights::Weights;
 
 /// File name of the converted EfficientNet-Lite0 weights inside `$PRISM_HOME/models`.
@@ -278,15 +278,11 @@ fn parse_labels(path: &Path, bytes: &[u8]) -> Result<Vec<String>, ModelError> {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, ModelError> {
-    std::fs::read(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => ModelError::FileMissing {
-            path: path.to_owned(),
-        },
-        _ => ModelError::Read {
-            path: path.to_owned(),
-            source,
-        },
-    })
+    read_model_file(
+        path,
+        |path| ModelError::FileMissing { path },
+        |path, source| ModelError::Read { path, source },
+    )
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ mod postprocess;
 mod weights;
 mod yolo;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::Device;
 use rayon::prelude::*;
@@ -45,7 +45,7 @@ pub const DEFAULT_INPUT_SIZE: u32 = 640;
 
 /// Where `deploy/local/fetch-assets.sh` puts the weights (`$PRISM_HOME`).
 pub use prism_inference::prism_home;
-use prism_inference::sha256_hex;
+use prism_inference::{read_model_file, sha256_hex};
 
 #[derive(thiserror::Error, Debug)]
 pub enum ModelError {
@@ -174,7 +174,11 @@ impl Detector {
         if config.input_size == 0 || !config.input_size.is_multiple_of(largest_stride) {
             return Err(ModelError::InvalidInputSize(config.input_size));
         }
-        let bytes = read_weights_file(&config.weights)?;
+        let bytes = read_model_file(
+            &config.weights,
+            |path| ModelError::WeightsMissing { path },
+            |path, source| ModelError::ReadWeights { path, source },
+        )?;
         let weights_digest = sha256_hex(&bytes);
         let initializers =
             onnx::read_initializers(&bytes).map_err(|source| ModelError::InvalidOnnx {
@@ -248,16 +252,4 @@ impl Detector {
             .collect();
         Ok(detections)
     }
-}
-
-fn read_weights_file(path: &Path) -> Result<Vec<u8>, ModelError> {
-    std::fs::read(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => ModelError::WeightsMissing {
-            path: path.to_owned(),
-        },
-        _ => ModelError::ReadWeights {
-            path: path.to_owned(),
-            source,
-        },
-    })
 }

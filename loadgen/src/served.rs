@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 const DEADLINE: Duration = Duration::from_secs(180);
 
 /// The variables `deploy/local/servers.sh env` exports, without which nothing here can run.
-const SERVER_VARIABLES: [&str; 6] = [
+pub const SERVER_VARIABLES: [&str; 6] = [
     "PRISM_KAFKA__BROKERS",
     "PRISM_S3__ENDPOINT",
     "AWS_ACCESS_KEY_ID",

@@ -97,14 +97,7 @@ pub fn run_name() -> String {
 
 /// Settings from the real servers' environment plus this run's names; fails loudly without servers.
 pub fn settings_for(environment: &[(String, String)]) -> Settings {
-    for required in [
-        "PRISM_KAFKA__BROKERS",
-        "PRISM_S3__ENDPOINT",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "PRISM_COUCHDB__URL",
-        "PRISM_COUCHDB__PASSWORD",
-    ] {
+    for required in prism_loadgen::served::SERVER_VARIABLES {
         assert!(
             environment.iter().any(|(name, _)| name == required) || std::env::var(required).is_ok(),
             "{required} is not set: this test needs the real servers. Run `deploy/local/test.sh`, or \

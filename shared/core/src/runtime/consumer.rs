@@ -454,10 +454,11 @@ impl Settler {
                 attempts,
             )]
         });
+        let traceparent = hop.traceparent();
         for publication in &mut publications {
             publication
                 .traceparent
-                .get_or_insert_with(|| hop.traceparent());
+                .get_or_insert_with(|| traceparent.clone());
         }
         tracing::debug!(
             service = self.processor.name(),

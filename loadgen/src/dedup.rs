@@ -197,6 +197,7 @@ async fn time_admissions(
             key: key.clone(),
             etag: String::new(),
             size: *size,
+            batch_job: None,
         };
         let started = Instant::now();
         let hashed = buckets

@@ -223,6 +223,7 @@ impl Pipeline {
                 // Dedup learns the ETag of what it hashes.
                 etag: String::new(),
                 size: bytes.len() as u64,
+                batch_job: None,
             })
             .collect();
         crate::upload(&Buckets::s3(&self.settings.s3), bucket, objects, 8).await?;

@@ -356,6 +356,7 @@ async fn put(buckets: &Buckets, bucket: &str, key: String, bytes: Bytes) -> Sour
         // Dedup learns the ETag of what it hashes.
         etag: String::new(),
         size,
+        batch_job: None,
     }
 }
 

@@ -181,7 +181,9 @@ pub fn observer(settings: &Settings, run: &str) -> StreamConsumer {
         .set("session.timeout.ms", "6000")
         .create()
         .unwrap();
-    consumer.subscribe(&settings.topics.all()).unwrap();
+    let topics = settings.topics.all();
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).unwrap();
     consumer
 }
 

@@ -201,6 +201,7 @@ mod tests {
             key: "a.jpg".into(),
             etag: "e".into(),
             size: 1,
+            batch_job: None,
         };
         assert!(is_reemitted(&reemission(&object, Utc::now())));
         assert!(!is_reemitted(&UploadEvent::for_object(

@@ -210,7 +210,9 @@ impl Dedup {
             for ((stage, _), admission) in self.stages.iter().zip(admissions) {
                 tracing::debug!(key = %source.key, %stage, %hash, ?admission, "admitted");
                 let publication = match admission {
-                    Admission::Run(job) => Publication::json(topics.jobs(*stage), &hash.0, job),
+                    Admission::Run(job) => {
+                        Publication::json(&topics.jobs_for(*stage, &job.source), &hash.0, job)
+                    }
                     Admission::Done(result) => Publication::result(topics.results(*stage), result),
                     Admission::Failed(report) => dead_letter(
                         &topics.deadletter,
@@ -281,7 +283,8 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     service::serve(
         &settings,
         &backends,
-        &settings.topics.uploads,
+        &[settings.topics.uploads.clone()],
+        true,
         Arc::new(dedup),
         &settings.intake.dedup,
         shutdown,

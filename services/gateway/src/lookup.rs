@@ -82,6 +82,7 @@ impl Lookup {
             key: key.to_string(),
             etag: String::new(),
             size: 0,
+            batch_job: None,
         };
         let hashed = match self.buckets.hash(&object, self.max_bytes).await {
             Ok(hashed) => hashed,

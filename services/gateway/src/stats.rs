@@ -319,6 +319,7 @@ mod tests {
             key: key.into(),
             etag: "e".into(),
             size: 1,
+            batch_job: None,
         }
     }
 

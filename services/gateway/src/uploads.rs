@@ -121,6 +121,7 @@ impl App {
             key: key.to_string(),
             etag: hashed.etag,
             size: hashed.size,
+            batch_job: None,
         };
         if self.settings.gateway.announce_uploads {
             self.announce(&object, Some(&content_type), headers).await?;

@@ -94,6 +94,7 @@ pub async fn run(
         .map(|(topic, processor, intake)| {
             let consumer = ConsumerLoop {
                 subscriber: Box::new(bus.subscribe(&[&topic])),
+                batch_lane: None,
                 publisher: backends.publisher.clone(),
                 processor,
                 intake,

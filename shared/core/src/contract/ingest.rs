@@ -71,6 +71,13 @@ pub struct Record {
     pub event_time: String,
     pub event_name: String,
     pub s3: S3Entity,
+    /// Prism's own: the batch job whose listing announces the object (see [`SourceObject`]).
+    #[serde(
+        rename = "prismBatchJob",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub batch_job: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,6 +176,7 @@ impl UploadEvent {
                 key: decode_key(&object.key)?,
                 etag: object.e_tag.trim_matches('"').to_string(),
                 size: object.size,
+                batch_job: record.batch_job.clone(),
             });
         }
         Ok(objects)
@@ -189,6 +197,7 @@ impl UploadEvent {
                 event_source: "minio:s3".to_string(),
                 event_time: event_time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 event_name: EVENT_NAME.to_string(),
+                batch_job: object.batch_job.clone(),
                 s3: S3Entity {
                     bucket: BucketEntity {
                         name: object.bucket.clone(),
@@ -246,6 +255,7 @@ mod tests {
                 key: KEY.into(),
                 etag: "5d41402abc4b2a76b9719d911017c592".into(),
                 size: 48213,
+                batch_job: None,
             }]
         );
     }
@@ -409,6 +419,7 @@ mod tests {
             key: "dir/with space/ü.jpg".into(),
             etag: "abc".into(),
             size: 7,
+            batch_job: None,
         };
         let event = UploadEvent::for_object(&object, Some("image/jpeg"), Utc::now());
         let bytes = serde_json::to_vec(&event).unwrap();

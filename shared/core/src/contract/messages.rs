@@ -66,6 +66,11 @@ pub struct SourceObject {
     pub key: String,
     pub etag: String,
     pub size: u64,
+    /// The batch job that listed this object (`prism job submit`); `None` for an upload. Part of
+    /// the identity: a job's request for an object is not the upload of it, so each gets its own
+    /// result (the later one deduplicated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_job: Option<String>,
 }
 
 /// One object a stage wrote to the output bucket.

@@ -144,6 +144,7 @@ mod tests {
             key: "a b/c.jpg".into(),
             etag: "etag".into(),
             size: 10,
+            batch_job: None,
         }
     }
 

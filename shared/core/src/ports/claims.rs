@@ -571,6 +571,7 @@ mod tests {
                 key: key.into(),
                 etag: "e".into(),
                 size: 3,
+                batch_job: None,
             },
             received_at: Utc::now(),
         }

@@ -316,6 +316,7 @@ impl Buckets {
                             key: meta.location.to_string(),
                             etag: meta.e_tag.unwrap_or_default().trim_matches('"').to_string(),
                             size: meta.size,
+                            batch_job: None,
                         },
                         last_modified: meta.last_modified,
                     })
@@ -382,6 +383,7 @@ impl Buckets {
             key: key.to_string(),
             etag: self.etag(&meta),
             size: meta.size,
+            batch_job: None,
         })
     }
 
@@ -697,6 +699,7 @@ fn list_folder(dir: &std::path::Path, bucket: &str) -> Result<Listing, StoreErro
                     key,
                     etag: folder_etag(last_modified, metadata.len()),
                     size: metadata.len(),
+                    batch_job: None,
                 },
                 last_modified,
             });
@@ -853,6 +856,7 @@ async fn list_s3(
                         .trim_matches('"')
                         .to_string(),
                     size: content.size.unwrap_or_default(),
+                    batch_job: None,
                 },
                 last_modified,
             });

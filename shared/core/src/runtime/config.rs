@@ -5,8 +5,8 @@
 //! from a file (`PRISM_COUCHDB__PASSWORD_FILE`, for Docker and Kubernetes secrets) and never appear in
 //! `Debug` output or logs.
 
-use crate::contract::StageName;
 use crate::contract::stages::StageParams;
+use crate::contract::{SourceObject, StageName};
 use figment::{
     Figment, Provider,
     providers::{Env, Format, Serialized, Toml},
@@ -218,17 +218,55 @@ impl Topics {
         }
     }
 
-    pub fn all(&self) -> [&str; 8] {
-        [
-            &self.uploads,
-            &self.thumbnail_jobs,
-            &self.detect_jobs,
-            &self.classify_jobs,
-            &self.thumbnail_results,
-            &self.detect_results,
-            &self.classify_results,
-            &self.deadletter,
-        ]
+    /// The stage's jobs topic in `lane`.
+    pub fn jobs_in(&self, stage: StageName, lane: Lane) -> String {
+        lane.topic(self.jobs(stage))
+    }
+
+    /// The topic the work for `source` goes to: its stage's jobs topic in the source's lane.
+    pub fn jobs_for(&self, stage: StageName, source: &SourceObject) -> String {
+        self.jobs_in(stage, Lane::of(source))
+    }
+
+    /// Every topic Prism uses, both lanes of the work topics included.
+    pub fn all(&self) -> Vec<String> {
+        let work = std::iter::once(self.uploads.as_str())
+            .chain(StageName::ALL.map(|stage| self.jobs(stage)))
+            .flat_map(|topic| Lane::ALL.map(|lane| lane.topic(topic)));
+        let rest = StageName::ALL
+            .map(|stage| self.results(stage))
+            .into_iter()
+            .chain([self.deadletter.as_str()])
+            .map(str::to_string);
+        work.chain(rest).collect()
+    }
+}
+
+/// Which topics work travels on. A batch job's objects have work topics of their own (the
+/// interactive topic's name plus `.batch`), so a worker can take uploads first however long the
+/// job's queue is. Results and dead letters share one topic per kind: consumers see both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Interactive,
+    Batch,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 2] = [Lane::Interactive, Lane::Batch];
+
+    pub fn of(source: &SourceObject) -> Lane {
+        match source.batch_job {
+            Some(_) => Lane::Batch,
+            None => Lane::Interactive,
+        }
+    }
+
+    /// `topic` (an interactive work topic's name) in this lane.
+    pub fn topic(self, topic: &str) -> String {
+        match self {
+            Lane::Interactive => topic.to_string(),
+            Lane::Batch => format!("{topic}.batch"),
+        }
     }
 }
 

@@ -165,12 +165,55 @@ pub struct Stats {
 
 pub struct ConsumerLoop {
     pub subscriber: Box<dyn Subscriber>,
+    /// Batch jobs' work, taken only while `subscriber` (uploads) leaves a slot free; see
+    /// [`BatchLane`].
+    pub batch_lane: Option<BatchLane>,
     pub publisher: Arc<dyn Publisher>,
     pub processor: Arc<dyn Processor>,
     pub intake: Intake,
     pub settings: ConsumerSettings,
     pub deadletter_topic: String,
     pub stats: Arc<Stats>,
+}
+
+/// The lower-priority source of a service's work: batch jobs' topics
+/// ([`Lane::Batch`](crate::runtime::config::Lane)). The loop takes from it only when a batch slot
+/// is free and no upload is waiting, and keeps one slot more for uploads than batch work may use,
+/// so an upload arriving while batch work fills every slot starts at once (sharing the cores)
+/// instead of queueing behind the job.
+pub struct BatchLane {
+    pub subscriber: Box<dyn Subscriber>,
+    /// The topics `subscriber` reads: its acknowledgements go to it.
+    pub topics: Vec<String>,
+}
+
+/// Where the loop takes messages from, and where it acknowledges them.
+struct Sources<'a> {
+    interactive: &'a mut dyn Subscriber,
+    batch: Option<&'a mut BatchLane>,
+}
+
+impl Sources<'_> {
+    fn ack(&mut self, position: &Position) -> Result<(), BusError> {
+        match &mut self.batch {
+            Some(lane) if lane.topics.contains(&position.topic) => lane.subscriber.ack(position),
+            _ => self.interactive.ack(position),
+        }
+    }
+
+    fn is_batch(&self, delivery: &Delivery) -> bool {
+        self.batch
+            .as_ref()
+            .is_some_and(|lane| lane.topics.contains(&delivery.topic))
+    }
+}
+
+/// The batch lane's next message; never, without one.
+async fn next_batch(lane: &mut Option<&mut BatchLane>) -> Result<Delivery, BusError> {
+    match lane {
+        Some(lane) => lane.subscriber.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Retries stop early only for shutdown.
@@ -189,6 +232,7 @@ impl ConsumerLoop {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), BusError> {
         let ConsumerLoop {
             mut subscriber,
+            mut batch_lane,
             publisher,
             processor,
             intake,
@@ -203,8 +247,15 @@ impl ConsumerLoop {
             deadletter_topic,
             stats,
         });
-        let result = consume(&mut *subscriber, &settler, &intake, &shutdown).await;
-        let committed = subscriber.commit().await;
+        let sources = Sources {
+            interactive: &mut *subscriber,
+            batch: batch_lane.as_mut(),
+        };
+        let result = consume(sources, &settler, &intake, &shutdown).await;
+        let mut committed = subscriber.commit().await;
+        if let Some(lane) = &mut batch_lane {
+            committed = committed.and(lane.subscriber.commit().await);
+        }
         let stats = &settler.stats;
         tracing::info!(
             service = settler.processor.name(),
@@ -218,16 +269,20 @@ impl ConsumerLoop {
 }
 
 async fn consume(
-    subscriber: &mut dyn Subscriber,
+    mut sources: Sources<'_>,
     settler: &Arc<Settler>,
     intake: &Intake,
     shutdown: &CancellationToken,
 ) -> Result<(), BusError> {
     let concurrency = intake.concurrency();
+    // The slot only uploads may use; see [`BatchLane`].
+    let reserved = usize::from(sources.batch.is_some());
     let max_batch = intake.max_batch.max(1);
     let mut in_flight = JoinSet::new();
     let mut unfinished = Unfinished::default();
     let mut batch = Vec::with_capacity(max_batch);
+    // Whether the batch being gathered holds an upload, which may take the reserved slot.
+    let mut batch_has_upload = false;
     let mut deadline = Instant::now();
     let mut stopping = false;
     let service = settler.processor.name();
@@ -239,13 +294,21 @@ async fn consume(
             observe::batches_in_flight(service, in_flight.len());
         }
         let taking = !stopping && in_flight.len() < concurrency;
+        let taking_uploads = !stopping && in_flight.len() < concurrency + reserved;
+        let dispatching = if batch_has_upload {
+            taking_uploads
+        } else {
+            taking
+        };
+        let room = batch.len() < max_batch;
         let step = tokio::select! {
             // Finished work first: acknowledging it frees a slot and moves the offsets on.
             biased;
             Some(settled) = in_flight.join_next() => Step::Settled(settled),
             _ = shutdown.cancelled(), if !stopping => Step::Stop,
-            delivery = subscriber.next(), if taking && batch.len() < max_batch => Step::Took(delivery?),
-            _ = sleep_until(deadline), if taking && !batch.is_empty() => Step::Dispatch,
+            delivery = sources.interactive.next(), if taking_uploads && room => Step::Took(delivery?),
+            delivery = next_batch(&mut sources.batch), if taking && room => Step::Took(delivery?),
+            _ = sleep_until(deadline), if dispatching && !batch.is_empty() => Step::Dispatch,
             // Stopping, and nothing left in flight.
             else => return Ok(()),
         };
@@ -254,13 +317,19 @@ async fn consume(
                 if batch.is_empty() {
                     deadline = Instant::now() + intake.max_delay;
                 }
+                batch_has_upload |= !sources.is_batch(&delivery);
                 unfinished.taken(&delivery.position());
                 batch.push(delivery);
+                // Taken means a slot was free for it: a full batch may go.
                 if batch.len() == max_batch {
                     dispatch(&mut in_flight, settler, &mut batch, shutdown);
+                    batch_has_upload = false;
                 }
             }
-            Step::Dispatch => dispatch(&mut in_flight, settler, &mut batch, shutdown),
+            Step::Dispatch => {
+                dispatch(&mut in_flight, settler, &mut batch, shutdown);
+                batch_has_upload = false;
+            }
             Step::Settled(settled) => {
                 let settled = settled.unwrap_or_else(|failed| match failed.try_into_panic() {
                     Ok(panic) => std::panic::resume_unwind(panic),
@@ -273,7 +342,7 @@ async fn consume(
                     settler.stats.processed.fetch_add(1, Ordering::Relaxed);
                     observe::message_finished(service);
                     if let Some(acknowledged) = unfinished.finished(&position) {
-                        subscriber.ack(&acknowledged)?;
+                        sources.ack(&acknowledged)?;
                     }
                 }
             }
@@ -281,6 +350,7 @@ async fn consume(
                 // The batch not yet handed over is left unacknowledged: it is redelivered.
                 stopping = true;
                 batch.clear();
+                batch_has_upload = false;
             }
         }
     }
@@ -675,6 +745,7 @@ mod tests {
         let stats = Arc::new(Stats::default());
         let consumer = ConsumerLoop {
             subscriber: Box::new(bus.subscribe(&["in"])),
+            batch_lane: None,
             publisher: Arc::new(bus.clone()),
             processor: processor.clone(),
             intake: Intake {
@@ -894,6 +965,7 @@ mod tests {
                     acks: acks.clone(),
                     commits: commits.clone(),
                 }),
+                batch_lane: None,
                 publisher: Arc::new(bus.clone()),
                 processor: processor.clone(),
                 intake: Intake {
@@ -1000,5 +1072,90 @@ mod tests {
         // three are redelivered to whoever takes the partition over.
         assert_eq!(*acks.lock().unwrap(), []);
         assert_eq!(commits.load(Ordering::Relaxed), 1);
+    }
+
+    /// Logs when each message's processing starts and ends; each takes `work`.
+    struct Timeline {
+        events: Mutex<Vec<String>>,
+        work: Duration,
+    }
+
+    #[async_trait]
+    impl Processor for Timeline {
+        fn name(&self) -> &str {
+            "timeline"
+        }
+
+        async fn process(&self, batch: &[Delivery]) -> Vec<Outcome> {
+            let names: Vec<String> = batch
+                .iter()
+                .map(|d| String::from_utf8_lossy(&d.payload).into_owned())
+                .collect();
+            let log = |what: &str| {
+                let mut events = self.events.lock().unwrap();
+                events.extend(names.iter().map(|name| format!("{what} {name}")));
+            };
+            log("start");
+            tokio::time::sleep(self.work).await;
+            log("end");
+            batch.iter().map(|_| Ok(Vec::new())).collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upload_overtakes_a_batch_jobs_queue_and_starts_at_once() {
+        let bus = MemoryBus::default();
+        let publish = |topic: &'static str, payload: &'static str| {
+            let bus = bus.clone();
+            async move {
+                bus.publish(&Publication::json(topic, "k", &payload))
+                    .await
+                    .unwrap()
+            }
+        };
+        for payload in ["b1", "b2", "b3", "b4"] {
+            publish("in.batch", payload).await;
+        }
+        let processor = Arc::new(Timeline {
+            events: Mutex::default(),
+            work: Duration::from_millis(60),
+        });
+        let stats = Arc::new(Stats::default());
+        let consumer = ConsumerLoop {
+            subscriber: Box::new(bus.subscribe(&["in"])),
+            batch_lane: Some(BatchLane {
+                subscriber: Box::new(bus.subscribe(&["in.batch"])),
+                topics: vec!["in.batch".into()],
+            }),
+            publisher: Arc::new(bus.clone()),
+            processor: processor.clone(),
+            intake: Intake {
+                max_batch: 1,
+                max_delay: Duration::ZERO,
+                concurrency: Some(1),
+            },
+            settings: ConsumerSettings::default(),
+            deadletter_topic: "dead".into(),
+            stats: stats.clone(),
+        };
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(consumer.run(shutdown.clone()));
+        // The job's first message is being processed when the upload arrives.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        publish("in", "upload").await;
+        while stats.processed.load(Ordering::Relaxed) < 5 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        shutdown.cancel();
+        task.await.unwrap().unwrap();
+        let events = processor.events.lock().unwrap().clone();
+        let at = |event: &str| events.iter().position(|e| e == event).unwrap();
+        // The upload took the reserved slot beside the job's message in flight, and the job's
+        // queue waited for both: never two job messages at once.
+        assert!(at("start \"upload\"") < at("end \"b1\""), "{events:?}");
+        assert!(at("start \"b2\"") > at("end \"b1\""), "{events:?}");
+        for pair in ["\"b2\"", "\"b3\"", "\"b4\""].windows(2) {
+            assert!(at(&format!("start {}", pair[1])) > at(&format!("end {}", pair[0])));
+        }
     }
 }

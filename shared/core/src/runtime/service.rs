@@ -3,8 +3,8 @@
 
 use crate::ports::bus::kafka::KafkaSubscriber;
 use crate::runtime::backends::Backends;
-use crate::runtime::config::{Intake, Settings};
-use crate::runtime::consumer::{ConsumerLoop, Processor, Stats};
+use crate::runtime::config::{Intake, Lane, Settings};
+use crate::runtime::consumer::{BatchLane, ConsumerLoop, Processor, Stats};
 use crate::runtime::observe;
 use crate::runtime::worker::{Stage, StageWorker};
 use std::sync::Arc;
@@ -42,28 +42,47 @@ pub async fn observe_and_connect(
     Ok(backends)
 }
 
-/// Runs `processor` on `topic` in consumer group `prism-<service>` until shutdown, taking work as
-/// `intake` says.
+/// Runs `processor` on `topics` in consumer group `prism-<service>` until shutdown, taking work as
+/// `intake` says. With `batch_lane`, the batch jobs' copy of each topic ([`Lane::Batch`]) is read
+/// too, in group `prism-<service>-batch`, at lower priority (see [`BatchLane`]).
 pub async fn serve(
     settings: &Settings,
     backends: &Backends,
-    topic: &str,
+    topics: &[String],
+    batch_lane: bool,
     processor: Arc<dyn Processor>,
     intake: &Intake,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let group = format!("{}-{}", settings.kafka.group_prefix, processor.name());
-    let subscriber = KafkaSubscriber::new(&settings.kafka, &group, &[topic])?;
+    let subscribe = |group: &str, topics: &[String]| {
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        KafkaSubscriber::new(&settings.kafka, group, &names)
+    };
+    let subscriber = subscribe(&group, topics)?;
+    let batch_lane = match batch_lane {
+        true => {
+            let topics: Vec<String> = topics.iter().map(|t| Lane::Batch.topic(t)).collect();
+            let subscriber = subscribe(&format!("{group}-batch"), &topics)?;
+            Some(BatchLane {
+                subscriber: Box::new(subscriber),
+                topics,
+            })
+        }
+        false => None,
+    };
     tracing::info!(
         service = processor.name(),
-        %topic,
+        ?topics,
         %group,
+        batch_lane = batch_lane.is_some(),
         max_batch = intake.max_batch,
         concurrency = intake.concurrency(),
         "consuming"
     );
     ConsumerLoop {
         subscriber: Box::new(subscriber),
+        batch_lane,
         publisher: backends.publisher.clone(),
         processor,
         intake: intake.clone(),
@@ -87,8 +106,11 @@ pub async fn serve_stage<S: Stage>(
     backends
         .create_bucket(&settings.output_bucket, &shutdown)
         .await?;
-    let topic = settings.topics.jobs(stage.name()).to_string();
+    let topics = [settings.topics.jobs(stage.name()).to_string()];
     let intake = settings.intake.stage(stage.name()).clone();
     let worker = Arc::new(StageWorker::over(stage, settings, &backends));
-    serve(settings, &backends, &topic, worker, &intake, shutdown).await
+    serve(
+        settings, &backends, &topics, true, worker, &intake, shutdown,
+    )
+    .await
 }

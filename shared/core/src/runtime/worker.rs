@@ -142,8 +142,8 @@ impl<S: Stage> StageWorker<S> {
                 next = %next.source.key,
                 "the upload cannot be read; a twin waiting on it takes the work over"
             );
-            let topic = self.topics.jobs(job.stage);
-            publications.push(Publication::json(topic, &next.content_hash, &next));
+            let topic = self.topics.jobs_for(job.stage, &next.source);
+            publications.push(Publication::json(&topic, &next.content_hash, &next));
         }
         Ok(publications)
     }
@@ -384,6 +384,7 @@ mod tests {
             key: key.into(),
             etag: format!("etag-{key}"),
             size: body.len() as u64,
+            batch_job: None,
         }
     }
 
@@ -406,6 +407,7 @@ mod tests {
                 key: key.into(),
                 etag: format!("etag-{key}"),
                 size: body.len() as u64,
+                batch_job: None,
             },
             received_at: Utc::now(),
         };

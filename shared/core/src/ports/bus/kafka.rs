@@ -434,14 +434,17 @@ impl Subscriber for KafkaSubscriber {
 }
 
 /// Creates any of `topics` that do not exist yet, so consumers never wait on auto-creation.
-pub async fn ensure_topics(settings: &KafkaSettings, topics: &[&str]) -> Result<(), BusError> {
+pub async fn ensure_topics(
+    settings: &KafkaSettings,
+    topics: &[impl AsRef<str>],
+) -> Result<(), BusError> {
     let admin: AdminClient<DefaultClientContext> =
         with_overrides(&mut client_config(settings)?, settings, Role::Other).create()?;
     let new_topics: Vec<NewTopic> = topics
         .iter()
         .map(|topic| {
             NewTopic::new(
-                topic,
+                topic.as_ref(),
                 settings.partitions,
                 TopicReplication::Fixed(settings.replication_factor),
             )

@@ -145,6 +145,7 @@ mod tests {
             key: key.into(),
             etag: etag.into(),
             size: 1,
+            batch_job: None,
         }
     }
 

@@ -219,6 +219,7 @@ mod tests {
             publisher: Arc::new(MemoryBus::default()),
             buckets: Buckets::memory(),
             index: Arc::new(MemoryIndex::default()),
+            book: Arc::new(prism_core::ports::batch::memory::MemoryJobBook::default()),
         };
         let app = App::new(settings, backends, None, CancellationToken::new());
         router(Arc::new(app)).unwrap()

@@ -56,6 +56,8 @@ pub async fn run(
         publisher: Arc::new(bus.clone()),
         buckets: buckets.clone(),
         index: index.clone(),
+        // `prism run` has no batch jobs: it is one itself, over its folder.
+        book: Arc::new(prism_core::ports::batch::memory::MemoryJobBook::default()),
     };
 
     let mut processors: Vec<(String, Arc<dyn Processor>, Intake)> = vec![(

@@ -169,6 +169,24 @@ pub struct Unlisted {
     pub reason: &'static str,
 }
 
+/// One page of a listing ([`Buckets::list_page`]).
+#[derive(Debug, Default)]
+pub struct Page {
+    pub listing: Listing,
+    /// The last key this page covered, when more may follow: where the next page starts.
+    pub next: Option<String>,
+}
+
+/// Keys S3 returns per listing page (its maximum).
+pub const LIST_PAGE_KEYS: usize = 1000;
+
+/// Which keys a listing asks for.
+#[derive(Debug, Clone, Copy)]
+struct KeyRange<'a> {
+    prefix: &'a str,
+    after: Option<&'a str>,
+}
+
 /// A whole bucket listed, sorted by key, with what could not be listed set aside.
 #[derive(Debug, Default)]
 pub struct Listing {
@@ -290,13 +308,37 @@ impl Buckets {
     }
 
     pub async fn list(&self, bucket: &str) -> Result<Listing, StoreError> {
+        let mut listing = Listing::default();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.list_page(bucket, "", after.as_deref()).await?;
+            listing.objects.extend(page.listing.objects);
+            listing.unlisted.extend(page.listing.unlisted);
+            match page.next {
+                Some(last) => after = Some(last),
+                None => return Ok(listing),
+            }
+        }
+    }
+
+    /// The objects whose keys start with `prefix` and sort after `after`, in key order: from S3
+    /// one page of up to [`LIST_PAGE_KEYS`] (a million keys are listed a page at a time, and a
+    /// listing resumes from the last key it handled); from a folder or memory all of them.
+    pub async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        after: Option<&str>,
+    ) -> Result<Page, StoreError> {
         let opened = self.opened(bucket)?;
         let mut listing = match &*self.backend {
             Backend::S3(settings, client) => {
                 let credentials = opened
                     .s3_credentials
                     .expect("S3 buckets are opened with their credentials");
-                list_s3(settings, client, &credentials, bucket).await?
+                let range = KeyRange { prefix, after };
+                let page = list_s3(settings, client, &credentials, bucket, range).await?;
+                return Ok(page);
             }
             Backend::Folders(folders) => {
                 let dir = folder(folders, bucket)?.clone();
@@ -327,10 +369,16 @@ impl Buckets {
                 }
             }
         };
+        let wanted = |key: &str| key.starts_with(prefix) && after.is_none_or(|after| key > after);
+        listing.objects.retain(|object| wanted(&object.source.key));
+        listing.unlisted.retain(|entry| wanted(&entry.name));
         listing
             .objects
             .sort_by(|a, b| a.source.key.cmp(&b.source.key));
-        Ok(listing)
+        Ok(Page {
+            listing,
+            next: None,
+        })
     }
 
     /// The ETag of the version `meta` describes, unquoted (S3 quotes it, MinIO's events do not).
@@ -800,72 +848,79 @@ async fn create_s3_bucket(
     .into())
 }
 
-/// Lists an S3 bucket with ListObjectsV2 directly. object_store's listing turns each key into a
-/// `Path` and fails the whole page on one it cannot represent (`a//b`, `../x`, a tab), so this asks
-/// for URL-encoded keys (any key survives XML), then sets aside the ones Prism cannot read back.
+/// Lists one page of an S3 bucket with ListObjectsV2 directly. object_store's listing turns each
+/// key into a `Path` and fails the whole page on one it cannot represent (`a//b`, `../x`, a tab),
+/// so this asks for URL-encoded keys (any key survives XML), then sets aside the ones Prism cannot
+/// read back. Pages are chained by `start-after` rather than continuation tokens, so a listing
+/// can resume from a stored key after a restart.
 async fn list_s3(
     settings: &S3Settings,
     client: &reqwest::Client,
     credentials: &AwsCredentialProvider,
     bucket: &str,
-) -> Result<Listing, StoreError> {
+    range: KeyRange<'_>,
+) -> Result<Page, StoreError> {
     let credentials = signing_credentials(credentials).await?;
     let target = signing_bucket(settings, bucket)?;
-    let mut listing = Listing::default();
-    let mut continuation: Option<String> = None;
-    loop {
-        let mut action = target.list_objects_v2(Some(&credentials));
-        if let Some(token) = &continuation {
-            action.with_continuation_token(token.as_str());
-        }
-        let url = rusty_s3::S3Action::sign(&action, LIST_REQUEST_TTL);
-        let response = client.get(url).send().await.map_err(s3_error)?;
-        let status = response.status();
-        let body = response.text().await.map_err(s3_error)?;
-        if !status.is_success() {
-            return Err(s3_error(std::io::Error::other(format!(
-                "listing bucket {bucket:?}: {status}: {body}"
-            ))));
-        }
-        let page = rusty_s3::actions::ListObjectsV2::parse_response(&body).map_err(|error| {
-            s3_error(std::io::Error::other(format!(
-                "listing bucket {bucket:?}: unreadable response: {error}"
-            )))
-        })?;
-        for content in page.contents {
-            if object_path(&content.key).is_err() {
-                listing.unlisted.push(Unlisted {
-                    name: content.key,
-                    reason: NOT_A_KEY,
-                });
-                continue;
-            }
-            let last_modified = content
-                .last_modified
-                .as_deref()
-                .and_then(|at| DateTime::parse_from_rfc3339(at).ok())
-                .map(|at| at.with_timezone(&Utc))
-                .unwrap_or_default();
-            listing.objects.push(ListedObject {
-                source: SourceObject {
-                    bucket: bucket.to_string(),
-                    key: content.key,
-                    etag: content
-                        .etag
-                        .unwrap_or_default()
-                        .trim_matches('"')
-                        .to_string(),
-                    size: content.size.unwrap_or_default(),
-                    batch_job: None,
-                },
-                last_modified,
-            });
-        }
-        match page.next_continuation_token {
-            Some(token) => continuation = Some(token),
-            None => return Ok(listing),
-        }
+    let mut action = target.list_objects_v2(Some(&credentials));
+    if !range.prefix.is_empty() {
+        action.with_prefix(range.prefix);
     }
+    if let Some(after) = range.after {
+        action.with_start_after(after);
+    }
+    action.with_max_keys(LIST_PAGE_KEYS);
+    let url = rusty_s3::S3Action::sign(&action, LIST_REQUEST_TTL);
+    let response = client.get(url).send().await.map_err(s3_error)?;
+    let status = response.status();
+    let body = response.text().await.map_err(s3_error)?;
+    if !status.is_success() {
+        return Err(s3_error(std::io::Error::other(format!(
+            "listing bucket {bucket:?}: {status}: {body}"
+        ))));
+    }
+    let page = rusty_s3::actions::ListObjectsV2::parse_response(&body).map_err(|error| {
+        s3_error(std::io::Error::other(format!(
+            "listing bucket {bucket:?}: unreadable response: {error}"
+        )))
+    })?;
+    let truncated = page.next_continuation_token.is_some();
+    let next = page
+        .contents
+        .last()
+        .map(|content| content.key.clone())
+        .filter(|_| truncated);
+    let mut listing = Listing::default();
+    for content in page.contents {
+        if object_path(&content.key).is_err() {
+            listing.unlisted.push(Unlisted {
+                name: content.key,
+                reason: NOT_A_KEY,
+            });
+            continue;
+        }
+        let last_modified = content
+            .last_modified
+            .as_deref()
+            .and_then(|at| DateTime::parse_from_rfc3339(at).ok())
+            .map(|at| at.with_timezone(&Utc))
+            .unwrap_or_default();
+        listing.objects.push(ListedObject {
+            source: SourceObject {
+                bucket: bucket.to_string(),
+                key: content.key,
+                etag: content
+                    .etag
+                    .unwrap_or_default()
+                    .trim_matches('"')
+                    .to_string(),
+                size: content.size.unwrap_or_default(),
+                batch_job: None,
+            },
+            last_modified,
+        });
+    }
+    Ok(Page { listing, next })
 }
 
 /// BLAKE3 of an object's content, as lowercase hex.

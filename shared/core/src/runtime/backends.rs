@@ -2,6 +2,7 @@
 //! mode and tests).
 
 use crate::contract::Classify;
+use crate::ports::batch::JobBook;
 use crate::ports::bus::Publisher;
 use crate::ports::bus::kafka::{KafkaPublisher, ensure_topics};
 use crate::ports::claims::ClaimIndex;
@@ -19,6 +20,8 @@ pub struct Backends {
     pub publisher: Arc<dyn Publisher>,
     pub buckets: Buckets,
     pub index: Arc<dyn ClaimIndex>,
+    /// Batch jobs (kept beside the claims).
+    pub book: Arc<dyn JobBook>,
 }
 
 impl Backends {
@@ -39,10 +42,12 @@ impl Backends {
             CouchIndex::connect(&settings.couchdb)
         })
         .await?;
+        let index = Arc::new(index);
         Ok(Backends {
             publisher: Arc::new(KafkaPublisher::new(&settings.kafka)?),
             buckets: Buckets::s3(&settings.s3),
-            index: Arc::new(index),
+            index: index.clone(),
+            book: index,
         })
     }
 

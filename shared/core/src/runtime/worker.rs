@@ -353,6 +353,7 @@ mod tests {
             publisher: Arc::new(MemoryBus::default()),
             buckets: Buckets::memory(),
             index: Arc::new(MemoryIndex::default()),
+            book: Arc::new(crate::ports::batch::memory::MemoryJobBook::default()),
         };
         Fixture {
             worker: StageWorker::over(Echo, &settings, &backends),

@@ -36,6 +36,33 @@ macro_rules! couch_document {
 couch_document!(Claim);
 couch_document!(HandledUpload);
 
+/// Batch job documents keep `_id` apart from the job's own id.
+macro_rules! couch_document_by_doc_id {
+    ($type:ty) => {
+        impl TypedCouchDocument for $type {
+            fn get_id(&self) -> Cow<'_, str> {
+                Cow::Borrowed(&self.doc_id)
+            }
+            fn get_rev(&self) -> Cow<'_, str> {
+                Cow::Borrowed(&self.rev)
+            }
+            fn set_rev(&mut self, rev: &str) {
+                self.rev = rev.to_string();
+            }
+            fn set_id(&mut self, id: &str) {
+                self.doc_id = id.to_string();
+            }
+            fn merge_ids(&mut self, other: &Self) {
+                self.doc_id = other.doc_id.clone();
+                self.rev = other.rev.clone();
+            }
+        }
+    };
+}
+
+couch_document_by_doc_id!(crate::ports::batch::BatchJob);
+couch_document_by_doc_id!(crate::ports::batch::JobItem);
+
 /// Ids asked for in one `_all_docs` request: a bounded request body however many are wanted.
 const IDS_PER_REQUEST: usize = 500;
 
@@ -43,10 +70,12 @@ const IDS_PER_REQUEST: usize = 500;
 const MAX_CLAIMS_LISTED: u64 = 100_000;
 
 pub struct CouchIndex {
-    db: Database,
+    pub(crate) client: Client,
+    pub(crate) db: Database,
+    pub(crate) database: String,
 }
 
-fn unavailable(error: CouchError) -> IndexError {
+pub(crate) fn unavailable(error: CouchError) -> IndexError {
     IndexError::Unavailable(describe(&error))
 }
 
@@ -62,9 +91,12 @@ fn describe(error: &CouchError) -> String {
 }
 
 impl CouchIndex {
-    /// Writes claims through `_bulk_docs`: a new one is created unless its id exists, an existing
-    /// one replaced if its `_rev` is current; a conflict (409) is `false`, not an error.
-    async fn write_all(&self, claims: &mut [Claim]) -> Result<Vec<bool>, IndexError> {
+    /// Writes documents through `_bulk_docs`: a new one is created unless its id exists, an
+    /// existing one replaced if its `_rev` is current; a conflict (409) is `false`, not an error.
+    pub(crate) async fn write_all<T: TypedCouchDocument + Clone>(
+        &self,
+        claims: &mut [T],
+    ) -> Result<Vec<bool>, IndexError> {
         if claims.is_empty() {
             return Ok(Vec::new());
         }
@@ -89,16 +121,16 @@ impl CouchIndex {
         }
         claims
             .iter_mut()
-            .map(|claim| match answers.remove(&claim.id) {
+            .map(|claim| match answers.remove(claim.get_id().as_ref()) {
                 Some(Ok(rev)) => {
-                    claim.rev = rev;
+                    claim.set_rev(&rev);
                     Ok(true)
                 }
                 Some(Err(error)) if is_conflict(&error) => Ok(false),
                 Some(Err(error)) => Err(unavailable(error)),
                 None => Err(IndexError::Unavailable(format!(
-                    "CouchDB gave no answer for claim {}",
-                    claim.id
+                    "CouchDB gave no answer for document {}",
+                    claim.get_id()
                 ))),
             })
             .collect()
@@ -143,7 +175,13 @@ impl CouchIndex {
         }
         .map_err(unavailable)?;
         restrict_if_open(&client, &settings.database).await?;
-        Ok(CouchIndex { db })
+        let index = CouchIndex {
+            client,
+            db,
+            database: settings.database.clone(),
+        };
+        index.ensure_job_views().await?;
+        Ok(index)
     }
 }
 
@@ -183,7 +221,7 @@ async fn restrict_if_open(client: &Client, database: &str) -> Result<(), IndexEr
     Ok(())
 }
 
-fn is_conflict(error: &CouchError) -> bool {
+pub(crate) fn is_conflict(error: &CouchError) -> bool {
     error.status() == Some(StatusCode::CONFLICT)
 }
 

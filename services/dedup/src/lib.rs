@@ -18,6 +18,8 @@ use prism_core::contract::{Classify, Origin, SourceObject, StageName};
 use prism_core::ports::bus::{Delivery, Publication};
 use prism_core::ports::claims::{self, Admission, ClaimIndex, HandledUpload, SeenSource, Work};
 use prism_core::ports::store::{Buckets, ContentHash};
+use prism_core::runtime::backends::Backends;
+use prism_core::runtime::cancelled::CancelledJobs;
 use prism_core::runtime::config::Settings;
 use prism_core::runtime::consumer::{Outcome, ProcessError, Processor, dead_letter};
 use prism_core::runtime::{observe, service};
@@ -28,21 +30,23 @@ use tokio_util::sync::CancellationToken;
 pub struct Dedup {
     buckets: Buckets,
     index: Arc<dyn ClaimIndex>,
+    cancelled: CancelledJobs,
     settings: Settings,
     /// Each enabled stage with its fingerprint, computed once from configuration.
     stages: Vec<(StageName, String)>,
 }
 
 impl Dedup {
-    pub fn new(settings: Settings, buckets: Buckets, index: Arc<dyn ClaimIndex>) -> Self {
+    pub fn new(settings: Settings, backends: &Backends) -> Self {
         let stages = settings
             .enabled_stages
             .iter()
             .map(|&stage| (stage, settings.stages.fingerprint(stage)))
             .collect();
         Dedup {
-            buckets,
-            index,
+            buckets: backends.buckets.clone(),
+            index: backends.index.clone(),
+            cancelled: CancelledJobs::new(backends.book.clone()),
             settings,
             stages,
         }
@@ -115,6 +119,33 @@ impl Dedup {
         Ok(())
     }
 
+    /// Drops the objects of batch jobs that were cancelled: their work is skipped, not done.
+    async fn drop_cancelled(&self, events: &mut [Event<'_>]) -> Result<(), ProcessError> {
+        let jobs: std::collections::BTreeSet<&str> = events
+            .iter()
+            .flat_map(|event| &event.uploads)
+            .filter_map(|upload| upload.batch_job.as_deref())
+            .collect();
+        let mut cancelled = std::collections::HashSet::new();
+        for job in jobs {
+            if self.cancelled.is_cancelled(job).await? {
+                cancelled.insert(job.to_string());
+            }
+        }
+        if cancelled.is_empty() {
+            return Ok(());
+        }
+        for event in events.iter_mut() {
+            event.uploads.retain(|upload| {
+                upload
+                    .batch_job
+                    .as_ref()
+                    .is_none_or(|job| !cancelled.contains(job))
+            });
+        }
+        Ok(())
+    }
+
     /// Hashes every upload of the batch, a few at a time. A failure for good dead-letters that
     /// upload; one for now makes its whole event retried (admitting again is idempotent).
     async fn hash_all(&self, events: &mut [Event<'_>]) -> Vec<(usize, SourceObject, ContentHash)> {
@@ -169,6 +200,7 @@ impl Dedup {
     /// published: should publishing fail, the events come again.
     async fn admit(&self, events: &mut [Event<'_>]) -> Result<(), ProcessError> {
         self.drop_handled_elsewhere(events).await?;
+        self.drop_cancelled(events).await?;
         let received_at = Utc::now();
         let admissible = self.hash_all(events).await;
         let requests: Vec<(Work<'_>, SeenSource)> = admissible
@@ -275,11 +307,7 @@ impl Processor for Dedup {
 pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let backends =
         service::observe_and_connect(&settings, &[observe::CONSUMER_GROUP], &shutdown).await?;
-    let dedup = Dedup::new(
-        settings.clone(),
-        backends.buckets.clone(),
-        backends.index.clone(),
-    );
+    let dedup = Dedup::new(settings.clone(), &backends);
     service::serve(
         &settings,
         &backends,
@@ -297,6 +325,8 @@ mod tests {
     use super::*;
     use prism_core::contract::reannounce::reemission;
     use prism_core::contract::{DeadLetter, Job};
+    use prism_core::ports::batch::memory::MemoryJobBook;
+    use prism_core::ports::batch::{BatchJob, JobBook};
     use prism_core::ports::claims::ClaimStatus;
     use prism_core::ports::claims::memory::MemoryIndex;
     use prism_core::ports::store::ContentHash;
@@ -304,6 +334,7 @@ mod tests {
     struct Fixture {
         dedup: Dedup,
         index: Arc<MemoryIndex>,
+        book: Arc<MemoryJobBook>,
         buckets: Buckets,
     }
 
@@ -315,11 +346,18 @@ mod tests {
             ..Settings::default()
         };
         let index = Arc::new(MemoryIndex::default());
-        let buckets = Buckets::memory();
+        let book = Arc::new(MemoryJobBook::default());
+        let backends = Backends {
+            publisher: Arc::new(prism_core::ports::bus::memory::MemoryBus::default()),
+            buckets: Buckets::memory(),
+            index: index.clone(),
+            book: book.clone(),
+        };
         Fixture {
-            dedup: Dedup::new(settings, buckets.clone(), index.clone()),
+            dedup: Dedup::new(settings, &backends),
             index,
-            buckets,
+            book,
+            buckets: backends.buckets,
         }
     }
 
@@ -518,5 +556,46 @@ mod tests {
         let a = upload(&f.buckets, "a.jpg", b"first").await;
         assert_eq!(publications(&f.dedup, notification(&a, 0)).await.len(), 1);
         assert_eq!(publications(&f.dedup, notification(&a, 1)).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_batch_jobs_objects_go_to_the_batch_lane_until_it_is_cancelled() {
+        let f = fixture();
+        let mut job = BatchJob::new("j1", None, "in", "", vec![StageName::Thumbnail], None);
+        f.book.create_job(&mut job).await.unwrap();
+        let listed = |key: &str, body: &'static [u8]| {
+            let buckets = f.buckets.clone();
+            let key = key.to_string();
+            async move {
+                let object = upload(&buckets, &key, body).await;
+                SourceObject {
+                    batch_job: Some("j1".into()),
+                    ..object
+                }
+            }
+        };
+        let a = listed("a.jpg", b"first").await;
+        let published = publications(&f.dedup, notification(&a, 0)).await;
+        assert_eq!(published[0].topic, "prism.jobs.thumbnail.batch");
+        let work: Job = serde_json::from_slice(&published[0].payload).unwrap();
+        assert_eq!(work.source, a, "the job's id travels with the work");
+
+        job.cancel_requested = true;
+        assert!(f.book.replace_job(&mut job).await.unwrap());
+        let b = listed("b.jpg", b"second").await;
+        let fresh = Dedup::new(
+            f.dedup.settings.clone(),
+            &Backends {
+                publisher: Arc::new(prism_core::ports::bus::memory::MemoryBus::default()),
+                buckets: f.buckets.clone(),
+                index: f.index.clone(),
+                book: f.book.clone(),
+            },
+        );
+        assert!(publications(&fresh, notification(&b, 1)).await.is_empty());
+        // An upload is no job's: it goes on.
+        let c = upload(&f.buckets, "c.jpg", b"third").await;
+        let published = publications(&fresh, notification(&c, 2)).await;
+        assert_eq!(published[0].topic, "prism.jobs.thumbnail");
     }
 }

@@ -62,11 +62,7 @@ pub async fn run(
 
     let mut processors: Vec<(String, Arc<dyn Processor>, Intake)> = vec![(
         settings.topics.uploads.clone(),
-        Arc::new(prism_dedup::Dedup::new(
-            settings.clone(),
-            buckets.clone(),
-            backends.index.clone(),
-        )),
+        Arc::new(prism_dedup::Dedup::new(settings.clone(), &backends)),
         settings.intake.dedup.clone(),
     )];
     for &stage in stages {

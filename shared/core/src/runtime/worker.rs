@@ -10,6 +10,7 @@ use crate::ports::bus::{Delivery, Publication};
 use crate::ports::claims::{self, ClaimIndex, Finished};
 use crate::ports::store::{Buckets, StoreError};
 use crate::runtime::backends::Backends;
+use crate::runtime::cancelled::CancelledJobs;
 use crate::runtime::config::{Settings, Topics};
 use crate::runtime::consumer::{Outcome, ProcessError, Processor, dead_letter};
 use async_trait::async_trait;
@@ -60,6 +61,7 @@ pub struct StageWorker<S> {
     topics: Topics,
     output_bucket: String,
     claim_lease: Duration,
+    cancelled: CancelledJobs,
 }
 
 /// Why a job's input could not be had.
@@ -69,6 +71,8 @@ enum Unfetched {
     /// This upload's object cannot be read (gone, overwritten, refused): a fault of the upload,
     /// not of its content, so a twin waiting on the claim may take the work over.
     Upload(Box<Job>, ProcessError),
+    /// The batch job that listed the object was cancelled: skipped, its claim passed on.
+    Cancelled(Box<Job>),
 }
 
 impl<S: Stage> StageWorker<S> {
@@ -81,6 +85,7 @@ impl<S: Stage> StageWorker<S> {
             topics: settings.topics.clone(),
             output_bucket: settings.output_bucket.clone(),
             claim_lease: settings.claim_lease,
+            cancelled: CancelledJobs::new(backends.book.clone()),
         }
     }
 
@@ -108,6 +113,13 @@ impl<S: Stage> StageWorker<S> {
                 ),
             ))));
         }
+        if let Some(batch_job) = &job.source.batch_job {
+            match self.cancelled.is_cancelled(batch_job).await {
+                Ok(true) => return Err(Unfetched::Cancelled(Box::new(job))),
+                Ok(false) => {}
+                Err(error) => return Err(Unfetched::Job(about(error.into()))),
+            }
+        }
         let read = self
             .buckets
             .read(&job.source.bucket, &job.source.key, self.stage.max_bytes())
@@ -125,22 +137,33 @@ impl<S: Stage> StageWorker<S> {
         Err(Unfetched::Upload(Box::new(job), error))
     }
 
-    /// Dead-letters an upload that cannot be read and passes its claim to the first twin waiting
-    /// on it, whose job is published; see [`claims::hand_over`].
-    async fn hand_over(&self, delivery: &Delivery, job: &Job, error: ProcessError) -> Outcome {
+    /// Passes the claim of a job not run (its upload cannot be read: dead-lettered with `error`;
+    /// its batch job was cancelled: skipped) to the first twin waiting on it, whose job is
+    /// published; see [`claims::hand_over`].
+    async fn hand_over(
+        &self,
+        delivery: &Delivery,
+        job: &Job,
+        error: Option<ProcessError>,
+    ) -> Outcome {
         let next = claims::hand_over(&*self.index, job, self.claim_lease).await?;
-        let mut publications = vec![dead_letter(
-            &self.topics.deadletter,
-            job.stage.as_str(),
-            delivery,
-            &error,
-            1,
-        )];
+        let mut publications: Vec<Publication> = error
+            .iter()
+            .map(|error| {
+                dead_letter(
+                    &self.topics.deadletter,
+                    job.stage.as_str(),
+                    delivery,
+                    error,
+                    1,
+                )
+            })
+            .collect();
         if let Some(next) = next {
             tracing::info!(
-                failed = %job.source.key,
+                passed = %job.source.key,
                 next = %next.source.key,
-                "the upload cannot be read; a twin waiting on it takes the work over"
+                "the upload is not run; a twin waiting on it takes the work over"
             );
             let topic = self.topics.jobs_for(job.stage, &next.source);
             publications.push(Publication::json(&topic, &next.content_hash, &next));
@@ -268,7 +291,13 @@ impl<S: Stage> Processor for StageWorker<S> {
         for (delivery, fetched) in batch.iter().zip(fetched) {
             let outcome = match fetched {
                 Err(Unfetched::Job(error)) => Err(error),
-                Err(Unfetched::Upload(job, error)) => self.hand_over(delivery, &job, error).await,
+                Err(Unfetched::Upload(job, error)) => {
+                    self.hand_over(delivery, &job, Some(error)).await
+                }
+                Err(Unfetched::Cancelled(job)) => {
+                    tracing::debug!(key = %job.source.key, batch_job = ?job.source.batch_job, "skipped: its batch job was cancelled");
+                    self.hand_over(delivery, &job, None).await
+                }
                 Ok((job, _)) => {
                     let result = match ran.next().expect("one stage outcome per input") {
                         Ok(output) => match self.write_outputs(&job, output.files).await {

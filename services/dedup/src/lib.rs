@@ -19,18 +19,18 @@ use prism_core::ports::bus::{Delivery, Publication};
 use prism_core::ports::claims::{self, Admission, ClaimIndex, HandledUpload, SeenSource, Work};
 use prism_core::ports::store::{Buckets, ContentHash};
 use prism_core::runtime::backends::Backends;
-use prism_core::runtime::cancelled::CancelledJobs;
+use prism_core::runtime::batch_jobs::BatchJobs;
 use prism_core::runtime::config::Settings;
 use prism_core::runtime::consumer::{Outcome, ProcessError, Processor, dead_letter};
 use prism_core::runtime::{observe, service};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub struct Dedup {
     buckets: Buckets,
     index: Arc<dyn ClaimIndex>,
-    cancelled: CancelledJobs,
+    jobs: BatchJobs,
     settings: Settings,
     /// Each enabled stage with its fingerprint, computed once from configuration.
     stages: Vec<(StageName, String)>,
@@ -46,7 +46,7 @@ impl Dedup {
         Dedup {
             buckets: backends.buckets.clone(),
             index: backends.index.clone(),
-            cancelled: CancelledJobs::new(backends.book.clone()),
+            jobs: BatchJobs::new(backends.book.clone()),
             settings,
             stages,
         }
@@ -119,21 +119,29 @@ impl Dedup {
         Ok(())
     }
 
-    /// Drops the objects of batch jobs that were cancelled: their work is skipped, not done.
-    async fn drop_cancelled(&self, events: &mut [Event<'_>]) -> Result<(), ProcessError> {
-        let jobs: std::collections::BTreeSet<&str> = events
+    /// Drops the objects of batch jobs that were cancelled (their work is skipped, not done),
+    /// and says which stages each other job of the batch asked for.
+    async fn read_jobs(
+        &self,
+        events: &mut [Event<'_>],
+    ) -> Result<HashMap<String, Vec<StageName>>, ProcessError> {
+        let jobs: BTreeSet<String> = events
             .iter()
             .flat_map(|event| &event.uploads)
-            .filter_map(|upload| upload.batch_job.as_deref())
+            .filter_map(|upload| upload.batch_job.clone())
             .collect();
-        let mut cancelled = std::collections::HashSet::new();
+        let mut stages = HashMap::new();
+        let mut cancelled = HashSet::new();
         for job in jobs {
-            if self.cancelled.is_cancelled(job).await? {
-                cancelled.insert(job.to_string());
+            match self.jobs.facts(&job).await? {
+                Some(facts) if facts.cancelled => {
+                    cancelled.insert(job);
+                }
+                Some(facts) => {
+                    stages.insert(job, facts.stages);
+                }
+                None => {}
             }
-        }
-        if cancelled.is_empty() {
-            return Ok(());
         }
         for event in events.iter_mut() {
             event.uploads.retain(|upload| {
@@ -143,7 +151,22 @@ impl Dedup {
                     .is_none_or(|job| !cancelled.contains(job))
             });
         }
-        Ok(())
+        Ok(stages)
+    }
+
+    /// The enabled stages `source` asks for: a batch job's own, an upload all.
+    fn stages_for<'s>(
+        &'s self,
+        source: &SourceObject,
+        job_stages: &'s HashMap<String, Vec<StageName>>,
+    ) -> impl Iterator<Item = &'s (StageName, String)> + 's {
+        let wanted = source
+            .batch_job
+            .as_ref()
+            .and_then(|job| job_stages.get(job));
+        self.stages
+            .iter()
+            .filter(move |(stage, _)| wanted.is_none_or(|wanted| wanted.contains(stage)))
     }
 
     /// Hashes every upload of the batch, a few at a time. A failure for good dead-letters that
@@ -200,13 +223,17 @@ impl Dedup {
     /// published: should publishing fail, the events come again.
     async fn admit(&self, events: &mut [Event<'_>]) -> Result<(), ProcessError> {
         self.drop_handled_elsewhere(events).await?;
-        self.drop_cancelled(events).await?;
+        let job_stages = self.read_jobs(events).await?;
         let received_at = Utc::now();
         let admissible = self.hash_all(events).await;
+        // Each request's upload (its index in `admissible`) and stage.
+        let mut asked: Vec<(usize, StageName)> = Vec::new();
         let requests: Vec<(Work<'_>, SeenSource)> = admissible
             .iter()
-            .flat_map(|(_, source, hash)| {
-                self.stages.iter().map(move |(stage, fingerprint)| {
+            .enumerate()
+            .flat_map(|(upload, (_, source, hash))| {
+                let stages = self.stages_for(source, &job_stages);
+                stages.map(move |(stage, fingerprint)| {
                     let work = Work {
                         stage: *stage,
                         fingerprint,
@@ -216,8 +243,12 @@ impl Dedup {
                         source: source.clone(),
                         received_at,
                     };
-                    (work, seen)
+                    (upload, work, seen)
                 })
+            })
+            .map(|(upload, work, seen)| {
+                asked.push((upload, work.stage));
+                (work, seen)
             })
             .collect();
         let handled: Vec<HandledUpload> = events
@@ -236,27 +267,25 @@ impl Dedup {
         )?;
 
         let topics = &self.settings.topics;
-        let per_upload = admissions.chunks(self.stages.len().max(1));
-        for ((at, source, hash), admissions) in admissible.iter().zip(per_upload) {
+        for ((upload, stage), admission) in asked.into_iter().zip(admissions) {
+            let (at, source, hash) = &admissible[upload];
             let event = &mut events[*at];
-            for ((stage, _), admission) in self.stages.iter().zip(admissions) {
-                tracing::debug!(key = %source.key, %stage, %hash, ?admission, "admitted");
-                let publication = match admission {
-                    Admission::Run(job) => {
-                        Publication::json(&topics.jobs_for(*stage, &job.source), &hash.0, job)
-                    }
-                    Admission::Done(result) => Publication::result(topics.results(*stage), result),
-                    Admission::Failed(report) => dead_letter(
-                        &topics.deadletter,
-                        stage.as_str(),
-                        event.delivery,
-                        &ProcessError::earlier_failure(report.clone(), source, &hash.0),
-                        1,
-                    ),
-                    Admission::Waiting => continue,
-                };
-                event.publications.push(publication);
-            }
+            tracing::debug!(key = %source.key, %stage, %hash, ?admission, "admitted");
+            let publication = match admission {
+                Admission::Run(job) => {
+                    Publication::json(&topics.jobs_for(stage, &job.source), &hash.0, &job)
+                }
+                Admission::Done(result) => Publication::result(topics.results(stage), &result),
+                Admission::Failed(report) => dead_letter(
+                    &topics.deadletter,
+                    stage.as_str(),
+                    event.delivery,
+                    &ProcessError::earlier_failure(report, source, &hash.0),
+                    1,
+                ),
+                Admission::Waiting => continue,
+            };
+            event.publications.push(publication);
         }
         Ok(())
     }
@@ -339,8 +368,12 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
+        fixture_with(vec![StageName::Thumbnail])
+    }
+
+    fn fixture_with(enabled_stages: Vec<StageName>) -> Fixture {
         let settings = Settings {
-            enabled_stages: vec![StageName::Thumbnail],
+            enabled_stages,
             input_bucket: "in".into(),
             output_bucket: "out".into(),
             ..Settings::default()
@@ -597,5 +630,31 @@ mod tests {
         let c = upload(&f.buckets, "c.jpg", b"third").await;
         let published = publications(&fresh, notification(&c, 2)).await;
         assert_eq!(published[0].topic, "prism.jobs.thumbnail");
+    }
+
+    #[tokio::test]
+    async fn a_batch_job_gets_only_the_stages_it_asked_for() {
+        let f = fixture_with(vec![StageName::Thumbnail, StageName::Detect]);
+        let mut job = BatchJob::new("j2", None, "in", "", vec![StageName::Detect], None);
+        f.book.create_job(&mut job).await.unwrap();
+        let object = SourceObject {
+            batch_job: Some("j2".into()),
+            ..upload(&f.buckets, "a.jpg", b"first").await
+        };
+        let topics: Vec<String> = publications(&f.dedup, notification(&object, 0))
+            .await
+            .into_iter()
+            .map(|p| p.topic)
+            .collect();
+        assert_eq!(topics, ["prism.jobs.detect.batch"]);
+        // An upload of the same object gets every enabled stage, detect's work shared.
+        let upload = upload(&f.buckets, "b.jpg", b"first").await;
+        let published = publications(&f.dedup, notification(&upload, 1)).await;
+        let topics: Vec<&str> = published.iter().map(|p| p.topic.as_str()).collect();
+        assert_eq!(
+            topics,
+            ["prism.jobs.thumbnail"],
+            "detect waits for the job's run"
+        );
     }
 }

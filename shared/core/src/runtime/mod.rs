@@ -5,7 +5,7 @@
 //! - [`consumer`] — the one consumer loop: batch, process, publish, acknowledge, dead-letter,
 //!   retry.
 //! - [`worker`] — the processor that runs a pure [`worker::Stage`] over jobs.
-//! - [`cancelled`] — which batch jobs were cancelled (their queued work is skipped).
+//! - [`batch_jobs`] — what the services look up of a batch job (cancelled? which stages?).
 //! - [`backends`] — the ports, connected to real servers or in-process ones.
 //! - [`service`] — run a processor on a topic until SIGTERM.
 //! - [`telemetry`] — logging, and trace export when configured.
@@ -13,7 +13,7 @@
 //! - [`observe`] — Prometheus metrics, liveness and readiness over HTTP.
 
 pub mod backends;
-pub mod cancelled;
+pub mod batch_jobs;
 pub mod config;
 pub mod consumer;
 pub mod observe;

@@ -10,7 +10,7 @@ use crate::ports::bus::{Delivery, Publication};
 use crate::ports::claims::{self, ClaimIndex, Finished};
 use crate::ports::store::{Buckets, StoreError};
 use crate::runtime::backends::Backends;
-use crate::runtime::cancelled::CancelledJobs;
+use crate::runtime::batch_jobs::BatchJobs;
 use crate::runtime::config::{Settings, Topics};
 use crate::runtime::consumer::{Outcome, ProcessError, Processor, dead_letter};
 use async_trait::async_trait;
@@ -61,7 +61,7 @@ pub struct StageWorker<S> {
     topics: Topics,
     output_bucket: String,
     claim_lease: Duration,
-    cancelled: CancelledJobs,
+    cancelled: BatchJobs,
 }
 
 /// Why a job's input could not be had.
@@ -85,7 +85,7 @@ impl<S: Stage> StageWorker<S> {
             topics: settings.topics.clone(),
             output_bucket: settings.output_bucket.clone(),
             claim_lease: settings.claim_lease,
-            cancelled: CancelledJobs::new(backends.book.clone()),
+            cancelled: BatchJobs::new(backends.book.clone()),
         }
     }
 

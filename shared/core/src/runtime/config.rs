@@ -322,6 +322,15 @@ impl Intake {
         }
     }
 
+    /// Results are counted in bulk: one write to the index per batch.
+    fn counting() -> Self {
+        Intake {
+            max_batch: 200,
+            max_delay: Duration::from_millis(20),
+            concurrency: Some(1),
+        }
+    }
+
     /// One image per job, one job per core.
     fn thumbnail() -> Self {
         Intake {
@@ -350,6 +359,8 @@ pub struct Intakes {
     pub thumbnail: Intake,
     pub detect: Intake,
     pub classify: Intake,
+    /// The job manager's counting of results and dead letters.
+    pub jobs: Intake,
 }
 
 impl Default for Intakes {
@@ -359,6 +370,7 @@ impl Default for Intakes {
             thumbnail: Intake::thumbnail(),
             detect: Intake::model(),
             classify: Intake::model(),
+            jobs: Intake::counting(),
         }
     }
 }
@@ -418,6 +430,38 @@ pub struct Settings {
     pub gateway: GatewaySettings,
     /// Where every service serves `/metrics`, `/healthz` and `/readyz`.
     pub observe: ObserveSettings,
+    /// The batch job manager (`prism serve jobs`).
+    pub jobs: JobSettings,
+}
+
+/// How the job manager drives batch jobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobSettings {
+    /// Objects of one job in the pipeline at once: listing pauses above it. Keeps a job's queued
+    /// work (and what a cancel must skip) small, and its claims inside their lease.
+    pub window: u64,
+    /// A manager replica drives a job while its lease holds; a replica that died is replaced
+    /// after this.
+    #[serde(with = "millis")]
+    pub lease: Duration,
+    /// How often the manager looks at the jobs.
+    #[serde(with = "millis")]
+    pub poll: Duration,
+    /// The price of one vCPU-hour the job summary's cost estimate uses. Default: AWS EC2
+    /// on-demand m7i.large in us-east-1, $0.1008 an hour for 2 vCPUs (public price list, 2025).
+    pub vcpu_hour_usd: f64,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        JobSettings {
+            window: 500,
+            lease: Duration::from_secs(15),
+            poll: Duration::from_millis(500),
+            vcpu_hour_usd: 0.0504,
+        }
+    }
 }
 
 /// The observability endpoints of a service (not of `prism run`, which ends when its folder is
@@ -533,6 +577,7 @@ impl Default for Settings {
             classify: ClassifyRuntime::default(),
             gateway: GatewaySettings::default(),
             observe: ObserveSettings::default(),
+            jobs: JobSettings::default(),
         }
     }
 }

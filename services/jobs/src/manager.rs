@@ -126,7 +126,12 @@ impl Manager {
     async fn list_page(&self, job: &mut BatchJob) -> anyhow::Result<()> {
         let page = self
             .buckets
-            .list_page(&job.bucket, &job.prefix, job.listing.after.as_deref())
+            .list_page(
+                &job.bucket,
+                &job.prefix,
+                job.listing.after.as_deref(),
+                self.settings.jobs.page_keys,
+            )
             .await?;
         let topic = Lane::Batch.topic(&self.settings.topics.uploads);
         let now = Utc::now();
@@ -444,5 +449,32 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(60)).await;
         let job = second.take(f.job().await).await.unwrap().unwrap();
         assert_eq!(job.owner.as_deref(), Some(second.me.as_str()));
+    }
+
+    #[tokio::test]
+    async fn listing_goes_a_page_at_a_time_and_waits_while_the_window_is_full() {
+        let mut f = Fixture::new(&["p/a.jpg", "p/b.jpg", "p/c.jpg"], 1).await;
+        f.settings.jobs.page_keys = 1;
+        f.submit().await;
+        let manager = f.manager();
+        manager.round().await.unwrap();
+        manager.round().await.unwrap();
+        assert_eq!(
+            f.announced(),
+            ["p/a.jpg"],
+            "one object in the pipeline: the window"
+        );
+        f.finish("p/a.jpg", ItemOutcome::Done).await;
+        manager.round().await.unwrap();
+        assert_eq!(f.announced(), ["p/a.jpg", "p/b.jpg"]);
+        let job = f.job().await;
+        assert_eq!(job.listing.after.as_deref(), Some("p/b.jpg"));
+        assert_eq!((job.listing.listed, job.listing.done), (2, false));
+        // Another replica resumes where the stored listing stopped.
+        f.finish("p/b.jpg", ItemOutcome::Done).await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let successor = f.manager();
+        successor.round().await.unwrap();
+        assert_eq!(f.announced(), ["p/a.jpg", "p/b.jpg", "p/c.jpg"]);
     }
 }

@@ -1,10 +1,11 @@
 //! `prism`: the one binary for every Prism service (`prism serve dedup|thumbnail|detect|classify`,
-//! `prism serve gateway`, `prism watch`, `prism reconcile`) and for the embedded mode (`prism
+//! `prism serve gateway|jobs`, `prism job …`, `prism watch`, `prism reconcile`) and for the embedded mode (`prism
 //! run`: the whole pipeline in one process over a folder, no servers; `--web` adds the pages);
 //! `prism probe` is the health check of its container images. It holds wiring only: each service
 //! lives in its own crate.
 
 mod embedded;
+mod job;
 mod memory;
 mod probe;
 
@@ -53,6 +54,11 @@ enum Command {
     Reconcile(ReconcileArgs),
     /// Run one service against Kafka, S3 and CouchDB (same as its own binary).
     Serve { service: Service },
+    /// Batch jobs: run stages over every object under a prefix (`prism serve jobs` runs them).
+    Job {
+        #[command(subcommand)]
+        command: job::JobCommand,
+    },
     /// GET a URL (a service's /readyz or /healthz): exit 0 on a 2xx answer, else 1 with the
     /// reason on stderr. For container health checks, as the images have no curl.
     Probe { url: String },
@@ -65,6 +71,8 @@ enum Service {
     Detect,
     Classify,
     Gateway,
+    /// The batch job manager.
+    Jobs,
 }
 
 #[tokio::main]
@@ -106,7 +114,9 @@ async fn main() -> anyhow::Result<()> {
             Service::Detect => prism_detect::serve(settings, shutdown).await,
             Service::Classify => prism_classify::serve(settings, shutdown).await,
             Service::Gateway => prism_gateway::serve(settings, shutdown).await,
+            Service::Jobs => prism_jobs::serve(settings, shutdown).await,
         },
+        Command::Job { command } => job::run(&settings, command).await,
         Command::Probe { .. } => unreachable!("answered before the settings were read"),
     }
 }

@@ -185,6 +185,27 @@ pub const LIST_PAGE_KEYS: usize = 1000;
 struct KeyRange<'a> {
     prefix: &'a str,
     after: Option<&'a str>,
+    max_keys: usize,
+}
+
+/// The page of the first `max_keys` keys of a whole listing (objects and unlisted names alike).
+fn first_keys(mut listing: Listing, max_keys: usize) -> Page {
+    let mut keys: Vec<&str> = listing
+        .objects
+        .iter()
+        .map(|object| object.source.key.as_str())
+        .chain(listing.unlisted.iter().map(|entry| entry.name.as_str()))
+        .collect();
+    keys.sort_unstable();
+    let next = (keys.len() > max_keys).then(|| keys[max_keys.max(1) - 1].to_string());
+    if let Some(last) = &next {
+        listing.objects.retain(|object| object.source.key <= *last);
+        listing.unlisted.retain(|entry| entry.name <= *last);
+    }
+    listing
+        .objects
+        .sort_by(|a, b| a.source.key.cmp(&b.source.key));
+    Page { listing, next }
 }
 
 /// A whole bucket listed, sorted by key, with what could not be listed set aside.
@@ -311,7 +332,9 @@ impl Buckets {
         let mut listing = Listing::default();
         let mut after: Option<String> = None;
         loop {
-            let page = self.list_page(bucket, "", after.as_deref()).await?;
+            let page = self
+                .list_page(bucket, "", after.as_deref(), LIST_PAGE_KEYS)
+                .await?;
             listing.objects.extend(page.listing.objects);
             listing.unlisted.extend(page.listing.unlisted);
             match page.next {
@@ -321,14 +344,15 @@ impl Buckets {
         }
     }
 
-    /// The objects whose keys start with `prefix` and sort after `after`, in key order: from S3
-    /// one page of up to [`LIST_PAGE_KEYS`] (a million keys are listed a page at a time, and a
-    /// listing resumes from the last key it handled); from a folder or memory all of them.
+    /// The objects whose keys start with `prefix` and sort after `after`, in key order, a page
+    /// of at most `max_keys` (S3 gives at most [`LIST_PAGE_KEYS`]): a million keys are listed a
+    /// page at a time, and a listing resumes from the last key it handled.
     pub async fn list_page(
         &self,
         bucket: &str,
         prefix: &str,
         after: Option<&str>,
+        max_keys: usize,
     ) -> Result<Page, StoreError> {
         let opened = self.opened(bucket)?;
         let mut listing = match &*self.backend {
@@ -336,7 +360,11 @@ impl Buckets {
                 let credentials = opened
                     .s3_credentials
                     .expect("S3 buckets are opened with their credentials");
-                let range = KeyRange { prefix, after };
+                let range = KeyRange {
+                    prefix,
+                    after,
+                    max_keys,
+                };
                 let page = list_s3(settings, client, &credentials, bucket, range).await?;
                 return Ok(page);
             }
@@ -372,13 +400,7 @@ impl Buckets {
         let wanted = |key: &str| key.starts_with(prefix) && after.is_none_or(|after| key > after);
         listing.objects.retain(|object| wanted(&object.source.key));
         listing.unlisted.retain(|entry| wanted(&entry.name));
-        listing
-            .objects
-            .sort_by(|a, b| a.source.key.cmp(&b.source.key));
-        Ok(Page {
-            listing,
-            next: None,
-        })
+        Ok(first_keys(listing, max_keys))
     }
 
     /// The ETag of the version `meta` describes, unquoted (S3 quotes it, MinIO's events do not).
@@ -869,7 +891,7 @@ async fn list_s3(
     if let Some(after) = range.after {
         action.with_start_after(after);
     }
-    action.with_max_keys(LIST_PAGE_KEYS);
+    action.with_max_keys(range.max_keys.clamp(1, LIST_PAGE_KEYS));
     let url = rusty_s3::S3Action::sign(&action, LIST_REQUEST_TTL);
     let response = client.get(url).send().await.map_err(s3_error)?;
     let status = response.status();

@@ -441,6 +441,9 @@ pub struct JobSettings {
     /// Objects of one job in the pipeline at once: listing pauses above it. Keeps a job's queued
     /// work (and what a cancel must skip) small, and its claims inside their lease.
     pub window: u64,
+    /// Keys listed per page (S3 answers at most 1,000); the listing's progress is stored after
+    /// each page, so a restarted manager announces at most this many objects twice.
+    pub page_keys: usize,
     /// A manager replica drives a job while its lease holds; a replica that died is replaced
     /// after this.
     #[serde(with = "millis")]
@@ -457,6 +460,7 @@ impl Default for JobSettings {
     fn default() -> Self {
         JobSettings {
             window: 500,
+            page_keys: 1000,
             lease: Duration::from_secs(15),
             poll: Duration::from_millis(500),
             vcpu_hour_usd: 0.0504,

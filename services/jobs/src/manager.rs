@@ -10,6 +10,7 @@
 use crate::report::{Digest, ManifestLine, summary};
 use bytes::Bytes;
 use chrono::Utc;
+use futures::StreamExt;
 use futures::future::try_join_all;
 use prism_core::contract::ingest::UploadEvent;
 use prism_core::contract::reannounce::announcement_key;
@@ -71,14 +72,20 @@ impl Manager {
         }
     }
 
-    /// One step for every unfinished job this replica holds or may take.
+    /// One step for every unfinished job this replica holds or may take. One job's failure
+    /// (its manifest refused, say) does not hold up the others; it is tried again next round.
     pub async fn round(&self) -> anyhow::Result<()> {
         for job in self.book.jobs().await? {
             if job.state.is_final() {
                 continue;
             }
-            if let Some(job) = self.take(job).await? {
-                self.step(job).await?;
+            let id = job.id.clone();
+            let stepped = match self.take(job).await? {
+                Some(job) => self.step(job).await,
+                None => Ok(()),
+            };
+            if let Err(error) = stepped {
+                tracing::warn!(job = %id, error = %format!("{error:#}"), "job step failed; trying again");
             }
         }
         Ok(())
@@ -214,17 +221,25 @@ impl Manager {
         let id = job.id.clone();
         let producer = tokio::spawn(async move { manifest_chunks(&*book, &id, chunks).await });
         let mut received = received;
-        let body = futures::stream::poll_fn(move |cx| received.poll_recv(cx));
-        let written = self
-            .buckets
-            .write_stream(
-                &self.settings.output_bucket,
-                &manifest_key(&job.id),
-                "application/x-ndjson",
-                u64::MAX,
-                Box::pin(body),
-            )
-            .await;
+        let (bucket, key) = (&self.settings.output_bucket, manifest_key(&job.id));
+        const CONTENT_TYPE: &str = "application/x-ndjson";
+        // S3 refuses a multipart upload of nothing: a job of no objects gets a plain empty file.
+        let written = match received.recv().await {
+            None => {
+                self.buckets
+                    .write(bucket, &key, Bytes::new(), CONTENT_TYPE)
+                    .await
+            }
+            Some(first) => {
+                let rest = futures::stream::poll_fn(move |cx| received.poll_recv(cx));
+                let body = futures::stream::once(async { first }).chain(rest);
+                let body = Box::pin(body);
+                let written = self
+                    .buckets
+                    .write_stream(bucket, &key, CONTENT_TYPE, u64::MAX, body);
+                written.await.map(drop)
+            }
+        };
         let digest = producer.await??;
         written?;
         Ok(digest)

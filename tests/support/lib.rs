@@ -11,7 +11,7 @@ use prism_core::contract::schemas::{MessageKind, Schemas};
 use prism_core::contract::{DeadLetter, StageName, StageResult};
 use prism_core::ports::claims::{ClaimStatus, couch::CouchIndex};
 use prism_core::ports::store::Buckets;
-use prism_core::runtime::config::{self, Settings, Topics};
+use prism_core::runtime::config::{self, Lane, Settings, Topics};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -614,11 +614,17 @@ impl Seen {
         let payload = message.payload().unwrap_or_default();
         let topic = message.topic();
         *self.counts.entry(topic.to_string()).or_default() += 1;
-        let kind = if topic == topics.uploads {
+        // Uploads and work travel in either lane; a batch job's on topics of their own.
+        let in_a_lane = |interactive: &str| {
+            Lane::ALL
+                .iter()
+                .any(|lane| lane.topic(interactive) == topic)
+        };
+        let kind = if in_a_lane(&topics.uploads) {
             MessageKind::Upload
         } else if StageName::ALL
             .iter()
-            .any(|&stage| topic == topics.jobs(stage))
+            .any(|&stage| in_a_lane(topics.jobs(stage)))
         {
             MessageKind::Job
         } else if topic == topics.deadletter {

@@ -49,8 +49,12 @@ pub struct SampleSummary {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageCalibration {
     pub fit: LinearFit,
-    /// CPU time over wall time across the sample: how many cores one image keeps busy.
+    /// CPU time over wall time across the sample: how many cores a batch keeps busy.
     pub parallelism: f64,
+    /// Images per stage run (copies of one): the CPU-seconds are per image of such a batch.
+    pub batch: usize,
+    /// The measurements the fit was made from, to check it or refit with more.
+    pub samples: Vec<Sample>,
 }
 
 /// What `--calibrate` writes and planning reads.
@@ -137,6 +141,7 @@ pub struct Image {
 /// One stage's measurements.
 #[derive(Debug, Default)]
 pub struct Measured {
+    pub batch: usize,
     pub samples: Vec<Sample>,
     pub wall_s: f64,
     /// Images the stage refused, with its reason.
@@ -159,30 +164,54 @@ pub fn build_stage(stage: StageName, settings: &Settings) -> anyhow::Result<Box<
     })
 }
 
-/// Runs every image through `stage` alone, once unmeasured (first-use costs: page faults in the
-/// weights, rayon's threads starting) and then measured.
-pub fn measure(stage: &dyn Stage, images: &[Image]) -> anyhow::Result<Measured> {
+/// Runs every image through `stage` alone, as a batch of `batch` copies of it (the batch a
+/// replica runs when a job keeps its queue full: the models share one forward pass among a batch),
+/// `rounds` times, and keeps the median CPU time per image (with its wall time): another
+/// process's burst on a shared machine moves one round, not the median. The first image runs once
+/// unmeasured before (first-use costs: page faults in the weights, rayon's threads starting).
+pub fn measure(
+    stage: &dyn Stage,
+    images: &[Image],
+    batch: usize,
+    rounds: u32,
+) -> anyhow::Result<Measured> {
+    anyhow::ensure!(batch > 0 && rounds > 0, "at least one image and one round");
     if let Some(first) = images.first() {
-        stage.run(std::slice::from_ref(&first.bytes));
+        stage.run(&vec![first.bytes.clone(); batch]);
     }
-    let mut measured = Measured::default();
-    for image in images {
-        let cpu_before = process_cpu_s()?;
-        let started = Instant::now();
-        let outcome = stage.run(std::slice::from_ref(&image.bytes));
-        let wall_s = started.elapsed().as_secs_f64();
-        let cpu_s = process_cpu_s()? - cpu_before;
-        match outcome.into_iter().next() {
-            Some(Ok(_)) => {
-                measured.samples.push(Sample {
-                    megapixels: image.megapixels,
-                    cpu_s,
-                });
-                measured.wall_s += wall_s;
+    let mut measured = Measured {
+        batch,
+        ..Measured::default()
+    };
+    'images: for image in images {
+        let copies = vec![image.bytes.clone(); batch];
+        let mut runs = Vec::new();
+        for _ in 0..rounds {
+            let cpu_before = process_cpu_s()?;
+            let started = Instant::now();
+            let outcomes = stage.run(&copies);
+            let wall_s = started.elapsed().as_secs_f64() / batch as f64;
+            let cpu_s = (process_cpu_s()? - cpu_before) / batch as f64;
+            anyhow::ensure!(
+                outcomes.len() == batch,
+                "{} gave {} outcomes for {batch} copies of {}",
+                stage.name(),
+                outcomes.len(),
+                image.name
+            );
+            if let Some(Err(failure)) = outcomes.into_iter().find(Result::is_err) {
+                measured.refused.push((image.name.clone(), failure.reason));
+                continue 'images;
             }
-            Some(Err(failure)) => measured.refused.push((image.name.clone(), failure.reason)),
-            None => anyhow::bail!("{} gave no outcome for {}", stage.name(), image.name),
+            runs.push((cpu_s, wall_s));
         }
+        runs.sort_by(|x, y| x.0.total_cmp(&y.0));
+        let (cpu_s, wall_s) = runs[runs.len() / 2];
+        measured.samples.push(Sample {
+            megapixels: image.megapixels,
+            cpu_s,
+        });
+        measured.wall_s += wall_s;
     }
     Ok(measured)
 }
@@ -195,6 +224,8 @@ impl StageCalibration {
         Ok(StageCalibration {
             fit,
             parallelism: cpu_s / measured.wall_s,
+            batch: measured.batch,
+            samples: measured.samples.clone(),
         })
     }
 }
@@ -267,15 +298,21 @@ impl fmt::Display for Calibration {
         )?;
         writeln!(
             f,
-            "  {:<10} {:>10} {:>13} {:>7} {:>8} {:>12}",
-            "stage", "a (CPU s)", "b (CPU s/MP)", "R²", "samples", "parallelism"
+            "  {:<10} {:>10} {:>13} {:>7} {:>8} {:>6} {:>12}",
+            "stage", "a (CPU s)", "b (CPU s/MP)", "R²", "samples", "batch", "parallelism"
         )?;
         for (stage, calibrated) in &self.stages {
             let fit = &calibrated.fit;
             writeln!(
                 f,
-                "  {:<10} {:>10.4} {:>13.4} {:>7.3} {:>8} {:>12.2}",
-                stage, fit.a, fit.b, fit.r_squared, fit.samples, calibrated.parallelism
+                "  {:<10} {:>10.4} {:>13.4} {:>7.3} {:>8} {:>6} {:>12.2}",
+                stage,
+                fit.a,
+                fit.b,
+                fit.r_squared,
+                fit.samples,
+                calibrated.batch,
+                calibrated.parallelism
             )?;
         }
         Ok(())
@@ -310,6 +347,8 @@ mod tests {
                         samples: 2,
                     },
                     parallelism: 1.8,
+                    batch: 8,
+                    samples: Vec::new(),
                 },
             )]),
         }
@@ -336,6 +375,7 @@ mod tests {
     #[test]
     fn parallelism_is_cpu_over_wall_time() {
         let measured = Measured {
+            batch: 1,
             samples: vec![
                 Sample {
                     megapixels: 1.0,

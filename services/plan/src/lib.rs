@@ -37,6 +37,13 @@ pub struct PlanArgs {
     /// The sample images for --calibrate: the files in DIR (not its subfolders), of varied sizes.
     #[arg(long, value_name = "DIR")]
     pub sample: Option<PathBuf>,
+    /// Runs of each image per stage in --calibrate; the median CPU time is kept.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
+    /// Images per stage run in --calibrate (copies of one image) [default: each stage's
+    /// configured `intake.<stage>.max_batch`: 8 for the models, 1 for thumbnail].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: Option<u64>,
     /// Stages to calibrate or plan, comma-separated.
     #[arg(
         long,
@@ -112,8 +119,15 @@ fn calibrate(
     for &stage in &args.stages {
         let code = calibration::build_stage(stage, settings)
             .with_context(|| format!("cannot build the {stage} stage"))?;
-        eprintln!("measuring {stage} on {} images…", images.len());
-        let measured = calibration::measure(code.as_ref(), &images)?;
+        let batch = args
+            .batch
+            .map_or(settings.intake.stage(stage).max_batch, |b| b as usize);
+        eprintln!(
+            "measuring {stage} on {} images, in batches of {batch}, {} rounds…",
+            images.len(),
+            args.rounds
+        );
+        let measured = calibration::measure(code.as_ref(), &images, batch, args.rounds)?;
         for (name, reason) in &measured.refused {
             eprintln!("  {stage} refused {name}: {reason}");
         }

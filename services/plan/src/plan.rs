@@ -27,7 +27,7 @@ pub const DEFAULT_VCPU_HOUR_USD: f64 = 0.08925 / 2.0;
 /// on 2026-11-30). The free tier is left out. A default to override.
 pub const DEFAULT_GB_SECOND_USD: f64 = 0.000_016_666_7;
 /// Default serverless request price: AWS Lambda, $0.20 per million requests (same page and date).
-pub const DEFAULT_REQUEST_USD: f64 = 0.20 / 1_000_000.0;
+pub const DEFAULT_REQUEST_USD: f64 = 0.000_000_2;
 /// Lambda gives a function one vCPU at 1,769 MB and CPU in proportion to memory ("Configure Lambda
 /// function memory", <https://docs.aws.amazon.com/lambda/latest/dg/configuration-memory.html>).
 /// Lambda bills memory in GB of 1,024 MB.
@@ -254,7 +254,7 @@ impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{} images of {} MP, replicas of {} cores{}",
+            "{} images of {:.1} MP, replicas of {} cores{}",
             self.images,
             self.megapixels,
             self.cores_per_replica,
@@ -313,7 +313,7 @@ impl fmt::Display for Plan {
             if stage.deadline_met == Some(false) {
                 writeln!(
                     f,
-                    "deadline missed: one {} MP image takes {} in {} alone, longer than the \
+                    "deadline missed: one {:.1} MP image takes {} in {} alone, longer than the \
                      deadline; no number of replicas meets it",
                     self.megapixels,
                     human(stage.one_image_s),
@@ -323,7 +323,7 @@ impl fmt::Display for Plan {
             if stage.extrapolated {
                 writeln!(
                     f,
-                    "note: {} MP is outside the sizes {} was calibrated on: the fit is extrapolated",
+                    "note: {:.1} MP is outside the sizes {} was calibrated on: the fit is extrapolated",
                     self.megapixels, stage.stage
                 )?;
             }
@@ -366,6 +366,8 @@ mod tests {
                     StageCalibration {
                         fit: line(0.02, 0.01),
                         parallelism: 1.0,
+                        batch: 1,
+                        samples: Vec::new(),
                     },
                 ),
                 (
@@ -373,6 +375,8 @@ mod tests {
                     StageCalibration {
                         fit: line(0.1, 0.0),
                         parallelism: 2.0,
+                        batch: 8,
+                        samples: Vec::new(),
                     },
                 ),
             ]),

@@ -35,14 +35,19 @@ pub struct PlanArgs {
     #[arg(long, requires = "sample")]
     pub calibrate: bool,
     /// The sample images for --calibrate: the files in DIR (not its subfolders), of varied sizes.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "images")]
     pub sample: Option<PathBuf>,
     /// Runs of each image per stage in --calibrate; the median CPU time is kept.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(
+        long,
+        default_value_t = 3,
+        value_parser = clap::value_parser!(u32).range(1..),
+        conflicts_with = "images"
+    )]
     pub rounds: u32,
     /// Images per stage run in --calibrate (copies of one image) [default: each stage's
     /// configured `intake.<stage>.max_batch`: 8 for the models, 1 for thumbnail].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "images")]
     pub batch: Option<u64>,
     /// Stages to calibrate or plan, comma-separated.
     #[arg(
@@ -201,4 +206,42 @@ fn print_plan(args: &PlanArgs, path: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        plan: PlanArgs,
+    }
+
+    fn parse(line: &str) -> Result<PlanArgs, clap::Error> {
+        Command::try_parse_from(std::iter::once("plan").chain(line.split_whitespace()))
+            .map(|command| command.plan)
+    }
+
+    #[test]
+    fn a_plan_needs_images_and_reads_a_deadline() {
+        let args = parse("--images 1000 --stages classify,detect --deadline 15m").unwrap();
+        assert_eq!(args.images, Some(1000));
+        assert_eq!(args.stages, [StageName::Classify, StageName::Detect]);
+        assert_eq!(args.deadline, Some(Duration::from_secs(900)));
+        assert!(parse("--stages classify").is_err());
+        assert!(parse("--images 10 --deadline soon").is_err());
+        assert!(parse("--images 10 --deadline 1m --replicas 3").is_err());
+    }
+
+    #[test]
+    fn calibrating_needs_a_sample_and_no_job() {
+        assert!(parse("--calibrate").is_err());
+        assert!(parse("--calibrate --sample photos --images 10").is_err());
+        assert!(parse("--sample photos --images 10").is_err());
+        let args = parse("--calibrate --sample photos --stages thumbnail --rounds 1").unwrap();
+        assert_eq!(args.sample, Some(PathBuf::from("photos")));
+        assert_eq!(args.rounds, 1);
+    }
 }

@@ -135,6 +135,8 @@ pub enum PlanError {
     },
     #[error("{what} must be positive, got {value}")]
     NotPositive { what: &'static str, value: f64 },
+    #[error("{what} cannot be negative, got {value}")]
+    Negative { what: &'static str, value: f64 },
     #[error("--memory-gb {0} is more than a Lambda function can have ({LAMBDA_MAX_GB} GB)")]
     TooMuchMemory(f64),
     #[error("no stages to plan")]
@@ -149,8 +151,19 @@ fn positive(what: &'static str, value: f64) -> Result<(), PlanError> {
     }
 }
 
+fn price(what: &'static str, value: f64) -> Result<(), PlanError> {
+    if value >= 0.0 && value.is_finite() {
+        Ok(())
+    } else {
+        Err(PlanError::Negative { what, value })
+    }
+}
+
 /// Plans `job` from `calibration` at `prices`.
 pub fn plan(calibration: &Calibration, job: &Job, prices: &Prices) -> Result<Plan, PlanError> {
+    price("--vcpu-hour-usd", prices.vcpu_hour_usd)?;
+    price("--gb-second-usd", prices.gb_second_usd)?;
+    price("--request-usd", prices.request_usd)?;
     positive("--images", job.images as f64)?;
     positive("--megapixels", job.megapixels)?;
     positive("--cores-per-replica", f64::from(job.cores_per_replica))?;
@@ -498,6 +511,40 @@ mod tests {
         let plan = plan(&calibration(), &big, &Prices::default()).unwrap();
         assert!(plan.stages[0].extrapolated);
         assert!(plan.to_string().contains("extrapolated"));
+    }
+
+    #[test]
+    fn nonsense_inputs_are_refused() {
+        let mut no_images = job(&[StageName::Thumbnail], None);
+        no_images.images = 0;
+        assert!(matches!(
+            plan(&calibration(), &no_images, &Prices::default()),
+            Err(PlanError::NotPositive {
+                what: "--images",
+                ..
+            })
+        ));
+        let negative = Prices {
+            request_usd: -1.0,
+            ..Prices::default()
+        };
+        assert!(matches!(
+            plan(
+                &calibration(),
+                &job(&[StageName::Thumbnail], None),
+                &negative
+            ),
+            Err(PlanError::Negative {
+                what: "--request-usd",
+                ..
+            })
+        ));
+        let mut huge = job(&[StageName::Thumbnail], None);
+        huge.memory_gb = 12.0;
+        assert_eq!(
+            plan(&calibration(), &huge, &Prices::default()),
+            Err(PlanError::TooMuchMemory(12.0))
+        );
     }
 
     #[test]

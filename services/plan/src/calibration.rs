@@ -1,11 +1,12 @@
 //! `prism plan --calibrate`: runs a sample of images through each stage's own code, in this
-//! process and one image at a time, and fits each stage's CPU-seconds per image against the
-//! image's megapixels. The result is a JSON file that planning reads.
+//! process and one image at a time (as a batch of its copies, see [`measure`]), and fits each
+//! stage's CPU-seconds per image against the image's megapixels. The result is a JSON file that
+//! planning reads.
 //!
 //! CPU time is the whole process's (getrusage RUSAGE_SELF), not the calling thread's: detect and
-//! classify spread an image over rayon's threads, whose time a per-thread clock would miss, and
+//! classify spread a batch over rayon's threads, whose time a per-thread clock would miss, and
 //! rayon's spinning before its threads sleep is CPU a replica pays for too. Nothing else in the
-//! process works while an image runs, so the process's time is the stage's.
+//! process works while a batch runs, so the process's time is the stage's.
 
 use crate::fit::{self, FitError, LinearFit, Sample};
 use bytes::Bytes;

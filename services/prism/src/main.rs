@@ -14,6 +14,7 @@ use prism_announce::{ReconcileArgs, WatchArgs};
 use prism_core::contract::StageName;
 use prism_core::runtime::config::{self, Settings};
 use prism_core::runtime::{service, telemetry};
+use prism_plan::PlanArgs;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -52,6 +53,9 @@ enum Command {
     Watch(WatchArgs),
     /// Re-announce uploads of the input bucket whose notification was lost.
     Reconcile(ReconcileArgs),
+    /// Plan a batch job (replicas, duration, cost per 1,000 images) from a fit of the stages'
+    /// measured CPU time; `--calibrate` measures and fits.
+    Plan(PlanArgs),
     /// Run one service against Kafka, S3 and CouchDB (same as its own binary).
     Serve { service: Service },
     /// Batch jobs: run stages over every object under a prefix (`prism serve jobs` runs them).
@@ -108,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Watch(args) => prism_announce::watch(&settings, &args, shutdown).await,
         Command::Reconcile(args) => prism_announce::reconcile(&settings, &args, shutdown).await,
+        Command::Plan(args) => prism_plan::run(&settings, &args),
         Command::Serve { service } => match service {
             Service::Dedup => prism_dedup::serve(settings, shutdown).await,
             Service::Thumbnail => prism_thumbnail::serve(settings, shutdown).await,

@@ -16,8 +16,9 @@ use std::sync::Arc;
 
 /// Largest submission read; a real one is a few hundred bytes.
 const MAX_SUBMISSION_BYTES: usize = 64 * 1024;
-/// Jobs listed when the request does not say, and at most: each costs a count in the book.
+/// Newest jobs listed when the request does not say.
 const DEFAULT_LIST_LIMIT: usize = 50;
+/// Most jobs listed at once: each costs a count of its outcomes in the book.
 const MAX_LIST_LIMIT: usize = 500;
 /// Jobs counted at once while listing.
 const CONCURRENT_COUNTS: usize = 8;

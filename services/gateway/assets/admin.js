@@ -1,7 +1,8 @@
 "use strict";
 // The admin page: asks for the admin token (kept in this tab's sessionStorage), then reads
-// /api/admin/stats every few seconds and draws the figures, the last hour's charts (plain SVG)
-// and the consumer groups.
+// /api/admin/stats and /api/jobs every few seconds and draws the figures, the last hour's charts
+// (plain SVG), the consumer groups and the batch jobs, with a form to submit one and a button to
+// cancel each running one.
 
 const TOKEN_KEY = "prism.adminToken";
 const REFRESH_MS = 5000;
@@ -10,11 +11,15 @@ const MINUTE_MS = 60 * 1000;
 const SVG = "http://www.w3.org/2000/svg";
 // Pipeline order; a stage the gateway reports beyond these follows them.
 const STAGE_ORDER = ["dedup", "thumbnail", "detect", "classify"];
+// A job in these states has ended: nothing to cancel.
+const ENDED_STATES = ["completed", "cancelled"];
 
 const login = document.getElementById("login");
 const dashboard = document.getElementById("dashboard");
 const loginError = document.getElementById("login-error");
 const loadError = document.getElementById("load-error");
+const jobForm = document.getElementById("job-form");
+const jobsTable = document.getElementById("jobs-table");
 let timer = null;
 
 function showLogin(message) {
@@ -33,9 +38,7 @@ async function load() {
   }
   let response;
   try {
-    response = await fetch("/api/admin/stats", {
-      headers: { Authorization: `Bearer ${token}`, Accept: "application/json" },
-    });
+    response = await fetch("/api/admin/stats", { headers: adminHeaders(token) });
   } catch (error) {
     showLoadError(`The gateway does not answer (${error.message}); trying again.`);
     timer = setTimeout(load, REFRESH_MS);
@@ -56,7 +59,12 @@ async function load() {
   dashboard.hidden = false;
   loadError.hidden = true;
   render(stats);
+  await loadJobs();
   timer = setTimeout(load, REFRESH_MS);
+}
+
+function adminHeaders(token) {
+  return { Authorization: `Bearer ${token}`, Accept: "application/json" };
 }
 
 function showLoadError(message) {
@@ -203,6 +211,158 @@ function renderGroups(groups) {
     }),
   );
 }
+
+/**
+ * An admin API request about batch jobs: {status, answer} (answer: the JSON body, or {} when it
+ * has none); status 0 when the gateway did not answer. A refused token shows the sign-in.
+ */
+async function jobsRequest(path, options = {}) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const headers = { ...adminHeaders(token), ...(options.headers || {}) };
+  let response;
+  try {
+    response = await fetch(path, { ...options, headers });
+  } catch (error) {
+    return { status: 0, answer: { reason: `The gateway does not answer (${error.message}).` } };
+  }
+  if (response.status === 401) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    showLogin("That token was not accepted.");
+  }
+  let answer = {};
+  try {
+    answer = await response.json();
+  } catch {
+    // A body that is not JSON (a timeout's plain text): the status says enough.
+  }
+  return { status: response.status, answer };
+}
+
+/** The batch jobs table; where the gateway has no job manager, its reason instead of the form. */
+async function loadJobs() {
+  const note = document.getElementById("jobs-note");
+  const { status, answer } = await jobsRequest("/api/jobs");
+  if (status === 401) {
+    return;
+  }
+  if (status !== 200) {
+    note.textContent = answer.reason || `The jobs did not load (${status}); trying again.`;
+    note.hidden = false;
+    // Nothing to show or submit where no job manager can run (the embedded mode).
+    const noManager = answer.code === "no_job_manager";
+    jobForm.hidden = noManager;
+    jobsTable.hidden = noManager;
+    return;
+  }
+  note.hidden = true;
+  jobForm.hidden = false;
+  jobsTable.hidden = false;
+  renderJobs(answer.jobs);
+}
+
+function renderJobs(jobs) {
+  const body = document.getElementById("jobs-rows");
+  if (jobs.length === 0) {
+    const cell = listItem("No jobs yet.", "td");
+    cell.colSpan = 11;
+    const row = document.createElement("tr");
+    row.append(cell);
+    body.replaceChildren(row);
+    return;
+  }
+  body.replaceChildren(...jobs.map(jobRow));
+}
+
+/** One job's row: `view` is a JobView ({job, tally, finished, outcomes, rate_per_s, eta_s}). */
+function jobRow(view) {
+  const job = view.job;
+  const running = !ENDED_STATES.includes(job.state);
+  const row = document.createElement("tr");
+  row.dataset.testid = `job-${job.id}`;
+  const { done, deduplicated, failed } = view.outcomes;
+  const eta = view.eta_s == null ? "" : `, ${view.eta_s} s left`;
+  const cells = {
+    id: job.id,
+    name: job.name || "–",
+    state: running && job.cancel_requested ? "cancelling" : job.state,
+    prefix: job.prefix === "" ? "(whole bucket)" : job.prefix,
+    stages: job.stages.join(", "),
+    listed: job.listing.done ? String(job.listing.listed) : `${job.listing.listed}+`,
+    finished: String(view.finished),
+    outcomes: `${done} / ${deduplicated} / ${failed}`,
+    rate: `${rate(view.rate_per_s)}/s${eta}`,
+    submitted: new Date(job.submitted_at).toLocaleString(),
+  };
+  for (const [field, text] of Object.entries(cells)) {
+    const cell = listItem(text, "td");
+    cell.dataset.field = field;
+    row.append(cell);
+  }
+  const action = document.createElement("td");
+  if (running && !job.cancel_requested) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "small";
+    button.textContent = "Cancel";
+    button.setAttribute("aria-label", `Cancel job ${job.id}`);
+    button.dataset.testid = `cancel-${job.id}`;
+    button.addEventListener("click", () => cancelJob(job.id, button));
+    action.append(button);
+  }
+  row.append(action);
+  return row;
+}
+
+/** Objects per second, with two significant digits below 10. */
+function rate(perSecond) {
+  return perSecond >= 10 ? perSecond.toFixed(0) : perSecond.toPrecision(2);
+}
+
+function showJobMessage(text, failed) {
+  const message = document.getElementById("job-message");
+  message.textContent = text;
+  message.classList.toggle("error", failed);
+}
+
+async function cancelJob(id, button) {
+  button.disabled = true;
+  const { status, answer } = await jobsRequest(`/api/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" });
+  if (status === 200) {
+    showJobMessage(`Job ${id}: cancel requested; the job manager stops it on its next round.`, false);
+  } else if (status !== 401) {
+    showJobMessage(answer.reason || `The job was not cancelled (${status}).`, true);
+  }
+  await loadJobs();
+}
+
+jobForm.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = new FormData(jobForm);
+  const submission = { prefix: form.get("prefix"), stages: form.getAll("stages") };
+  const minutes = Number(form.get("deadline"));
+  if (minutes > 0) {
+    submission.deadline_s = Math.round(minutes * 60);
+  }
+  const name = form.get("name").trim();
+  if (name) {
+    submission.name = name;
+  }
+  const button = jobForm.querySelector("button[type=submit]");
+  button.disabled = true;
+  const { status, answer } = await jobsRequest("/api/jobs", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(submission),
+  });
+  button.disabled = false;
+  if (status === 201) {
+    showJobMessage(`Job ${answer.id} submitted.`, false);
+    jobForm.reset();
+    await loadJobs();
+  } else if (status !== 401) {
+    showJobMessage(answer.reason || `The job was not submitted (${status}).`, true);
+  }
+});
 
 function svg(tag, attributes, text) {
   const element = document.createElementNS(SVG, tag);

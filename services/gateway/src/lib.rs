@@ -10,6 +10,7 @@
 //! - [`results`] — an upload's results, a content's results, the objects.
 //! - [`predict`] — `POST /predict`.
 //! - [`admin`], [`stats`] — the admin page's numbers.
+//! - [`jobs`] — batch jobs: submit, list, status, cancel.
 //! - [`hub`] — the outcomes heard, handed to whoever waits.
 //! - [`lookup`] — results read back from the claims.
 
@@ -18,6 +19,7 @@ mod assets;
 pub mod auth;
 mod error;
 pub mod hub;
+pub mod jobs;
 mod lookup;
 mod openapi;
 pub mod predict;
@@ -30,6 +32,7 @@ use auth::Guard;
 use axum::Router;
 use axum::routing::{get, post};
 use hub::Hub;
+use prism_core::ports::batch::JobBook;
 use prism_core::ports::bus::Subscriber;
 use prism_core::ports::bus::kafka::KafkaSubscriber;
 use prism_core::runtime::backends::Backends;
@@ -51,6 +54,9 @@ pub struct App {
     pub max_upload_bytes: u64,
     /// Where to read consumer lag from; None in the embedded mode.
     pub kafka: Option<KafkaSettings>,
+    /// Where batch jobs are kept; None where no job manager can run, so `/api/jobs` refuses
+    /// rather than take jobs nobody would run.
+    pub jobs: Option<Arc<dyn JobBook>>,
     /// Ends the live streams, so a graceful shutdown does not wait on open pages.
     pub shutdown: CancellationToken,
 }
@@ -64,6 +70,9 @@ impl App {
     ) -> Self {
         let lookup =
             lookup::Lookup::new(&settings, backends.buckets.clone(), backends.index.clone());
+        // The job manager (`prism serve jobs`) runs beside the servers; the embedded mode (no
+        // Kafka) has none, and its book is the process's memory.
+        let jobs = kafka.is_some().then(|| backends.book.clone());
         App {
             max_upload_bytes: settings
                 .gateway
@@ -75,6 +84,7 @@ impl App {
             backends,
             settings,
             kafka,
+            jobs,
             shutdown,
         }
     }
@@ -108,6 +118,9 @@ pub fn router(app: Arc<App>) -> anyhow::Result<Router> {
     );
     let admin = Router::new()
         .route("/api/admin/stats", get(admin::stats))
+        .route("/api/jobs", get(jobs::list).post(jobs::submit))
+        .route("/api/jobs/{id}", get(jobs::status))
+        .route("/api/jobs/{id}/cancel", post(jobs::cancel))
         .layer(quick)
         .route_layer(axum::middleware::from_fn_with_state(
             admin_guard,
@@ -205,13 +218,21 @@ mod tests {
     use super::*;
     use axum::body::Body;
     use axum::http::{Request, StatusCode, header};
+    use prism_core::contract::StageName;
+    use prism_core::ports::batch::memory::MemoryJobBook;
+    use prism_core::ports::batch::{ItemOutcome, JobBook, JobItem, JobState, item_id};
     use prism_core::ports::bus::memory::MemoryBus;
     use prism_core::ports::claims::memory::MemoryIndex;
     use prism_core::ports::store::Buckets;
+    use serde_json::json;
     use tower::ServiceExt;
 
     /// The gateway over in-process ports, with `gateway` settings.
     fn app(configure: impl FnOnce(&mut Settings)) -> Router {
+        router(Arc::new(gateway(configure))).unwrap()
+    }
+
+    fn gateway(configure: impl FnOnce(&mut Settings)) -> App {
         let mut settings = Settings::default();
         settings.gateway.admin_token = prism_core::runtime::config::Secret::new("s3cret");
         configure(&mut settings);
@@ -219,10 +240,44 @@ mod tests {
             publisher: Arc::new(MemoryBus::default()),
             buckets: Buckets::memory(),
             index: Arc::new(MemoryIndex::default()),
-            book: Arc::new(prism_core::ports::batch::memory::MemoryJobBook::default()),
+            book: Arc::new(MemoryJobBook::default()),
         };
-        let app = App::new(settings, backends, None, CancellationToken::new());
-        router(Arc::new(app)).unwrap()
+        App::new(settings, backends, None, CancellationToken::new())
+    }
+
+    /// The gateway as beside the servers: batch jobs in `book`.
+    fn with_jobs(book: Arc<MemoryJobBook>, configure: impl FnOnce(&mut Settings)) -> Router {
+        let mut gateway = gateway(configure);
+        gateway.jobs = Some(book);
+        router(Arc::new(gateway)).unwrap()
+    }
+
+    /// `method path` with the admin token (or none) and a JSON body; the status and JSON answer.
+    async fn call(
+        router: &Router,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let body = match body {
+            Some(json) => Body::from(json.to_string()),
+            None => Body::empty(),
+        };
+        let response = router
+            .clone()
+            .oneshot(request.body(body).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
     }
 
     async fn status(
@@ -276,5 +331,188 @@ mod tests {
         assert_eq!(allowed, StatusCode::OK);
         // The admin page's HTML stays public: it asks for the token itself.
         assert_eq!(status(&router, "/admin", None).await.0, StatusCode::OK);
+    }
+
+    /// One object's outcome in `stage` of `job`, as a stage records it.
+    fn outcome(job: &str, key: &str, stage: StageName, outcome: ItemOutcome) -> JobItem {
+        JobItem {
+            doc_id: item_id(job, key, stage),
+            rev: String::new(),
+            kind: prism_core::ports::batch::ITEM_KIND.into(),
+            job: job.into(),
+            key: key.into(),
+            stage,
+            outcome,
+            content_hash: None,
+            outputs: Vec::new(),
+            payload: Default::default(),
+            error: None,
+            processing_ms: 40,
+            latency_ms: 90,
+            finished_at: chrono::Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_is_submitted_listed_followed_and_cancelled() {
+        let book = Arc::new(MemoryJobBook::default());
+        let router = with_jobs(book.clone(), |_| {});
+        let token = Some("s3cret");
+        let submission = json!({"prefix": "batch/", "stages": ["classify", "detect"], "deadline_s": 900, "name": "nightly"});
+        let (created, job) = call(&router, "POST", "/api/jobs", token, Some(submission)).await;
+        assert_eq!(created, StatusCode::CREATED, "{job}");
+        let id = job["id"].as_str().unwrap().to_string();
+        assert_eq!(job["bucket"], "prism-input", "the input bucket by default");
+        assert_eq!(job["stages"], json!(["detect", "classify"]));
+        assert_eq!(job["state"], "listing");
+        assert_eq!(
+            (job["name"].clone(), job["deadline_s"].clone()),
+            (json!("nightly"), json!(900))
+        );
+
+        // One object through both stages, another through one so far.
+        book.record_items(&[
+            outcome(&id, "batch/a.jpg", StageName::Detect, ItemOutcome::Done),
+            outcome(
+                &id,
+                "batch/a.jpg",
+                StageName::Classify,
+                ItemOutcome::Deduplicated,
+            ),
+            outcome(&id, "batch/b.jpg", StageName::Detect, ItemOutcome::Failed),
+        ])
+        .await
+        .unwrap();
+        let (listed, list) = call(&router, "GET", "/api/jobs", token, None).await;
+        assert_eq!(listed, StatusCode::OK);
+        let jobs = list["jobs"].as_array().unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0]["job"]["id"], id.as_str());
+        assert_eq!(jobs[0]["finished"], 1);
+        assert_eq!(
+            jobs[0]["outcomes"],
+            json!({"done": 1, "deduplicated": 1, "failed": 1})
+        );
+
+        let (found, status) = call(&router, "GET", &format!("/api/jobs/{id}"), token, None).await;
+        assert_eq!(found, StatusCode::OK);
+        assert_eq!(status["job"]["state"], "listing");
+        assert_eq!(status["tally"]["counts"]["detect"]["failed"]["items"], 1);
+        assert!(status["rate_per_s"].as_f64().unwrap() >= 0.0);
+        assert_eq!(status["eta_s"], json!(null), "not listed to the end yet");
+
+        let cancel = format!("/api/jobs/{id}/cancel");
+        let (cancelled, job) = call(&router, "POST", &cancel, token, None).await;
+        assert_eq!(cancelled, StatusCode::OK);
+        assert_eq!(job["cancel_requested"], true);
+        // Asked again before the manager acted: the same answer.
+        assert_eq!(
+            call(&router, "POST", &cancel, token, None).await.0,
+            StatusCode::OK
+        );
+
+        // Once the job has ended, there is nothing to cancel.
+        let mut stored = book.job(&id).await.unwrap().unwrap();
+        stored.state = JobState::Cancelled;
+        assert!(book.replace_job(&mut stored).await.unwrap());
+        let (ended, refusal) = call(&router, "POST", &cancel, token, None).await;
+        assert_eq!(ended, StatusCode::CONFLICT);
+        assert_eq!(refusal["code"], "job_ended");
+
+        let (missing, refusal) = call(
+            &router,
+            "GET",
+            "/api/jobs/20260101-000000-000000",
+            token,
+            None,
+        )
+        .await;
+        assert_eq!(missing, StatusCode::NOT_FOUND);
+        assert_eq!(refusal["code"], "no_such_job");
+    }
+
+    #[tokio::test]
+    async fn a_job_the_pipeline_cannot_run_is_refused_with_the_reason() {
+        let router = with_jobs(Arc::new(MemoryJobBook::default()), |settings| {
+            settings.enabled_stages = vec![StageName::Thumbnail, StageName::Detect];
+        });
+        let token = Some("s3cret");
+        for (submission, code, reason) in [
+            (
+                json!({"bucket": "elsewhere", "prefix": "", "stages": ["detect"]}),
+                "foreign_bucket",
+                "is not the input bucket \"prism-input\"",
+            ),
+            (
+                json!({"prefix": "a/", "stages": []}),
+                "no_stages",
+                "no stages",
+            ),
+            (
+                json!({"prefix": "a/", "stages": ["classify"]}),
+                "stage_disabled",
+                "stage classify is not enabled",
+            ),
+            (
+                json!({"prefix": "a/", "stages": ["sharpen"]}),
+                "bad_json",
+                "unknown variant `sharpen`",
+            ),
+            (
+                json!({"prefix": "a/"}),
+                "bad_json",
+                "missing field `stages`",
+            ),
+        ] {
+            let (status, refusal) =
+                call(&router, "POST", "/api/jobs", token, Some(submission)).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{refusal}");
+            assert_eq!(refusal["code"], code);
+            let said = refusal["reason"].as_str().unwrap();
+            assert!(said.contains(reason), "{code}: {said}");
+        }
+        let (listed, list) = call(&router, "GET", "/api/jobs", token, None).await;
+        assert_eq!((listed, list), (StatusCode::OK, json!({"jobs": []})));
+    }
+
+    #[tokio::test]
+    async fn batch_jobs_need_the_token() {
+        let router = with_jobs(Arc::new(MemoryJobBook::default()), |_| {});
+        let submission = json!({"prefix": "", "stages": ["detect"]});
+        for (method, path, body) in [
+            ("POST", "/api/jobs", Some(submission)),
+            ("GET", "/api/jobs", None),
+            ("GET", "/api/jobs/x", None),
+            ("POST", "/api/jobs/x/cancel", None),
+        ] {
+            let (refused, _) = call(&router, method, path, None, body.clone()).await;
+            assert_eq!(refused, StatusCode::UNAUTHORIZED, "{method} {path}");
+            let (refused, _) = call(&router, method, path, Some("guess"), body).await;
+            assert_eq!(refused, StatusCode::UNAUTHORIZED, "{method} {path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_embedded_mode_says_batch_jobs_need_the_job_manager() {
+        let router = app(|_| {});
+        let submission = json!({"prefix": "", "stages": ["detect"]});
+        let (away, refusal) = call(
+            &router,
+            "POST",
+            "/api/jobs",
+            Some("s3cret"),
+            Some(submission),
+        )
+        .await;
+        assert_eq!(away, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refusal["code"], "no_job_manager");
+        assert!(
+            refusal["reason"]
+                .as_str()
+                .unwrap()
+                .contains("prism serve jobs")
+        );
+        let (away, _) = call(&router, "GET", "/api/jobs", Some("s3cret"), None).await;
+        assert_eq!(away, StatusCode::SERVICE_UNAVAILABLE);
     }
 }

@@ -9,7 +9,7 @@ use utoipa::OpenApi;
 #[openapi(
     info(
         title = "Prism gateway",
-        description = "Uploads with live results, results read back, the admin statistics, and /predict (object detection through the Prism pipeline). See services/gateway/API.md."
+        description = "Uploads with live results, results read back, the admin statistics, batch jobs, and /predict (object detection through the Prism pipeline). See services/gateway/API.md."
     ),
     paths(
         crate::uploads::upload,
@@ -19,6 +19,10 @@ use utoipa::OpenApi;
         crate::results::object,
         crate::predict::predict,
         crate::admin::stats,
+        crate::jobs::submit,
+        crate::jobs::list,
+        crate::jobs::status,
+        crate::jobs::cancel,
     ),
     components(schemas(
         crate::uploads::Uploaded,
@@ -69,6 +73,9 @@ mod tests {
             "/api/objects/{bucket}/{key}",
             "/predict",
             "/api/admin/stats",
+            "/api/jobs",
+            "/api/jobs/{id}",
+            "/api/jobs/{id}/cancel",
         ] {
             assert!(
                 paths.contains_key(path),

@@ -340,7 +340,7 @@ pub async fn serve(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     service::serve(
         &settings,
         &backends,
-        &[settings.topics.uploads.clone()],
+        std::slice::from_ref(&settings.topics.uploads),
         true,
         Arc::new(dedup),
         &settings.intake.dedup,

@@ -54,18 +54,7 @@ pub struct Outcomes {
 impl JobView {
     fn of(status: JobStatus) -> Self {
         let job = &status.job;
-        let rate_per_s = match job.finished_at {
-            // `JobStatus::rate` counts on from submission to now, also after the end.
-            Some(end) => {
-                let wall_s = (end - job.submitted_at).num_milliseconds() as f64 / 1000.0;
-                if wall_s > 0.0 {
-                    status.finished as f64 / wall_s
-                } else {
-                    0.0
-                }
-            }
-            None => status.rate(),
-        };
+        let rate_per_s = status.rate();
         let eta_s = match job.state.is_final() {
             true => None,
             false => status.eta().map(|eta| eta.as_secs()),

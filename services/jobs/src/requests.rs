@@ -108,9 +108,10 @@ pub struct JobStatus {
 }
 
 impl JobStatus {
-    /// Objects per second since submission.
+    /// Objects per second from submission to now, or to the job's end.
     pub fn rate(&self) -> f64 {
-        let elapsed = (Utc::now() - self.job.submitted_at).num_milliseconds() as f64 / 1000.0;
+        let until = self.job.finished_at.unwrap_or_else(Utc::now);
+        let elapsed = (until - self.job.submitted_at).num_milliseconds() as f64 / 1000.0;
         if elapsed > 0.0 {
             self.finished as f64 / elapsed
         } else {

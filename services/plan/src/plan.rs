@@ -16,11 +16,9 @@ use std::fmt;
 use std::time::Duration;
 use thiserror::Error;
 
-/// Default price of an always-on vCPU-hour: AWS EC2 on-demand c7i.large (2 vCPU, 4 GiB, x86 with
-/// AVX-512, which the inference kernels use), Linux, us-east-1, $0.08925 an hour, halved. From
-/// <https://aws.amazon.com/ec2/pricing/on-demand/> as listed in 2024-2025; not re-checked on the
-/// day this was written (2026-11-30, no access to the page from here). A default to override.
-pub const DEFAULT_VCPU_HOUR_USD: f64 = 0.08925 / 2.0;
+/// Default price of an always-on vCPU-hour (the job summaries' too): see
+/// [`prism_core::runtime::config::DEFAULT_VCPU_HOUR_USD`] for its source.
+pub use prism_core::runtime::config::DEFAULT_VCPU_HOUR_USD;
 /// Default serverless compute price: AWS Lambda, x86, us-east-1, first 6 billion GB-seconds a
 /// month, $0.0000166667 per GB-second (<https://aws.amazon.com/lambda/pricing/>, unchanged since
 /// Lambda moved to 1 ms billing in December 2020; checked against third-party copies of the page

@@ -451,10 +451,16 @@ pub struct JobSettings {
     /// How often the manager looks at the jobs.
     #[serde(with = "millis")]
     pub poll: Duration,
-    /// The price of one vCPU-hour the job summary's cost estimate uses. Default: AWS EC2
-    /// on-demand m7i.large in us-east-1, $0.1008 an hour for 2 vCPUs (public price list, 2025).
+    /// The price of one vCPU-hour the job summary's cost estimate uses (`prism plan`'s default
+    /// too): [`DEFAULT_VCPU_HOUR_USD`].
     pub vcpu_hour_usd: f64,
 }
+
+/// Default price of an always-on vCPU-hour: AWS EC2 on-demand c7i.large (2 vCPU, 4 GiB, x86 with
+/// AVX-512, which the inference kernels use), Linux, us-east-1, $0.08925 an hour, halved. From
+/// <https://aws.amazon.com/ec2/pricing/on-demand/> as listed in 2024-2025; not re-checked on the
+/// day this was written (2026-11-30, no access to the page from here). A default to override.
+pub const DEFAULT_VCPU_HOUR_USD: f64 = 0.08925 / 2.0;
 
 impl Default for JobSettings {
     fn default() -> Self {
@@ -463,7 +469,7 @@ impl Default for JobSettings {
             page_keys: 1000,
             lease: Duration::from_secs(15),
             poll: Duration::from_millis(500),
-            vcpu_hour_usd: 0.0504,
+            vcpu_hour_usd: DEFAULT_VCPU_HOUR_USD,
         }
     }
 }

@@ -356,8 +356,8 @@ async fn the_gateway_serves_predict_uploads_results_and_admin_over_the_real_serv
         .expect("consumer groups");
     assert_eq!(
         groups.len(),
-        4,
-        "dedup, thumbnail, detect, classify: {stats}"
+        8,
+        "dedup, thumbnail, detect, classify, each in both lanes: {stats}"
     );
     for group in groups {
         assert_eq!(group["partitions"].as_array().unwrap().len(), 12, "{group}");

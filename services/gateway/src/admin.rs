@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use chrono::Utc;
 use prism_core::ports::bus::kafka::{GroupMember, PartitionLag, group_lag};
+use prism_core::runtime::config::Lane;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,15 +57,23 @@ pub async fn stats(State(app): State<Arc<App>>) -> Json<AdminStats> {
     })
 }
 
-/// Each worker service's group on its topic: dedup on uploads, each stage on its jobs.
+/// Each worker service's groups on its topics: dedup on uploads, each stage on its jobs, each in
+/// both lanes (a batch job's backlog is the `-batch` group's).
 async fn consumer_groups(app: &App) -> Vec<ConsumerGroup> {
     let settings = &app.settings;
     let prefix = &settings.kafka.group_prefix;
-    let mut groups = vec![(format!("{prefix}-dedup"), settings.topics.uploads.clone())];
-    for &stage in &settings.enabled_stages {
+    let services = std::iter::once(("dedup", settings.topics.uploads.as_str())).chain(
+        settings
+            .enabled_stages
+            .iter()
+            .map(|&stage| (stage.as_str(), settings.topics.jobs(stage))),
+    );
+    let mut groups = Vec::new();
+    for (service, topic) in services {
+        groups.push((format!("{prefix}-{service}"), topic.to_string()));
         groups.push((
-            format!("{prefix}-{}", stage.as_str()),
-            settings.topics.jobs(stage).to_string(),
+            format!("{prefix}-{service}-batch"),
+            Lane::Batch.topic(topic),
         ));
     }
     let mut answers = Vec::new();

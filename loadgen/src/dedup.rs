@@ -159,8 +159,9 @@ fn embedded_run(prism: &Path, images: &Path, work: &Path) -> anyhow::Result<Meas
     })
 }
 
-/// The set in `out` with every copy made new content by a JPEG comment (its pixels unchanged);
-/// the originals are the same files.
+/// The set in `out` with every copy made new content by a JPEG comment naming the copy (its
+/// pixels unchanged; one comment per copy, since copies of one original given the same comment
+/// would be copies of each other again); the originals are the same files.
 fn without_copies(images: &Path, manifest: &Manifest, out: &Path) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(out);
     std::fs::create_dir_all(out)?;
@@ -169,7 +170,7 @@ fn without_copies(images: &Path, manifest: &Manifest, out: &Path) -> anyhow::Res
         let bytes = match &photo.duplicate_of {
             Some(original) => crate::predict::with_comment(
                 &bytes,
-                &format!("prism-loadgen dedup: a copy of {original}"),
+                &format!("prism-loadgen dedup: {}, a copy of {original}", photo.file),
             )?
             .to_vec(),
             None => bytes,
@@ -391,7 +392,7 @@ mod tests {
         let images = dir.path().join("images");
         std::fs::create_dir_all(&images).unwrap();
         let (_, jpeg) = crate::thumbnails::warmup_jpeg();
-        for name in ["a.jpg", "b.jpg"] {
+        for name in ["a.jpg", "b.jpg", "c.jpg"] {
             std::fs::write(images.join(name), &jpeg).unwrap();
         }
         let photo = |file: &str, duplicate_of: Option<&str>| Photo {
@@ -407,9 +408,13 @@ mod tests {
             generator: String::new(),
             seed: 1,
             distinct: 1,
-            duplicates: 1,
+            duplicates: 2,
             sources: Vec::new(),
-            photos: vec![photo("a.jpg", None), photo("b.jpg", Some("a.jpg"))],
+            photos: vec![
+                photo("a.jpg", None),
+                photo("b.jpg", Some("a.jpg")),
+                photo("c.jpg", Some("a.jpg")),
+            ],
         };
         let out = dir.path().join("unique");
         without_copies(&images, &manifest, &out).unwrap();
@@ -417,6 +422,8 @@ mod tests {
         let copy = std::fs::read(out.join("b.jpg")).unwrap();
         assert_eq!(original, jpeg, "originals unchanged");
         assert_ne!(copy, original, "the copy is new content");
+        let other_copy = std::fs::read(out.join("c.jpg")).unwrap();
+        assert_ne!(other_copy, copy, "two copies of one original are not copies of each other");
         let pixels = |bytes: &[u8]| image::load_from_memory(bytes).unwrap().to_rgb8();
         assert_eq!(pixels(&copy), pixels(&original));
     }

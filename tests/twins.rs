@@ -2,8 +2,7 @@
 //! before the thumbnail stage reads it; b.jpg and c.jpg, the same bytes, arrive meanwhile and wait
 //! on a.jpg's claim. a.jpg must be dead-lettered (`object_not_found`), and the first of them to
 //! wait must take the work over, so that b.jpg and c.jpg each get their result and the claim ends
-//! done. Before the
-//! hand-over existed, the claim stayed `processing` with b and c waiting for good.
+//! done. Before the hand-over existed, the claim stayed `processing` with b and c waiting for good.
 //!
 //! Uses the shared servers (`deploy/local/servers.sh start`), like the end-to-end test.
 

@@ -58,6 +58,9 @@ pub struct TimelineRow {
     pub late: bool,
 }
 
+/// A stretch of a row's time and its colour.
+type Span = ((f64, f64), RGBColor);
+
 const QUEUED: RGBColor = RGBColor(190, 190, 190);
 const ON_TIME: RGBColor = RGBColor(44, 160, 44);
 const LATE: RGBColor = RGBColor(214, 39, 40);
@@ -101,15 +104,17 @@ pub fn timeline(chart: &Timeline) -> anyhow::Result<String> {
             .map_err(drawing)?;
         let bar = |at: usize, (from, to): (f64, f64), colour: RGBColor| {
             let y = y_of(at);
-            Rectangle::new([(from, y - 0.35), (to.max(from), y + 0.35)], colour.filled())
+            Rectangle::new(
+                [(from, y - 0.35), (to.max(from), y + 0.35)],
+                colour.filled(),
+            )
         };
-        let bars = |pick: fn(&TimelineRow) -> Option<((f64, f64), RGBColor)>| {
-            chart
-                .rows
-                .iter()
-                .enumerate()
-                .filter_map(move |(at, row)| pick(row).map(|(span, colour)| bar(at, span, colour)))
-        };
+        let bars =
+            |pick: fn(&TimelineRow) -> Option<Span>| {
+                chart.rows.iter().enumerate().filter_map(move |(at, row)| {
+                    pick(row).map(|(span, colour)| bar(at, span, colour))
+                })
+            };
         let legend = |colour: RGBColor| {
             move |(x, y): (i32, i32)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], colour.filled())
         };
@@ -136,7 +141,9 @@ pub fn timeline(chart: &Timeline) -> anyhow::Result<String> {
         plot.draw_series(deadlines)
             .map_err(drawing)?
             .label("deadline")
-            .legend(|(x, y)| PathElement::new([(x + 8, y - 6), (x + 8, y + 6)], BLACK.stroke_width(2)));
+            .legend(|(x, y)| {
+                PathElement::new([(x + 8, y - 6), (x + 8, y + 6)], BLACK.stroke_width(2))
+            });
         plot.configure_series_labels()
             .position(SeriesLabelPosition::LowerRight)
             .background_style(WHITE.mix(0.8))

@@ -78,7 +78,12 @@ fn parse_line(line: &str) -> anyhow::Result<DayJob> {
     ensure!(images > 0, "a job needs images");
     let stages = stages
         .split('+')
-        .map(|stage| stage.trim().parse::<StageName>().map_err(anyhow::Error::msg))
+        .map(|stage| {
+            stage
+                .trim()
+                .parse::<StageName>()
+                .map_err(anyhow::Error::msg)
+        })
         .collect::<anyhow::Result<Vec<_>>>()
         .context("stages (thumbnail, detect, classify, joined by +)")?;
     let deadline_s = match deadline {
@@ -243,12 +248,9 @@ fn outcome(name: String, planned: DayJob, submitted_s: f64, finished: &FinishedJ
         name,
         planned,
         submitted_s,
-        queue_s: finished.first_outcome.map(|at| {
-            (at - finished.job.submitted_at)
-                .num_milliseconds()
-                .max(0) as f64
-                / 1000.0
-        }),
+        queue_s: finished
+            .first_outcome
+            .map(|at| (at - finished.job.submitted_at).num_milliseconds().max(0) as f64 / 1000.0),
         wall_s: summary.wall_s,
         deadline_met: summary.deadline_met,
         cost_usd: summary.estimated_cost_usd,
@@ -287,7 +289,8 @@ pub fn table(report: &DayReport) -> Table {
             job.done.to_string(),
             job.deduplicated.to_string(),
             job.failed.to_string(),
-            job.queue_s.map_or_else(|| "-".into(), |s| format!("{s:.1}")),
+            job.queue_s
+                .map_or_else(|| "-".into(), |s| format!("{s:.1}")),
             format!("{:.1}", job.wall_s),
             job.planned
                 .deadline_s
@@ -378,6 +381,29 @@ pub fn render_text(report: &DayReport) -> String {
     )
 }
 
+/// The report as a Markdown section body for docs/experiments.md; `chart` is the timeline's
+/// path from the document.
+pub fn render_markdown(report: &DayReport, chart: &str) -> String {
+    format!(
+        "{DESCRIPTION}\n\n`{}` at {}x, {:.0}% of each job's objects new content, {} photos of {:.1} MP \
+         on average, {} ({} cores), 1-minute load {} before the run, {}.\n\n{}\n{}\n![{}]({chart})\n",
+        report.csv,
+        report.speedup,
+        report.fresh * 100.0,
+        report.photos,
+        report.megapixels_mean,
+        report.machine.cpu_model,
+        report.machine.cores,
+        report
+            .load_before
+            .map_or_else(|| "?".into(), |load| format!("{load:.2}")),
+        report.date,
+        table(report).markdown(),
+        summary_line(report),
+        "each job: queued, running, its deadline",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,6 +462,60 @@ mod tests {
         let day = parse_day(text).unwrap();
         assert!(day.len() >= 10);
         assert!(day.iter().all(|job| job.arrival_s < 24.0 * 3600.0));
+    }
+
+    #[test]
+    fn the_day_in_figures() {
+        let job = |name: &str, queue_s, wall_s, deadline_met: Option<bool>| JobOutcome {
+            name: name.into(),
+            planned: DayJob {
+                arrival_s: 8.0 * 3600.0 + 90.0,
+                images: 100,
+                stages: vec![StageName::Thumbnail],
+                deadline_s: deadline_met.map(|_| 60),
+            },
+            submitted_s: 120.0,
+            queue_s: Some(queue_s),
+            wall_s,
+            deadline_met,
+            cost_usd: 0.001,
+            stage_seconds: 10.0,
+            done: 80,
+            deduplicated: 20,
+            failed: 0,
+        };
+        let report = DayReport {
+            date: String::new(),
+            machine: Machine::this_one(),
+            load_before: Some(1.0),
+            csv: "day.csv".into(),
+            speedup: 240.0,
+            fresh: 0.5,
+            photos: 200,
+            megapixels_mean: 10.0,
+            replay_s: 300.0,
+            jobs: vec![
+                job("day-01", 1.0, 30.0, Some(true)),
+                job("day-02", 3.0, 90.0, Some(false)),
+                job("day-03", 2.0, 40.0, None),
+            ],
+        };
+        assert_eq!(report.deadlines(), (1, 2));
+        let line = summary_line(&report);
+        assert!(
+            line.contains("3 jobs, 300 images (60 deduplicated)"),
+            "{line}"
+        );
+        assert!(line.contains("deadlines met: 1 of 2"), "{line}");
+        assert!(
+            line.contains("queue s p50 2.0, max 3.0; wall s p50 40.0, max 90.0"),
+            "{line}"
+        );
+        assert!(line.contains("(0.01000 USD per 1,000 images)"), "{line}");
+        assert!(table(&report).text().contains("08:01"));
+        let markdown = render_markdown(&report, "experiments/day.svg");
+        assert!(markdown.contains("| day-02 |") && markdown.contains("(experiments/day.svg)"));
+        assert!(chart(&report).unwrap().contains("day-03 (100)"));
     }
 
     #[test]

@@ -83,7 +83,11 @@ pub struct Photos {
 impl Photos {
     pub fn load(dataset: &Path) -> anyhow::Result<Photos> {
         let manifest = Manifest::load(dataset)?;
-        ensure!(!manifest.photos.is_empty(), "{} has no photos", dataset.display());
+        ensure!(
+            !manifest.photos.is_empty(),
+            "{} has no photos",
+            dataset.display()
+        );
         let megapixels: f64 = manifest
             .photos
             .iter()
@@ -244,7 +248,15 @@ pub async fn run(options: &JobsOptions) -> anyhow::Result<JobsReport> {
         "uploading {} + {} objects…",
         options.images, options.background_images
     );
-    upload_objects(&pipeline, "planned/", &photos, options.images, "planned", 1.0).await?;
+    upload_objects(
+        &pipeline,
+        "planned/",
+        &photos,
+        options.images,
+        "planned",
+        1.0,
+    )
+    .await?;
     upload_objects(
         &pipeline,
         "background/",
@@ -262,7 +274,15 @@ pub async fn run(options: &JobsOptions) -> anyhow::Result<JobsReport> {
 
     eprintln!("the planned job: {} objects…", options.images);
     let cpu_before = ServiceCpu::of(&pipeline, &options.stages)?;
-    let planned = submit(&book, &pipeline, "planned/", &options.stages, None, "planned").await?;
+    let planned = submit(
+        &book,
+        &pipeline,
+        "planned/",
+        &options.stages,
+        None,
+        "planned",
+    )
+    .await?;
     let finished = follow(&book, &pipeline, &planned.id).await?;
     let cpu = ServiceCpu::of(&pipeline, &options.stages)?.since(&cpu_before);
     let stages = compare_stages(&plan, &finished.summary, &cpu);
@@ -565,7 +585,9 @@ fn compare_stages(plan: &PlannedJob, summary: &Summary, cpu: &ServiceCpu) -> Vec
                 .per_stage
                 .counts
                 .get(&planned.stage)
-                .map_or(0, |outcomes| outcomes.values().map(|c| c.processing_ms).sum());
+                .map_or(0, |outcomes| {
+                    outcomes.values().map(|c| c.processing_ms).sum()
+                });
             StageComparison {
                 stage: planned.stage,
                 planned_cpu_s: planned.cpu_s,
@@ -631,10 +653,12 @@ pub fn plan_table(report: &PlanVsActual) -> Table {
     let mut table = Table::new(&["", "planned", "measured", "measured / planned"]);
     let summary = &report.summary;
     let row = |name: &str, planned: f64, measured: f64| {
+        // Dollars of a small job are fractions of a cent.
+        let digits = if planned < 1.0 { 5 } else { 1 };
         vec![
             name.to_string(),
-            format!("{planned:.1}"),
-            format!("{measured:.1}"),
+            format!("{planned:.digits$}"),
+            format!("{measured:.digits$}"),
             format!("{:.2}", ratio(measured, planned)),
         ]
     };
@@ -708,7 +732,11 @@ pub fn latency_lines(report: &LatencyDuringJob) -> String {
         "one upload every {} ms; the job ran throughout: {}; the job took {:.1} s ({:.1} objects/s)\n\
          goal: p95 during the job <= {LATENCY_GOAL:.0}x p95 alone: {} ({:.2}x)\n",
         report.interval_ms,
-        if report.job_ran_throughout { "yes" } else { "NO" },
+        if report.job_ran_throughout {
+            "yes"
+        } else {
+            "NO"
+        },
         report.job.wall_s,
         report.job.throughput_per_s,
         if report.goal_met() { "met" } else { "NOT met" },
@@ -733,6 +761,29 @@ pub fn render_text(report: &JobsReport) -> String {
         plan_lines(&report.plan_vs_actual),
         latency_table(&report.latency).text(),
         latency_lines(&report.latency),
+    )
+}
+
+/// The report as a Markdown section body for docs/experiments.md.
+pub fn render_markdown(report: &JobsReport) -> String {
+    format!(
+        "{DESCRIPTION}\n\nStages {}, {} photos of {:.1} MP on average, {} ({} cores), 1-minute load \
+         {} before the run, {}.\n\n### Plan vs actual: a {}-object job\n\n{}\n{}\n\
+         ### Interactive uploads during a job\n\n{}\n{}",
+        stage_list(&report.stages),
+        report.photos,
+        report.megapixels_mean,
+        report.machine.cpu_model,
+        report.machine.cores,
+        report
+            .load_before
+            .map_or_else(|| "?".into(), |load| format!("{load:.2}")),
+        report.date,
+        report.plan_vs_actual.summary.objects.listed,
+        plan_table(&report.plan_vs_actual).markdown(),
+        plan_lines(&report.plan_vs_actual).replace('\n', "\n\n"),
+        latency_table(&report.latency).markdown(),
+        latency_lines(&report.latency).replace('\n', "\n\n"),
     )
 }
 
@@ -770,6 +821,9 @@ mod tests {
         let plan: PlannedJob = serde_json::from_str(json).unwrap();
         assert_eq!(plan.stages[0].stage, StageName::Thumbnail);
         assert_eq!(plan.duration_s, 40.0);
-        assert_eq!(stage_list(&[StageName::Thumbnail, StageName::Classify]), "thumbnail,classify");
+        assert_eq!(
+            stage_list(&[StageName::Thumbnail, StageName::Classify]),
+            "thumbnail,classify"
+        );
     }
 }

@@ -4,12 +4,12 @@
 //! servers without notifications) would add: its pause between listings, and a listing.
 
 use crate::served::{Layout, Pipeline};
-use prism_core::contract::StageName;
 use crate::table::Table;
 use crate::thumbnails::{Percentiles, median, warmup_jpeg};
 use anyhow::ensure;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use prism_core::contract::StageName;
 use prism_core::ports::store::Buckets;
 use serde::{Deserialize, Serialize};
 use std::path::Path;

@@ -3,12 +3,12 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use prism_core::contract::StageName;
 use prism_core::ports::store::Buckets;
 use prism_core::runtime::config::{self, Settings};
 use prism_loadgen::dataset::{self, CAMERAS, DatasetOptions};
 use prism_loadgen::predict::{self, PredictOptions, Send, Uploaded};
 use prism_loadgen::thumbnails::{self, BenchOptions, Method, Tools};
-use prism_core::contract::StageName;
 use prism_loadgen::{day, dedup, jobs, latency, report, saturation};
 use std::path::{Path, PathBuf};
 
@@ -122,6 +122,9 @@ struct JobsArgs {
     /// Between two interactive uploads, in ms.
     #[arg(long, default_value_t = 500)]
     interval_ms: u64,
+    /// Also print the figures as Markdown (a section of docs/experiments.md).
+    #[arg(long)]
+    markdown: bool,
     /// The calibration `prism plan` reads; made from a sample of the set when missing
     /// [default: $PRISM_HOME/calibration.json, prism plan's own].
     #[arg(long)]
@@ -153,6 +156,10 @@ struct DayArgs {
     /// Also write the timeline chart as day.svg into this folder.
     #[arg(long)]
     charts: Option<PathBuf>,
+    /// Also print the figures as Markdown (a section of docs/experiments.md), the chart linked
+    /// as experiments/day.svg.
+    #[arg(long)]
+    markdown: bool,
 }
 
 #[derive(Args)]
@@ -345,11 +352,17 @@ fn main() -> anyhow::Result<()> {
         Command::Jobs(args) => {
             let report = run_jobs(&args)?;
             print!("{}", jobs::render_text(&report));
+            if args.markdown {
+                print!("\n{}", jobs::render_markdown(&report));
+            }
             args.json.map_or(Ok(()), |path| write_json(&path, &report))
         }
         Command::Day(args) => {
             let report = run_day(&args)?;
             print!("{}", day::render_text(&report));
+            if args.markdown {
+                print!("\n{}", day::render_markdown(&report, "experiments/day.svg"));
+            }
             if let Some(folder) = &args.charts {
                 write_charts(folder, &[("day".into(), day::chart(&report)?)])?;
             }

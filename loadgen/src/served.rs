@@ -182,7 +182,11 @@ impl Pipeline {
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         for service in &mut self.services {
             if let Some(status) = service.child.try_wait()? {
-                bail!("{} exited with {status}:\n{}", service.name, log_tail(service));
+                bail!(
+                    "{} exited with {status}:\n{}",
+                    service.name,
+                    log_tail(service)
+                );
             }
         }
         Ok(())

@@ -25,10 +25,10 @@ use crate::charts;
 use crate::dataset::{IMAGES_DIR, Manifest, Photo};
 use crate::measure::{self, Usage};
 use crate::served::{Layout, Pipeline};
-use prism_core::contract::StageName;
 use crate::table::Table;
 use anyhow::{Context, bail, ensure};
 use clap::ValueEnum;
+use prism_core::contract::StageName;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -465,7 +465,13 @@ async fn served_round(
     images: &Path,
     photos: &[Photo],
 ) -> anyhow::Result<Run> {
-    let pipeline = Pipeline::start(&options.tools.prism, &Layout::thumbnails(replicas), &options.work, &[]).await?;
+    let pipeline = Pipeline::start(
+        &options.tools.prism,
+        &Layout::thumbnails(replicas),
+        &options.work,
+        &[],
+    )
+    .await?;
     let producer = pipeline.producer()?;
     let results = pipeline.results(StageName::Thumbnail).await?;
     // Connections and the result reader's group join are not throughput: one small image first.

@@ -135,6 +135,7 @@ pub struct JobOutcome {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DayReport {
+    /// When the replay's run started.
     pub date: String,
     pub machine: Machine,
     pub load_before: Option<f64>,
@@ -164,6 +165,7 @@ pub async fn run(options: &DayOptions) -> anyhow::Result<DayReport> {
     let text = std::fs::read_to_string(&options.csv)
         .with_context(|| format!("reading {}", options.csv.display()))?;
     let day = parse_day(&text).with_context(|| format!("in {}", options.csv.display()))?;
+    let date = chrono::Local::now().format("%Y-%m-%d %H:%M %Z").to_string();
     let load_before = crate::measure::load_average();
     let photos = Photos::load(&options.dataset)?;
     let layout = Layout {
@@ -225,7 +227,7 @@ pub async fn run(options: &DayOptions) -> anyhow::Result<DayReport> {
     });
     let outcomes = try_join_all(replays).await?;
     Ok(DayReport {
-        date: chrono::Local::now().format("%Y-%m-%d %H:%M %Z").to_string(),
+        date,
         machine: Machine::this_one(),
         load_before,
         csv: options.csv.display().to_string(),

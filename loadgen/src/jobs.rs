@@ -190,6 +190,7 @@ impl LatencyDuringJob {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobsReport {
+    /// When the experiment started.
     pub date: String,
     pub machine: Machine,
     /// The 1-minute load average before the experiment.
@@ -225,6 +226,7 @@ pub async fn run(options: &JobsOptions) -> anyhow::Result<JobsReport> {
         options.stages.contains(&StageName::Thumbnail),
         "the interactive uploads are timed to their thumbnail result: --stages must hold thumbnail"
     );
+    let date = chrono::Local::now().format("%Y-%m-%d %H:%M %Z").to_string();
     let load_before = crate::measure::load_average();
     let photos = Photos::load(&options.dataset)?;
     if !options.calibration.exists() {
@@ -327,7 +329,7 @@ pub async fn run(options: &JobsOptions) -> anyhow::Result<JobsReport> {
     let background = follow(&book, &pipeline, &background.id).await?;
     let percentiles = |values: &mut [i64]| percentiles(values).expect("samples > 0");
     Ok(JobsReport {
-        date: chrono::Local::now().format("%Y-%m-%d %H:%M %Z").to_string(),
+        date,
         machine: Machine::this_one(),
         load_before,
         dataset: options.dataset.display().to_string(),

@@ -1,5 +1,5 @@
-//! Charts as SVG for the experiments' report: box plots (a distribution per method) and line
-//! charts (a figure against a parameter). Text is written as SVG `<text>` (plotters without its
+//! Charts as SVG for the experiments' report: box plots (a distribution per method), line
+//! charts (a figure against a parameter) and timelines (a bar per job on a clock). Text is written as SVG `<text>` (plotters without its
 //! `ttf` feature), so drawing needs no font files and the browser picks the font.
 
 use anyhow::{anyhow, ensure};
@@ -38,6 +38,121 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
     /// A reference line (an ideal, a limit) rather than a measurement: drawn thin and grey.
     pub reference: bool,
+}
+
+/// A row per job on one clock: queued, then running, and its deadline.
+pub struct Timeline<'a> {
+    pub title: &'a str,
+    pub x_label: &'a str,
+    /// Top to bottom.
+    pub rows: Vec<TimelineRow>,
+}
+
+pub struct TimelineRow {
+    pub name: String,
+    /// (from, to) on the clock.
+    pub queued: (f64, f64),
+    pub running: (f64, f64),
+    pub deadline: Option<f64>,
+    /// Ended after its deadline: drawn red.
+    pub late: bool,
+}
+
+/// A stretch of a row's time and its colour.
+type Span = ((f64, f64), RGBColor);
+
+const QUEUED: RGBColor = RGBColor(190, 190, 190);
+const ON_TIME: RGBColor = RGBColor(44, 160, 44);
+const LATE: RGBColor = RGBColor(214, 39, 40);
+
+/// The timeline as an SVG document, with a legend.
+pub fn timeline(chart: &Timeline) -> anyhow::Result<String> {
+    ensure!(!chart.rows.is_empty(), "a timeline needs at least one row");
+    let end = chart
+        .rows
+        .iter()
+        .flat_map(|row| [row.running.1, row.deadline.unwrap_or_default()])
+        .fold(0.0_f64, f64::max);
+    let rows = chart.rows.len();
+    // Row i is drawn at y = rows - 1 - i, so the first row is on top.
+    let y_of = |at: usize| (rows - 1 - at) as f64;
+    let names: Vec<&str> = chart.rows.iter().map(|row| row.name.as_str()).collect();
+    let mut svg = String::new();
+    {
+        let height = (rows as u32 * 26 + 120).max(SIZE.1);
+        let root = SVGBackend::with_string(&mut svg, (SIZE.0 + 100, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(drawing)?;
+        let mut plot = ChartBuilder::on(&root)
+            .caption(chart.title, ("sans-serif", 20))
+            .margin(16)
+            .x_label_area_size(40)
+            .y_label_area_size(120)
+            .build_cartesian_2d(0.0..(end * 1.05).max(1.0), -0.6..(rows as f64 - 0.4))
+            .map_err(drawing)?;
+        plot.configure_mesh()
+            .disable_y_mesh()
+            .x_desc(chart.x_label)
+            .y_labels(rows)
+            .y_label_formatter(&|y| {
+                let at = rows as f64 - 1.0 - y.round();
+                names
+                    .get(at as usize)
+                    .filter(|_| at >= 0.0 && (y - y.round()).abs() < 0.01)
+                    .map_or_else(String::new, |name| name.to_string())
+            })
+            .draw()
+            .map_err(drawing)?;
+        let bar = |at: usize, (from, to): (f64, f64), colour: RGBColor| {
+            let y = y_of(at);
+            Rectangle::new(
+                [(from, y - 0.35), (to.max(from), y + 0.35)],
+                colour.filled(),
+            )
+        };
+        let bars =
+            |pick: fn(&TimelineRow) -> Option<Span>| {
+                chart.rows.iter().enumerate().filter_map(move |(at, row)| {
+                    pick(row).map(|(span, colour)| bar(at, span, colour))
+                })
+            };
+        let legend = |colour: RGBColor| {
+            move |(x, y): (i32, i32)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], colour.filled())
+        };
+        plot.draw_series(bars(|row| Some((row.queued, QUEUED))))
+            .map_err(drawing)?
+            .label("queued (submitted -> first outcome)")
+            .legend(legend(QUEUED));
+        plot.draw_series(bars(|row| (!row.late).then_some((row.running, ON_TIME))))
+            .map_err(drawing)?
+            .label("running, on time")
+            .legend(legend(ON_TIME));
+        plot.draw_series(bars(|row| row.late.then_some((row.running, LATE))))
+            .map_err(drawing)?
+            .label("running, past its deadline")
+            .legend(legend(LATE));
+        let deadlines = chart.rows.iter().enumerate().filter_map(|(at, row)| {
+            let x = row.deadline?;
+            let y = y_of(at);
+            Some(PathElement::new(
+                [(x, y - 0.45), (x, y + 0.45)],
+                BLACK.stroke_width(2),
+            ))
+        });
+        plot.draw_series(deadlines)
+            .map_err(drawing)?
+            .label("deadline")
+            .legend(|(x, y)| {
+                PathElement::new([(x + 8, y - 6), (x + 8, y + 6)], BLACK.stroke_width(2))
+            });
+        plot.configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(drawing)?;
+        root.present().map_err(drawing)?;
+    }
+    Ok(svg)
 }
 
 /// The box plot as an SVG document.
@@ -237,6 +352,37 @@ mod tests {
     }
 
     #[test]
+    fn timeline_draws_a_bar_per_phase_and_names_each_row() {
+        let svg = timeline(&Timeline {
+            title: "A day",
+            x_label: "seconds",
+            rows: vec![
+                TimelineRow {
+                    name: "day-01".into(),
+                    queued: (0.0, 2.0),
+                    running: (2.0, 10.0),
+                    deadline: Some(30.0),
+                    late: false,
+                },
+                TimelineRow {
+                    name: "day-02".into(),
+                    queued: (5.0, 9.0),
+                    running: (9.0, 50.0),
+                    deadline: Some(40.0),
+                    late: true,
+                },
+            ],
+        })
+        .unwrap();
+        for text in ["A day", "seconds", "day-01", "day-02", "deadline"] {
+            assert!(svg.contains(text), "no {text} in the chart");
+        }
+        for colour in ["#BEBEBE", "#2CA02C", "#D62728"] {
+            assert!(svg.to_uppercase().contains(colour), "no bar in {colour}");
+        }
+    }
+
+    #[test]
     fn empty_charts_are_refused() {
         let empty = BoxPlot {
             title: "",
@@ -251,5 +397,11 @@ mod tests {
             series: Vec::new(),
         };
         assert!(line_chart(&empty).is_err());
+        let empty = Timeline {
+            title: "",
+            x_label: "",
+            rows: Vec::new(),
+        };
+        assert!(timeline(&empty).is_err());
     }
 }

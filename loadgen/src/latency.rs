@@ -3,12 +3,13 @@
 //! after the upload as MinIO publishes it; where the time goes; and what `prism watch` (for S3
 //! servers without notifications) would add: its pause between listings, and a listing.
 
-use crate::served::Pipeline;
+use crate::served::{Layout, Pipeline};
 use crate::table::Table;
 use crate::thumbnails::{Percentiles, median, warmup_jpeg};
 use anyhow::ensure;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use prism_core::contract::StageName;
 use prism_core::ports::store::Buckets;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -60,9 +61,9 @@ pub async fn run(
     samples: usize,
 ) -> anyhow::Result<LatencyReport> {
     ensure!(samples > 0 && !photos.is_empty(), "no photos to time");
-    let pipeline = Pipeline::start(prism, 1, work, &[]).await?;
+    let pipeline = Pipeline::start(prism, &Layout::thumbnails(1), work, &[]).await?;
     let producer = pipeline.producer()?;
-    let results = pipeline.results().await?;
+    let results = pipeline.results(StageName::Thumbnail).await?;
     let warmup = pipeline.upload(vec![warmup_jpeg()]).await?;
     pipeline.notify(&producer, &warmup).await?;
     results.collect(&[warmup[0].key.clone()]).await?;

@@ -4,7 +4,9 @@
 
 pub mod charts;
 pub mod dataset;
+pub mod day;
 pub mod dedup;
+pub mod jobs;
 pub mod latency;
 pub mod measure;
 pub mod predict;

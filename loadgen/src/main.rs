@@ -3,12 +3,13 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use prism_core::contract::StageName;
 use prism_core::ports::store::Buckets;
 use prism_core::runtime::config::{self, Settings};
 use prism_loadgen::dataset::{self, CAMERAS, DatasetOptions};
 use prism_loadgen::predict::{self, PredictOptions, Send, Uploaded};
 use prism_loadgen::thumbnails::{self, BenchOptions, Method, Tools};
-use prism_loadgen::{dedup, latency, report, saturation};
+use prism_loadgen::{day, dedup, jobs, latency, report, saturation};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -48,6 +49,14 @@ enum Command {
     /// Upload -> thumbnail result on an idle served pipeline, one photo at a time, where the time
     /// goes, and what `prism watch`'s polling would add.
     Latency(LatencyArgs),
+    /// Batch jobs on the served pipeline with the job manager: `prism plan`'s prediction for an
+    /// N-image job against the job run for real, and interactive upload latency alone and while
+    /// a big job runs.
+    Jobs(JobsArgs),
+    /// Replays a CSV of batch jobs (arrival_s,images,stages,deadline_s) time-compressed against
+    /// the served pipeline: per job its queue time, wall time against its deadline and cost; a
+    /// timeline chart.
+    Day(DayArgs),
     /// Runs thumbnails, dedup, saturation and latency and writes docs/experiments.md with their tables
     /// and charts (docs/experiments/*.svg), the machine, the commit and the date.
     Report(ReportArgs),
@@ -89,6 +98,68 @@ struct LatencyArgs {
     samples: usize,
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct JobsArgs {
+    #[command(flatten)]
+    shared: Shared,
+    /// Distinct photos of the set the jobs' objects are made from (cycled).
+    #[arg(long, default_value_t = 200)]
+    photos: usize,
+    /// Objects of the job planned and run.
+    #[arg(long, default_value_t = 1000)]
+    images: usize,
+    /// Stages of the jobs (thumbnail among them: the interactive uploads are timed to it).
+    #[arg(long, value_delimiter = ',', default_value = "thumbnail")]
+    stages: Vec<StageName>,
+    /// Objects of the job the interactive uploads compete with.
+    #[arg(long, default_value_t = 2000)]
+    background_images: usize,
+    /// Interactive uploads timed, alone and during the job each.
+    #[arg(long, default_value_t = 40)]
+    samples: usize,
+    /// Between two interactive uploads, in ms.
+    #[arg(long, default_value_t = 500)]
+    interval_ms: u64,
+    /// Also print the figures as Markdown (a section of docs/experiments.md).
+    #[arg(long)]
+    markdown: bool,
+    /// The calibration `prism plan` reads; made from a sample of the set when missing
+    /// [default: $PRISM_HOME/calibration.json, prism plan's own].
+    #[arg(long)]
+    calibration: Option<PathBuf>,
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct DayArgs {
+    #[command(flatten)]
+    shared: Shared,
+    /// The day: `arrival_s,images,stages,deadline_s` (stages joined by +), as
+    /// loadgen/days/sample-day.csv.
+    #[arg(long)]
+    csv: PathBuf,
+    /// Arrival offsets are divided by this (the work and the deadlines are not).
+    #[arg(long, default_value_t = 240.0)]
+    speedup: f64,
+    /// Share of each job's objects made new content; the rest are the set's own bytes, the same
+    /// in every job.
+    #[arg(long, default_value_t = 0.5)]
+    fresh: f64,
+    /// Distinct photos of the set the jobs' objects are made from (cycled).
+    #[arg(long, default_value_t = 200)]
+    photos: usize,
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also write the timeline chart as day.svg into this folder.
+    #[arg(long)]
+    charts: Option<PathBuf>,
+    /// Also print the figures as Markdown (a section of docs/experiments.md), the chart linked
+    /// as experiments/day.svg.
+    #[arg(long)]
+    markdown: bool,
 }
 
 #[derive(Args)]
@@ -276,6 +347,25 @@ fn main() -> anyhow::Result<()> {
         Command::Latency(args) => {
             let report = run_latency(&args)?;
             print!("{}", latency::render_text(&report));
+            args.json.map_or(Ok(()), |path| write_json(&path, &report))
+        }
+        Command::Jobs(args) => {
+            let report = run_jobs(&args)?;
+            print!("{}", jobs::render_text(&report));
+            if args.markdown {
+                print!("\n{}", jobs::render_markdown(&report));
+            }
+            args.json.map_or(Ok(()), |path| write_json(&path, &report))
+        }
+        Command::Day(args) => {
+            let report = run_day(&args)?;
+            print!("{}", day::render_text(&report));
+            if args.markdown {
+                print!("\n{}", day::render_markdown(&report, "experiments/day.svg"));
+            }
+            if let Some(folder) = &args.charts {
+                write_charts(folder, &[("day".into(), day::chart(&report)?)])?;
+            }
             args.json.map_or(Ok(()), |path| write_json(&path, &report))
         }
         Command::Report(args) => write_report(args),
@@ -512,6 +602,42 @@ fn run_latency(args: &LatencyArgs) -> anyhow::Result<latency::LatencyReport> {
         &photos,
         args.samples,
     ));
+    let _ = std::fs::remove_dir_all(&work);
+    report
+}
+
+fn run_jobs(args: &JobsArgs) -> anyhow::Result<jobs::JobsReport> {
+    let work = args.shared.work();
+    let options = jobs::JobsOptions {
+        prism: args.shared.prism(),
+        dataset: args.shared.photo_set(args.photos, 0.0)?,
+        work: work.clone(),
+        calibration: args
+            .calibration
+            .clone()
+            .unwrap_or_else(|| prism_home().join("calibration.json")),
+        stages: args.stages.clone(),
+        images: args.images,
+        background_images: args.background_images,
+        samples: args.samples,
+        interval: std::time::Duration::from_millis(args.interval_ms),
+    };
+    let report = tokio::runtime::Runtime::new()?.block_on(jobs::run(&options));
+    let _ = std::fs::remove_dir_all(&work);
+    report
+}
+
+fn run_day(args: &DayArgs) -> anyhow::Result<day::DayReport> {
+    let work = args.shared.work();
+    let options = day::DayOptions {
+        prism: args.shared.prism(),
+        dataset: args.shared.photo_set(args.photos, 0.0)?,
+        work: work.clone(),
+        csv: args.csv.clone(),
+        speedup: args.speedup,
+        fresh: args.fresh,
+    };
+    let report = tokio::runtime::Runtime::new()?.block_on(day::run(&options));
     let _ = std::fs::remove_dir_all(&work);
     report
 }

@@ -1,15 +1,16 @@
 //! The served pipeline over the real servers (Kafka, S3, CouchDB: `deploy/local/servers.sh`), as
-//! child processes of the release `prism` binary: `prism serve dedup` and N `prism serve
-//! thumbnail` replicas, each run on its own topics, buckets and database so that no claim of an
-//! earlier run makes its work a copy. Notifications are published as MinIO publishes them, right
-//! after the uploads; results are read from the result topic.
+//! child processes of the release `prism` binary: `prism serve dedup`, N replicas of each stage
+//! asked (`prism serve thumbnail`, …) and, for batch jobs, `prism serve jobs`, each run on its own
+//! topics, buckets and database so that no claim of an earlier run makes its work a copy.
+//! Notifications are published as MinIO publishes them, right after the uploads; results are read
+//! from the result topic.
 
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use chrono::Utc;
 use futures::{StreamExt, stream};
 use prism_core::contract::ingest::UploadEvent;
-use prism_core::contract::{SourceObject, StageResult};
+use prism_core::contract::{SourceObject, StageName, StageResult};
 use prism_core::ports::store::Buckets;
 use prism_core::runtime::config::{self, Settings};
 use rdkafka::ClientConfig;
@@ -33,6 +34,27 @@ pub const SERVER_VARIABLES: [&str; 6] = [
     "PRISM_COUCHDB__PASSWORD",
 ];
 
+/// What a served pipeline runs beside dedup.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub stages: Vec<StageName>,
+    /// Replicas of each stage.
+    pub replicas: usize,
+    /// Whether the batch job manager (`prism serve jobs`) runs too.
+    pub jobs: bool,
+}
+
+impl Layout {
+    /// `replicas` thumbnail replicas and no job manager.
+    pub fn thumbnails(replicas: usize) -> Layout {
+        Layout {
+            stages: vec![StageName::Thumbnail],
+            replicas,
+            jobs: false,
+        }
+    }
+}
+
 /// One running service process.
 struct Service {
     name: String,
@@ -50,12 +72,13 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Makes this run's buckets and topics and starts dedup, then the thumbnail replicas one at
+    /// Makes this run's buckets and topics and starts dedup, then each stage's replicas one at
     /// a time (Tansu rebalances a group reliably one member at a time), each once its partitions
-    /// are assigned. `extra` are settings for every service (`PRISM_…` variables).
+    /// are assigned, then the job manager if asked. `extra` are settings for every service
+    /// (`PRISM_…` variables).
     pub async fn start(
         prism: &Path,
-        replicas: usize,
+        layout: &Layout,
         work: &Path,
         extra: &[(&str, &str)],
     ) -> anyhow::Result<Pipeline> {
@@ -82,7 +105,7 @@ impl Pipeline {
             "[kafka.properties]\n\"partition.assignment.strategy\" = \"range,roundrobin\"\n",
         )?;
         let mut settings: Settings = config::load().context("Prism's configuration")?;
-        let mut environment = isolate(&mut settings, &run);
+        let mut environment = isolate(&mut settings, &run, &layout.stages);
         environment.push(("PRISM_CONFIG".into(), tansu.display().to_string()));
         environment.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let buckets = Buckets::s3(&settings.s3);
@@ -100,11 +123,18 @@ impl Pipeline {
             services: Vec::new(),
         };
         pipeline.spawn("dedup", &["serve", "dedup"])?;
-        pipeline.wait_for_assignment("dedup").await?;
-        for replica in 1..=replicas {
-            let name = format!("thumbnail-{replica}");
-            pipeline.spawn(&name, &["serve", "thumbnail"])?;
-            pipeline.wait_for_assignment(&name).await?;
+        // Dedup and the stages read two lanes, each its own consumer group.
+        pipeline.wait_for_assignment("dedup", 2).await?;
+        for &stage in &layout.stages {
+            for replica in 1..=layout.replicas {
+                let name = format!("{stage}-{replica}");
+                pipeline.spawn(&name, &["serve", stage.as_str()])?;
+                pipeline.wait_for_assignment(&name, 2).await?;
+            }
+        }
+        if layout.jobs {
+            pipeline.spawn("jobs", &["serve", "jobs"])?;
+            pipeline.wait_for_assignment("jobs", 1).await?;
         }
         Ok(pipeline)
     }
@@ -129,14 +159,14 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Waits until `name` logs that its consumer group gave it partitions.
-    async fn wait_for_assignment(&mut self, name: &str) -> anyhow::Result<()> {
+    /// Waits until `name` logs that each of its `groups` consumer groups gave it partitions.
+    async fn wait_for_assignment(&mut self, name: &str, groups: usize) -> anyhow::Result<()> {
         let deadline = Instant::now() + DEADLINE;
         loop {
             self.check_running()?;
             let service = self.services.iter().find(|s| s.name == name).unwrap();
             let log = std::fs::read_to_string(&service.log).unwrap_or_default();
-            if log.contains("partitions assigned") {
+            if log.matches("partitions assigned").count() >= groups {
                 return Ok(());
             }
             ensure!(
@@ -152,13 +182,24 @@ impl Pipeline {
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         for service in &mut self.services {
             if let Some(status) = service.child.try_wait()? {
-                let log = std::fs::read_to_string(&service.log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(20).collect();
                 bail!(
                     "{} exited with {status}:\n{}",
                     service.name,
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    log_tail(service)
                 );
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails, with the end of its log, if a service exited (its process is a zombie, not yet
+    /// waited for): [`Pipeline::check_running`] for those who share the pipeline.
+    pub fn check_alive(&self) -> anyhow::Result<()> {
+        for service in &self.services {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", service.child.id()))
+                .unwrap_or_default();
+            if process_state(&stat).is_none_or(|state| state == "Z") {
+                bail!("{} exited:\n{}", service.name, log_tail(service));
             }
         }
         Ok(())
@@ -196,8 +237,8 @@ impl Pipeline {
             .create()?)
     }
 
-    /// A consumer of this run's thumbnail results from the beginning, its group joined.
-    pub async fn results(&self) -> anyhow::Result<Results> {
+    /// A consumer of this run's `stage` results from the beginning, its group joined.
+    pub async fn results(&self, stage: StageName) -> anyhow::Result<Results> {
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.settings.kafka.brokers)
             .set(
@@ -208,7 +249,7 @@ impl Pipeline {
             .set("session.timeout.ms", "6000")
             .set("fetch.wait.max.ms", "10")
             .create()?;
-        consumer.subscribe(&[&self.settings.topics.thumbnail_results])?;
+        consumer.subscribe(&[self.settings.topics.results(stage)])?;
         Ok(Results { consumer })
     }
 
@@ -264,6 +305,18 @@ impl Drop for Pipeline {
     }
 }
 
+/// The last lines of a service's log.
+fn log_tail(service: &Service) -> String {
+    let log = std::fs::read_to_string(&service.log).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
+/// The state letter of a /proc/PID/stat line (`R`, `S`, `Z`…), after the command name.
+fn process_state(stat: &str) -> Option<&str> {
+    stat.rsplit_once(')')?.1.split_whitespace().next()
+}
+
 /// SIGTERM, so that consumers leave their groups at once; SIGKILL if that takes too long.
 fn stop_gracefully(child: &mut Child) {
     use nix::sys::signal::{Signal, kill};
@@ -282,7 +335,7 @@ fn stop_gracefully(child: &mut Child) {
 
 /// The run's names as settings (for the results this process reads) and as the variables the
 /// services are started with.
-fn isolate(settings: &mut Settings, run: &str) -> Vec<(String, String)> {
+fn isolate(settings: &mut Settings, run: &str, stages: &[StageName]) -> Vec<(String, String)> {
     let topic = |name: &str| format!("loadgen-{run}.{name}");
     let topics = &mut settings.topics;
     let names: [(&str, &mut String, String); 12] = [
@@ -354,10 +407,14 @@ fn isolate(settings: &mut Settings, run: &str) -> Vec<(String, String)> {
             (variable.to_string(), value)
         })
         .collect();
-    settings.enabled_stages = vec![prism_core::contract::StageName::Thumbnail];
+    settings.enabled_stages = stages.to_vec();
+    let enabled: Vec<&str> = stages.iter().map(|stage| stage.as_str()).collect();
+    environment.push((
+        "PRISM_ENABLED_STAGES".into(),
+        serde_json::to_string(&enabled).expect("strings"),
+    ));
     environment.extend(
         [
-            ("PRISM_ENABLED_STAGES", "[\"thumbnail\"]"),
             // Tansu makes a new group's first join wait half the session timeout.
             ("PRISM_KAFKA__SESSION_TIMEOUT_MS", "6000"),
             // Every service on its own free port for /metrics.
@@ -368,7 +425,7 @@ fn isolate(settings: &mut Settings, run: &str) -> Vec<(String, String)> {
     environment
 }
 
-/// The thumbnail results of a run, as they arrive.
+/// One stage's results of a run, as they arrive.
 pub struct Results {
     consumer: StreamConsumer,
 }
@@ -394,7 +451,7 @@ impl Results {
                 })?
                 .context("the result stream ended")??;
             let result: StageResult = serde_json::from_slice(message.payload().unwrap_or_default())
-                .context("a thumbnail result")?;
+                .context("a stage result")?;
             if pending.remove(result.source.key.as_str()) {
                 found.push((result, Instant::now()));
             }
@@ -433,9 +490,15 @@ mod tests {
     }
 
     #[test]
+    fn reads_a_process_state_after_a_command_name_with_spaces() {
+        assert_eq!(process_state("4242 (prism serve x) Z 1 4242"), Some("Z"));
+        assert_eq!(process_state(""), None);
+    }
+
+    #[test]
     fn a_run_has_names_of_its_own_in_settings_and_variables_alike() {
         let mut settings = Settings::default();
-        let environment = isolate(&mut settings, "abc");
+        let environment = isolate(&mut settings, "abc", &[StageName::Thumbnail]);
         let variable = |name: &str| {
             environment
                 .iter()

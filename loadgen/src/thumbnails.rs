@@ -24,10 +24,11 @@
 use crate::charts;
 use crate::dataset::{IMAGES_DIR, Manifest, Photo};
 use crate::measure::{self, Usage};
-use crate::served::Pipeline;
+use crate::served::{Layout, Pipeline};
 use crate::table::Table;
 use anyhow::{Context, bail, ensure};
 use clap::ValueEnum;
+use prism_core::contract::StageName;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -464,9 +465,15 @@ async fn served_round(
     images: &Path,
     photos: &[Photo],
 ) -> anyhow::Result<Run> {
-    let pipeline = Pipeline::start(&options.tools.prism, replicas, &options.work, &[]).await?;
+    let pipeline = Pipeline::start(
+        &options.tools.prism,
+        &Layout::thumbnails(replicas),
+        &options.work,
+        &[],
+    )
+    .await?;
     let producer = pipeline.producer()?;
-    let results = pipeline.results().await?;
+    let results = pipeline.results(StageName::Thumbnail).await?;
     // Connections and the result reader's group join are not throughput: one small image first.
     let warmup = pipeline.upload(vec![warmup_jpeg()]).await?;
     pipeline.notify(&producer, &warmup).await?;

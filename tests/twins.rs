@@ -80,7 +80,10 @@ async fn twins_of_an_upload_deleted_before_processing_get_their_results() {
     assert_eq!(letter.error.code, "object_not_found");
     let processed = &seen.results[&(StageName::Thumbnail, first.clone())][0];
     let copied = &seen.results[&(StageName::Thumbnail, second.clone())][0];
-    assert!(!processed.deduplicated, "{first}, the first waiting, took the work over");
+    assert!(
+        !processed.deduplicated,
+        "{first}, the first waiting, took the work over"
+    );
     assert!(copied.deduplicated);
     assert_eq!(processed.outputs, copied.outputs);
     let claim = index.get(&claim).await.unwrap().unwrap();

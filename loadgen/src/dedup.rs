@@ -423,7 +423,10 @@ mod tests {
         assert_eq!(original, jpeg, "originals unchanged");
         assert_ne!(copy, original, "the copy is new content");
         let other_copy = std::fs::read(out.join("c.jpg")).unwrap();
-        assert_ne!(other_copy, copy, "two copies of one original are not copies of each other");
+        assert_ne!(
+            other_copy, copy,
+            "two copies of one original are not copies of each other"
+        );
         let pixels = |bytes: &[u8]| image::load_from_memory(bytes).unwrap().to_rgb8();
         assert_eq!(pixels(&copy), pixels(&original));
     }

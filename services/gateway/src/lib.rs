@@ -220,7 +220,7 @@ mod tests {
     use axum::http::{Request, StatusCode, header};
     use prism_core::contract::StageName;
     use prism_core::ports::batch::memory::MemoryJobBook;
-    use prism_core::ports::batch::{ItemOutcome, JobBook, JobItem, JobState, item_id};
+    use prism_core::ports::batch::{ItemOutcome, JobBook, JobItem, JobState};
     use prism_core::ports::bus::memory::MemoryBus;
     use prism_core::ports::claims::memory::MemoryIndex;
     use prism_core::ports::store::Buckets;
@@ -336,20 +336,9 @@ mod tests {
     /// One object's outcome in `stage` of `job`, as a stage records it.
     fn outcome(job: &str, key: &str, stage: StageName, outcome: ItemOutcome) -> JobItem {
         JobItem {
-            doc_id: item_id(job, key, stage),
-            rev: String::new(),
-            kind: prism_core::ports::batch::ITEM_KIND.into(),
-            job: job.into(),
-            key: key.into(),
-            stage,
-            outcome,
-            content_hash: None,
-            outputs: Vec::new(),
-            payload: Default::default(),
-            error: None,
             processing_ms: 40,
             latency_ms: 90,
-            finished_at: chrono::Utc::now(),
+            ..JobItem::new(job, key, stage, outcome, chrono::Utc::now())
         }
     }
 

@@ -295,8 +295,8 @@ fn write_line(text: &mut Vec<u8>, line: &ManifestLine) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use prism_core::contract::StageName;
+    use prism_core::ports::batch::ItemOutcome;
     use prism_core::ports::batch::memory::MemoryJobBook;
-    use prism_core::ports::batch::{ITEM_KIND, ItemOutcome, item_id};
     use prism_core::ports::bus::memory::MemoryBus;
     use std::time::Duration;
 
@@ -357,20 +357,9 @@ mod tests {
             let items: Vec<JobItem> = [StageName::Classify]
                 .into_iter()
                 .map(|stage| JobItem {
-                    doc_id: item_id("j", key, stage),
-                    rev: String::new(),
-                    kind: ITEM_KIND.into(),
-                    job: "j".into(),
-                    key: key.into(),
-                    stage,
-                    outcome,
-                    content_hash: None,
-                    outputs: Vec::new(),
-                    payload: Default::default(),
-                    error: None,
                     processing_ms: 10,
                     latency_ms: 5,
-                    finished_at: Utc::now(),
+                    ..JobItem::new("j", key, stage, outcome, Utc::now())
                 })
                 .collect();
             self.book.record_items(&items).await.unwrap();

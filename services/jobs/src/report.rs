@@ -203,28 +203,18 @@ pub fn summary(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prism_core::ports::batch::{ITEM_KIND, item_id, tally_of};
+    use prism_core::ports::batch::tally_of;
 
     fn item(key: &str, stage: StageName, outcome: ItemOutcome, latency_ms: i64) -> JobItem {
         JobItem {
-            doc_id: item_id("j", key, stage),
-            rev: String::new(),
-            kind: ITEM_KIND.into(),
-            job: "j".into(),
-            key: key.into(),
-            stage,
-            outcome,
             content_hash: Some(format!("hash-of-{key}")),
-            outputs: Vec::new(),
-            payload: Map::new(),
-            error: None,
             processing_ms: if outcome == ItemOutcome::Done {
                 1500
             } else {
                 0
             },
             latency_ms,
-            finished_at: Utc::now(),
+            ..JobItem::new("j", key, stage, outcome, Utc::now())
         }
     }
 

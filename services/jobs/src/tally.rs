@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use prism_core::contract::{DeadLetter, StageName, StageResult};
-use prism_core::ports::batch::{ITEM_KIND, ItemOutcome, JobBook, JobItem, item_id};
+use prism_core::ports::batch::{ItemOutcome, JobBook, JobItem};
 use prism_core::ports::bus::Delivery;
 use prism_core::runtime::batch_jobs::BatchJobs;
 use prism_core::runtime::config::Topics;
@@ -46,20 +46,15 @@ impl Tally {
             return Ok(stages
                 .into_iter()
                 .map(|stage| JobItem {
-                    doc_id: item_id(job, &source.key, stage),
-                    rev: String::new(),
-                    kind: ITEM_KIND.into(),
-                    job: job.clone(),
-                    key: source.key.clone(),
-                    stage,
-                    outcome: ItemOutcome::Failed,
                     content_hash: letter.content_hash.clone(),
-                    outputs: Vec::new(),
-                    payload: Default::default(),
                     error: Some(letter.error.clone()),
-                    processing_ms: 0,
-                    latency_ms: 0,
-                    finished_at: letter.failed_at,
+                    ..JobItem::new(
+                        job,
+                        &source.key,
+                        stage,
+                        ItemOutcome::Failed,
+                        letter.failed_at,
+                    )
                 })
                 .collect());
         }
@@ -73,24 +68,23 @@ impl Tally {
             true => 0,
             false => timings.processing_ms / u64::from(timings.batch_size.unwrap_or(1).max(1)),
         };
+        let outcome = match result.deduplicated {
+            true => ItemOutcome::Deduplicated,
+            false => ItemOutcome::Done,
+        };
         Ok(vec![JobItem {
-            doc_id: item_id(job, &result.source.key, result.stage),
-            rev: String::new(),
-            kind: ITEM_KIND.into(),
-            job: job.clone(),
-            key: result.source.key.clone(),
-            stage: result.stage,
-            outcome: match result.deduplicated {
-                true => ItemOutcome::Deduplicated,
-                false => ItemOutcome::Done,
-            },
             content_hash: Some(result.content_hash.clone()),
             outputs: result.outputs.clone(),
             payload: result.payload.clone(),
-            error: None,
             processing_ms,
             latency_ms: (timings.finished_at - timings.received_at).num_milliseconds(),
-            finished_at: timings.finished_at,
+            ..JobItem::new(
+                job,
+                &result.source.key,
+                result.stage,
+                outcome,
+                timings.finished_at,
+            )
         }])
     }
 }

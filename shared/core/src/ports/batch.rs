@@ -186,6 +186,34 @@ pub struct JobItem {
     pub finished_at: DateTime<Utc>,
 }
 
+impl JobItem {
+    /// `outcome` of `stage` for `key` in `job`, with no outputs, findings, error or timings yet.
+    pub fn new(
+        job: &str,
+        key: &str,
+        stage: StageName,
+        outcome: ItemOutcome,
+        finished_at: DateTime<Utc>,
+    ) -> Self {
+        JobItem {
+            doc_id: item_id(job, key, stage),
+            rev: String::new(),
+            kind: ITEM_KIND.into(),
+            job: job.into(),
+            key: key.into(),
+            stage,
+            outcome,
+            content_hash: None,
+            outputs: Vec::new(),
+            payload: Map::new(),
+            error: None,
+            processing_ms: 0,
+            latency_ms: 0,
+            finished_at,
+        }
+    }
+}
+
 /// `jobitem:<job>:<blake3 of the key>:<stage>`: safe whatever the key, one object's stages side
 /// by side (the manifest reads them in this order).
 pub fn item_id(job: &str, key: &str, stage: StageName) -> String {

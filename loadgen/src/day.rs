@@ -374,9 +374,7 @@ pub fn render_text(report: &DayReport) -> String {
         report.fresh * 100.0,
         report.machine.cpu_model,
         report.machine.cores,
-        report
-            .load_before
-            .map_or_else(|| "?".into(), |load| format!("{load:.2}")),
+        crate::measure::load_text(report.load_before),
         report.date,
         table(report).text(),
         summary_line(report),
@@ -396,9 +394,7 @@ pub fn render_markdown(report: &DayReport, chart: &str) -> String {
         report.megapixels_mean,
         report.machine.cpu_model,
         report.machine.cores,
-        report
-            .load_before
-            .map_or_else(|| "?".into(), |load| format!("{load:.2}")),
+        crate::measure::load_text(report.load_before),
         report.date,
         table(report).markdown(),
         summary_line(report),

@@ -14,7 +14,7 @@ use crate::dataset::{IMAGES_DIR, Manifest};
 use crate::predict::with_comment;
 use crate::served::{Layout, Pipeline, Results};
 use crate::table::Table;
-use crate::thumbnails::{Machine, warmup_jpeg};
+use crate::thumbnails::Machine;
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -268,11 +268,7 @@ pub async fn run(options: &JobsOptions) -> anyhow::Result<JobsReport> {
         1.0,
     )
     .await?;
-    let producer = pipeline.producer()?;
-    let results = pipeline.results(StageName::Thumbnail).await?;
-    let warmup = pipeline.upload(vec![warmup_jpeg()]).await?;
-    pipeline.notify(&producer, &warmup).await?;
-    results.collect(&[warmup[0].key.clone()]).await?;
+    let (producer, results) = pipeline.warmed_up().await?;
 
     eprintln!("the planned job: {} objects…", options.images);
     let cpu_before = ServiceCpu::of(&pipeline, &options.stages)?;
@@ -755,9 +751,7 @@ pub fn render_text(report: &JobsReport) -> String {
         report.megapixels_mean,
         report.machine.cpu_model,
         report.machine.cores,
-        report
-            .load_before
-            .map_or_else(|| "?".into(), |load| format!("{load:.2}")),
+        crate::measure::load_text(report.load_before),
         report.date,
         plan_table(&report.plan_vs_actual).text(),
         plan_lines(&report.plan_vs_actual),
@@ -777,9 +771,7 @@ pub fn render_markdown(report: &JobsReport) -> String {
         report.megapixels_mean,
         report.machine.cpu_model,
         report.machine.cores,
-        report
-            .load_before
-            .map_or_else(|| "?".into(), |load| format!("{load:.2}")),
+        crate::measure::load_text(report.load_before),
         report.date,
         report.plan_vs_actual.summary.objects.listed,
         plan_table(&report.plan_vs_actual).markdown(),

@@ -5,11 +5,10 @@
 
 use crate::served::{Layout, Pipeline};
 use crate::table::Table;
-use crate::thumbnails::{Percentiles, median, warmup_jpeg};
+use crate::thumbnails::{Percentiles, median};
 use anyhow::ensure;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use prism_core::contract::StageName;
 use prism_core::ports::store::Buckets;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -62,11 +61,7 @@ pub async fn run(
 ) -> anyhow::Result<LatencyReport> {
     ensure!(samples > 0 && !photos.is_empty(), "no photos to time");
     let pipeline = Pipeline::start(prism, &Layout::thumbnails(1), work, &[]).await?;
-    let producer = pipeline.producer()?;
-    let results = pipeline.results(StageName::Thumbnail).await?;
-    let warmup = pipeline.upload(vec![warmup_jpeg()]).await?;
-    pipeline.notify(&producer, &warmup).await?;
-    results.collect(&[warmup[0].key.clone()]).await?;
+    let (producer, results) = pipeline.warmed_up().await?;
 
     let mut totals = Vec::with_capacity(samples);
     let mut legs: [Vec<f64>; 5] = Default::default();

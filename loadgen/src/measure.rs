@@ -156,6 +156,11 @@ pub fn load_average() -> Option<f64> {
     text.split_whitespace().next()?.parse().ok()
 }
 
+/// A load average as reports print it: two decimals, `?` when it could not be read.
+pub fn load_text(load: Option<f64>) -> String {
+    load.map_or_else(|| "?".into(), |load| format!("{load:.2}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -237,6 +237,17 @@ impl Pipeline {
             .create()?)
     }
 
+    /// A producer and a reader of thumbnail results, after one small image went through:
+    /// connections and the result reader's group join are not what an experiment measures.
+    pub async fn warmed_up(&self) -> anyhow::Result<(FutureProducer, Results)> {
+        let producer = self.producer()?;
+        let results = self.results(StageName::Thumbnail).await?;
+        let warmup = self.upload(vec![crate::thumbnails::warmup_jpeg()]).await?;
+        self.notify(&producer, &warmup).await?;
+        results.collect(&[warmup[0].key.clone()]).await?;
+        Ok((producer, results))
+    }
+
     /// A consumer of this run's `stage` results from the beginning, its group joined.
     pub async fn results(&self, stage: StageName) -> anyhow::Result<Results> {
         let consumer: StreamConsumer = ClientConfig::new()

@@ -28,7 +28,6 @@ use crate::served::{Layout, Pipeline};
 use crate::table::Table;
 use anyhow::{Context, bail, ensure};
 use clap::ValueEnum;
-use prism_core::contract::StageName;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -472,12 +471,7 @@ async fn served_round(
         &[],
     )
     .await?;
-    let producer = pipeline.producer()?;
-    let results = pipeline.results(StageName::Thumbnail).await?;
-    // Connections and the result reader's group join are not throughput: one small image first.
-    let warmup = pipeline.upload(vec![warmup_jpeg()]).await?;
-    pipeline.notify(&producer, &warmup).await?;
-    results.collect(&[warmup[0].key.clone()]).await?;
+    let (producer, results) = pipeline.warmed_up().await?;
 
     let objects = photos
         .iter()

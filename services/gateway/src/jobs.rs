@@ -91,6 +91,7 @@ impl From<RequestError> for ApiError {
         let (status, code) = match error {
             RequestError::Index(index) => return ApiError::from(index),
             RequestError::ForeignBucket { .. } => (StatusCode::BAD_REQUEST, "foreign_bucket"),
+            RequestError::BadPrefix(_) => (StatusCode::BAD_REQUEST, "bad_prefix"),
             RequestError::NoStages => (StatusCode::BAD_REQUEST, "no_stages"),
             RequestError::StageDisabled { .. } => (StatusCode::BAD_REQUEST, "stage_disabled"),
             RequestError::NoSuchJob(_) => (StatusCode::NOT_FOUND, "no_such_job"),

@@ -29,6 +29,10 @@ pub enum RequestError {
         "bucket {bucket:?} is not the input bucket {input:?}: dedup reads only the input bucket (so whoever can write to Kafka cannot make Prism read other buckets); copy the objects there, or point input_bucket at it"
     )]
     ForeignBucket { bucket: String, input: String },
+    #[error(
+        "prefix {0:?} holds control characters: no object key Prism can read has them, so the job could list nothing"
+    )]
+    BadPrefix(String),
     #[error("no stages: name at least one of thumbnail, detect, classify")]
     NoStages,
     #[error(
@@ -64,6 +68,9 @@ pub async fn submit(
             bucket,
             input: settings.input_bucket.clone(),
         });
+    }
+    if submission.prefix.chars().any(char::is_control) {
+        return Err(RequestError::BadPrefix(submission.prefix));
     }
     if submission.stages.is_empty() {
         return Err(RequestError::NoStages);
@@ -178,5 +185,29 @@ pub async fn cancel(book: &dyn JobBook, id: &str) -> Result<BatchJob, RequestErr
         if book.replace_job(&mut job).await? {
             return Ok(job);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prism_core::ports::batch::memory::MemoryJobBook;
+
+    #[tokio::test]
+    async fn a_prefix_with_control_characters_is_refused_before_anything_is_stored() {
+        let book = MemoryJobBook::default();
+        let submission = Submission {
+            bucket: None,
+            prefix: "../\u{0}weird/".into(),
+            stages: vec![StageName::Thumbnail],
+            deadline_s: None,
+            name: None,
+        };
+        let refused = submit(&book, &Settings::default(), submission).await;
+        assert!(
+            matches!(refused, Err(RequestError::BadPrefix(_))),
+            "{refused:?}"
+        );
+        assert!(book.jobs().await.unwrap().is_empty());
     }
 }

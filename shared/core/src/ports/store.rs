@@ -9,8 +9,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use object_store::{
-    Attribute, Attributes, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions,
-    PutPayload, WriteMultipart,
+    Attribute, Attributes, GetResultPayload, ObjectStore, ObjectStoreExt, PutMultipartOptions,
+    PutOptions, PutPayload, WriteMultipart,
     aws::{AmazonS3Builder, AwsCredentialProvider},
     local::LocalFileSystem,
     memory::InMemory,
@@ -569,7 +569,13 @@ impl Buckets {
                 limit: max_bytes,
             });
         }
-        let mut stream = result.into_stream();
+        // object_store streams a file as 8 KiB reads, each its own blocking task (a thread
+        // hand-off per chunk); the size is checked above, so a file is read in one.
+        let mut stream = if matches!(result.payload, GetResultPayload::File(..)) {
+            futures::stream::once(result.bytes()).boxed()
+        } else {
+            result.into_stream()
+        };
         let mut total = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;

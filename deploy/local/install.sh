@@ -213,6 +213,10 @@ main() {
         bash "$LOCAL_DIR/fetch-assets.sh" --onnxruntime
         step_done
     fi
+    # tests/report.rs runs `prism-loadgen report --quick`: Pillow, vipsthumbnail and the photos.
+    step "the benchmarks' peers and photos (deploy/local/bench-thumbnail.sh)"
+    bash "$LOCAL_DIR/bench-thumbnail.sh"
+    step_done
     say "install complete in $((SECONDS - started))s; PRISM_HOME=$PRISM_HOME"
 }
 

@@ -120,7 +120,7 @@ struct JobsArgs {
     #[arg(long, default_value_t = 40)]
     samples: usize,
     /// Between two interactive uploads, in ms.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = Self::DEFAULT_INTERVAL_MS)]
     interval_ms: u64,
     /// Also print the figures as Markdown (a section of docs/experiments.md).
     #[arg(long)]
@@ -131,6 +131,10 @@ struct JobsArgs {
     calibration: Option<PathBuf>,
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+impl JobsArgs {
+    const DEFAULT_INTERVAL_MS: u64 = 500;
 }
 
 #[derive(Args, Clone)]
@@ -146,7 +150,7 @@ struct DayArgs {
     speedup: f64,
     /// Share of each job's objects made new content; the rest are the set's own bytes, the same
     /// in every job.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = Self::DEFAULT_FRESH)]
     fresh: f64,
     /// Distinct photos of the set the jobs' objects are made from (cycled).
     #[arg(long, default_value_t = 200)]
@@ -160,6 +164,10 @@ struct DayArgs {
     /// as experiments/day.svg.
     #[arg(long)]
     markdown: bool,
+}
+
+impl DayArgs {
+    const DEFAULT_FRESH: f64 = 0.5;
 }
 
 #[derive(Args)]
@@ -178,9 +186,53 @@ struct ReportArgs {
     /// Uploads timed by the latency experiment.
     #[arg(long, default_value_t = 30)]
     latency_samples: usize,
+    /// Objects of the job `jobs` plans and runs.
+    #[arg(long, default_value_t = 1000)]
+    job_images: usize,
+    /// Objects of the job the interactive uploads of `jobs` compete with.
+    #[arg(long, default_value_t = 2000)]
+    job_background_images: usize,
+    /// Interactive uploads `jobs` times, alone and during the job each.
+    #[arg(long, default_value_t = 40)]
+    job_samples: usize,
+    /// The day of batch jobs `day` replays.
+    #[arg(long, default_value = "loadgen/days/sample-day.csv")]
+    day: PathBuf,
+    /// The day's arrival offsets are divided by this.
+    #[arg(long, default_value_t = 240.0)]
+    day_speedup: f64,
+    /// A smoke run: every experiment at the smallest sizes (3 photos, one round, a day of two
+    /// small jobs); the page says so, and its figures mean nothing.
+    #[arg(long)]
+    quick: bool,
     /// Where experiments.md and experiments/ go.
     #[arg(long, default_value = "docs")]
     docs: PathBuf,
+}
+
+impl ReportArgs {
+    /// The smallest sizes that still run every method and experiment; the day is written to
+    /// `day` (each experiment clears its work folder, so not there).
+    fn make_quick(&mut self, day: PathBuf) -> anyhow::Result<()> {
+        self.thumbnails.images = vec![3];
+        self.thumbnails.dataset = None;
+        self.thumbnails.replicas = vec![1, 2];
+        self.thumbnails.shared.rounds = 1;
+        self.duplicates = vec![0.0, 0.5];
+        self.dedup_files = 4;
+        self.saturation_images = 3;
+        self.latency_samples = 3;
+        self.job_images = 6;
+        self.job_background_images = 12;
+        self.job_samples = 2;
+        self.day = day;
+        std::fs::write(
+            &self.day,
+            format!("{}\n0,3,thumbnail,300\n2,3,thumbnail,300\n", day::HEADER),
+        )?;
+        self.day_speedup = 1.0;
+        Ok(())
+    }
 }
 
 #[derive(Args)]
@@ -642,9 +694,19 @@ fn run_day(args: &DayArgs) -> anyhow::Result<day::DayReport> {
     report
 }
 
-fn write_report(args: ReportArgs) -> anyhow::Result<()> {
+fn write_report(mut args: ReportArgs) -> anyhow::Result<()> {
+    let quick_day = std::env::temp_dir().join(format!(
+        "prism-loadgen-{}-quick-day.csv",
+        std::process::id()
+    ));
+    if args.quick {
+        args.make_quick(quick_day.clone())?;
+    }
     let shared = args.thumbnails.shared.clone();
+    // The batch-job experiments draw their objects from the saturation experiment's photos.
+    let photos = args.saturation_images;
     let experiments = report::Experiments {
+        quick: args.quick,
         thumbnails: run_thumbnails(&args.thumbnails)?,
         dedup: run_dedup(&DedupArgs {
             shared: shared.clone(),
@@ -659,12 +721,35 @@ fn write_report(args: ReportArgs) -> anyhow::Result<()> {
             json: None,
         })?,
         latency: run_latency(&LatencyArgs {
-            shared,
+            shared: shared.clone(),
             samples: args.latency_samples,
             json: None,
         })?,
+        jobs: run_jobs(&JobsArgs {
+            shared: shared.clone(),
+            photos,
+            images: args.job_images,
+            stages: vec![StageName::Thumbnail],
+            background_images: args.job_background_images,
+            samples: args.job_samples,
+            interval_ms: JobsArgs::DEFAULT_INTERVAL_MS,
+            markdown: false,
+            calibration: None,
+            json: None,
+        })?,
+        day: run_day(&DayArgs {
+            shared,
+            csv: args.day.clone(),
+            speedup: args.day_speedup,
+            fresh: DayArgs::DEFAULT_FRESH,
+            photos,
+            json: None,
+            charts: None,
+            markdown: false,
+        })?,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
+    let _ = std::fs::remove_file(&quick_day);
     let written = report::write(&args.docs, &experiments)?;
     println!("wrote {}", written.display());
     Ok(())

@@ -1002,6 +1002,29 @@ pub const NOTES: &str = "per image: each image's own work (Pillow: open to last 
      a method's processes, sampled every 20 ms (served: the sum of the services' own peaks; the servers are not counted); \
      load: 1-minute load average before each run (median)";
 
+/// The goal: the served pipeline with n thumbnail replicas makes at least this share of n times
+/// one replica's images/s, for n up to the cores.
+pub const SCALING_GOAL: f64 = 0.8;
+
+/// For each served layout of 2 up to the cores replicas: (replicas, images/s over replicas times
+/// one replica's images/s). Empty without a one-replica run.
+pub fn scaling(report: &Report) -> Vec<(usize, f64)> {
+    let Some(one) = report.methods.iter().find(|m| m.replicas == Some(1)) else {
+        return Vec::new();
+    };
+    report
+        .methods
+        .iter()
+        .filter_map(|m| {
+            let replicas = m.replicas.filter(|&n| n > 1 && n <= report.machine.cores)?;
+            Some((
+                replicas,
+                m.images_per_s / (replicas as f64 * one.images_per_s),
+            ))
+        })
+        .collect()
+}
+
 /// The goals of issue #13, one line each.
 pub fn goal_lines(report: &Report) -> Vec<String> {
     report
@@ -1140,5 +1163,68 @@ mod tests {
         assert!((goals[1].ratio - 0.6).abs() < 1e-9 && goals[1].met);
         assert!((goals[2].ratio - 1.5).abs() < 1e-9 && goals[2].met);
         assert!(super::goals(&methods[..2]).is_empty(), "no prism, no goals");
+    }
+
+    #[test]
+    fn scaling_is_each_layout_against_linear_from_one_replica_up_to_the_cores() {
+        let served = |replicas: usize, wall_s: f64| {
+            let run = Run {
+                wall_s,
+                cpu_s: wall_s,
+                peak_rss_mib: 100.0,
+                sum_of_process_peaks_mib: 100.0,
+                load_before: None,
+                load_after: None,
+                image_ms: Vec::new(),
+            };
+            MethodResult::new(
+                Method::Served,
+                Some(replicas),
+                String::new(),
+                100,
+                0.04,
+                vec![run],
+            )
+        };
+        let report = |methods: Vec<MethodResult>| Report {
+            date: String::new(),
+            machine: Machine {
+                cpu_model: String::new(),
+                cores: 2,
+                memory_gib: 1.0,
+            },
+            dataset: DatasetSummary {
+                dir: PathBuf::new(),
+                generator: String::new(),
+                seed: 1,
+                images: 100,
+                distinct: 100,
+                megapixels_mean: 1.0,
+                megapixels_min: 1.0,
+                megapixels_max: 1.0,
+                bytes_total: 0,
+            },
+            rounds: 1,
+            workers: 2,
+            vcpu_hour_usd: 0.04,
+            sizes: Vec::new(),
+            jpeg_quality: 85,
+            webp_quality: 80,
+            methods,
+            goals: Vec::new(),
+        };
+        // 10 images/s with one replica, 16 with two (0.8 of 20), 4 replicas past the 2 cores.
+        let scaled = scaling(&report(vec![
+            served(1, 10.0),
+            served(2, 6.25),
+            served(4, 5.0),
+        ]));
+        assert_eq!(scaled.len(), 1, "{scaled:?}");
+        assert_eq!(scaled[0].0, 2);
+        assert!((scaled[0].1 - 0.8).abs() < 1e-9, "{scaled:?}");
+        assert!(
+            scaling(&report(vec![served(2, 5.0)])).is_empty(),
+            "no one-replica run"
+        );
     }
 }

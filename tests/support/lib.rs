@@ -139,24 +139,32 @@ fn overrides(environment: &[(String, String)]) -> Figment {
 /// cargo does not build it for these tests by itself).
 pub fn prism_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        // target/<profile>/deps/<this test> -> target/<profile>
-        let profile_dir = std::env::current_exe()
-            .unwrap()
-            .parent()
-            .and_then(Path::parent)
-            .unwrap()
-            .to_path_buf();
-        let release = profile_dir.ends_with("release");
-        let mut build = Command::new(env!("CARGO"));
-        build.args(["build", "--quiet", "-p", "prism-cli", "--bin", "prism"]);
-        if release {
-            build.arg("--release");
-        }
-        let status = build.status().expect("cargo runs");
-        assert!(status.success(), "building the prism binary failed");
-        profile_dir.join("prism")
-    })
+    BINARY.get_or_init(|| built_binary("prism-cli", "prism"))
+}
+
+/// The `prism-loadgen` binary of this build, built first if needed.
+pub fn loadgen_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| built_binary("prism-loadgen", "prism-loadgen"))
+}
+
+/// `bin` of `package`, built in this test's profile.
+fn built_binary(package: &str, bin: &str) -> PathBuf {
+    // target/<profile>/deps/<this test> -> target/<profile>
+    let profile_dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .to_path_buf();
+    let mut build = Command::new(env!("CARGO"));
+    build.args(["build", "--quiet", "-p", package, "--bin", bin]);
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("cargo runs");
+    assert!(status.success(), "building {bin} failed");
+    profile_dir.join(bin)
 }
 
 /// Buckets and topics for a run, created before the services start.

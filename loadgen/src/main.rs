@@ -57,8 +57,9 @@ enum Command {
     /// the served pipeline: per job its queue time, wall time against its deadline and cost; a
     /// timeline chart.
     Day(DayArgs),
-    /// Runs thumbnails, dedup, saturation and latency and writes docs/experiments.md with their tables
-    /// and charts (docs/experiments/*.svg), the machine, the commit and the date.
+    /// Runs thumbnails, dedup, saturation, latency, jobs and day and writes docs/experiments.md
+    /// with their tables, charts (docs/experiments/*.svg) and goals, the machine, the commit and
+    /// the date.
     Report(ReportArgs),
 }
 

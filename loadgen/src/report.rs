@@ -35,6 +35,8 @@ pub struct Experiments {
 
 /// Writes the page, the charts and results.json under `docs`; returns the page's path.
 pub fn write(docs: &Path, experiments: &Experiments) -> anyhow::Result<PathBuf> {
+    // Before anything is written: the charts written here would count as changes.
+    let commit = commit();
     let folder = docs.join(FOLDER);
     std::fs::create_dir_all(&folder)?;
     let mut charts = Vec::new();
@@ -60,7 +62,7 @@ pub fn write(docs: &Path, experiments: &Experiments) -> anyhow::Result<PathBuf> 
         experiments,
         &charts,
         &dedup_charts,
-        &commit(),
+        &commit,
         &Machine::this_one(),
     );
     let path = docs.join(PAGE);
@@ -237,7 +239,8 @@ pub fn render(
 
     let _ = write!(
         page,
-        "## Deduplication\n\n{}\n\n{}\nDedup's own time per event, hash + claim, one event at a time:\n\n{}\n         Without the download: BLAKE3 over the event's bytes in memory and the claim alone, timed \
+        "## Deduplication\n\n{}\n\n{}\nDedup's own time per event, hash + claim, one event at a time:\n\n{}\n\
+         Without the download: BLAKE3 over the event's bytes in memory and the claim alone, timed \
          apart, and their sum per event:\n\n{}\n{}",
         dedup_description(),
         dedup::shares_table(&experiments.dedup).markdown(),

@@ -10,6 +10,16 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
+/// The page's section of each experiment, by heading.
+const EXPERIMENTS: [&str; 6] = [
+    "Thumbnails: the seed's ways and Prism's",
+    "Deduplication",
+    "Saturation",
+    "Idle latency",
+    "Batch jobs",
+    "A day of batch jobs",
+];
+
 #[test]
 fn a_quick_report_writes_its_page_charts_and_figures() {
     let docs = tempfile::tempdir().unwrap();
@@ -34,15 +44,7 @@ fn a_quick_report_writes_its_page_charts_and_figures() {
     let page = std::fs::read_to_string(docs.path().join("experiments.md")).unwrap();
     assert!(page.contains("A smoke run (`--quick`)"), "{page}");
     let sections = sections(&page);
-    for heading in [
-        "Goals",
-        "Thumbnails: the seed's ways and Prism's",
-        "Deduplication",
-        "Saturation",
-        "Idle latency",
-        "Batch jobs",
-        "A day of batch jobs",
-    ] {
+    for heading in std::iter::once("Goals").chain(EXPERIMENTS) {
         assert!(
             sections.contains_key(heading),
             "no section {heading:?} in\n{page}"
@@ -67,14 +69,7 @@ fn a_quick_report_writes_its_page_charts_and_figures() {
     }
 
     // Each experiment's tables have rows of figures.
-    for section in [
-        "Thumbnails: the seed's ways and Prism's",
-        "Deduplication",
-        "Saturation",
-        "Idle latency",
-        "Batch jobs",
-        "A day of batch jobs",
-    ] {
+    for section in EXPERIMENTS {
         let rows = table_rows(sections[section]);
         assert!(
             !rows.is_empty(),

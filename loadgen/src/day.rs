@@ -367,15 +367,10 @@ pub fn chart(report: &DayReport) -> anyhow::Result<String> {
 
 pub fn render_text(report: &DayReport) -> String {
     format!(
-        "a day of jobs from {}, {} photos ({:.1} MP mean), {:.0}% of each job new content, {} ({} cores), load before {}, {}\n\n{}\n{}",
+        "a day of jobs from {}, {:.0}% of each job new content, {}\n\n{}\n{}",
         report.csv,
-        report.photos,
-        report.megapixels_mean,
         report.fresh * 100.0,
-        report.machine.cpu_model,
-        report.machine.cores,
-        crate::measure::load_text(report.load_before),
-        report.date,
+        setting(report),
         table(report).text(),
         summary_line(report),
     )
@@ -385,20 +380,24 @@ pub fn render_text(report: &DayReport) -> String {
 /// path from the document.
 pub fn render_markdown(report: &DayReport, chart: &str) -> String {
     format!(
-        "{DESCRIPTION}\n\n`{}` at {}x, {:.0}% of each job's objects new content, {} photos of {:.1} MP \
-         on average, {} ({} cores), 1-minute load {} before the run, {}.\n\n{}\n{}\n![{}]({chart})\n",
+        "{DESCRIPTION}\n\n`{}` at {}x, {:.0}% of each job's objects new content, {}.\n\n{}\n{}\n\
+         ![each job: queued, running, its deadline]({chart})\n",
         report.csv,
         report.speedup,
         report.fresh * 100.0,
-        report.photos,
-        report.megapixels_mean,
-        report.machine.cpu_model,
-        report.machine.cores,
-        crate::measure::load_text(report.load_before),
-        report.date,
+        setting(report),
         table(report).markdown(),
         summary_line(report),
-        "each job: queued, running, its deadline",
+    )
+}
+
+fn setting(report: &DayReport) -> String {
+    crate::measure::setting(
+        report.photos,
+        report.megapixels_mean,
+        &report.machine,
+        report.load_before,
+        &report.date,
     )
 }
 

@@ -744,15 +744,9 @@ pub fn latency_lines(report: &LatencyDuringJob) -> String {
 
 pub fn render_text(report: &JobsReport) -> String {
     format!(
-        "batch jobs, stages {}, {} photos ({:.1} MP mean), {} ({} cores), load before {}, {}\n\n\
-         plan vs actual\n{}\n{}\ninteractive latency\n{}\n{}",
+        "batch jobs, stages {}, {}\n\nplan vs actual\n{}\n{}\ninteractive latency\n{}\n{}",
         stage_list(&report.stages),
-        report.photos,
-        report.megapixels_mean,
-        report.machine.cpu_model,
-        report.machine.cores,
-        crate::measure::load_text(report.load_before),
-        report.date,
+        setting(report),
         plan_table(&report.plan_vs_actual).text(),
         plan_lines(&report.plan_vs_actual),
         latency_table(&report.latency).text(),
@@ -763,21 +757,25 @@ pub fn render_text(report: &JobsReport) -> String {
 /// The report as a Markdown section body for docs/experiments.md.
 pub fn render_markdown(report: &JobsReport) -> String {
     format!(
-        "{DESCRIPTION}\n\nStages {}, {} photos of {:.1} MP on average, {} ({} cores), 1-minute load \
-         {} before the run, {}.\n\n### Plan vs actual: a {}-object job\n\n{}\n{}\n\
+        "{DESCRIPTION}\n\nStages {}, {}.\n\n### Plan vs actual: a {}-object job\n\n{}\n{}\n\
          ### Interactive uploads during a job\n\n{}\n{}",
         stage_list(&report.stages),
-        report.photos,
-        report.megapixels_mean,
-        report.machine.cpu_model,
-        report.machine.cores,
-        crate::measure::load_text(report.load_before),
-        report.date,
+        setting(report),
         report.plan_vs_actual.summary.objects.listed,
         plan_table(&report.plan_vs_actual).markdown(),
         plan_lines(&report.plan_vs_actual).replace('\n', "\n\n"),
         latency_table(&report.latency).markdown(),
         latency_lines(&report.latency).replace('\n', "\n\n"),
+    )
+}
+
+fn setting(report: &JobsReport) -> String {
+    crate::measure::setting(
+        report.photos,
+        report.megapixels_mean,
+        &report.machine,
+        report.load_before,
+        &report.date,
     )
 }
 

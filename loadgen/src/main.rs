@@ -212,9 +212,9 @@ struct ReportArgs {
 }
 
 impl ReportArgs {
-    /// The smallest sizes that still run every method and experiment; the day is written to
-    /// `day` (each experiment clears its work folder, so not there).
-    fn make_quick(&mut self, day: PathBuf) -> anyhow::Result<()> {
+    /// The smallest sizes that still run every method and experiment; the day is written to the
+    /// temporary folder (each experiment clears its work folder, so not there).
+    fn make_quick(&mut self) -> anyhow::Result<()> {
         self.thumbnails.images = vec![3];
         self.thumbnails.dataset = None;
         self.thumbnails.replicas = vec![1, 2];
@@ -226,7 +226,10 @@ impl ReportArgs {
         self.job_images = 6;
         self.job_background_images = 12;
         self.job_samples = 2;
-        self.day = day;
+        self.day = std::env::temp_dir().join(format!(
+            "prism-loadgen-{}-quick-day.csv",
+            std::process::id()
+        ));
         std::fs::write(
             &self.day,
             format!("{}\n0,3,thumbnail,300\n2,3,thumbnail,300\n", day::HEADER),
@@ -696,12 +699,8 @@ fn run_day(args: &DayArgs) -> anyhow::Result<day::DayReport> {
 }
 
 fn write_report(mut args: ReportArgs) -> anyhow::Result<()> {
-    let quick_day = std::env::temp_dir().join(format!(
-        "prism-loadgen-{}-quick-day.csv",
-        std::process::id()
-    ));
     if args.quick {
-        args.make_quick(quick_day.clone())?;
+        args.make_quick()?;
     }
     let shared = args.thumbnails.shared.clone();
     // The batch-job experiments draw their objects from the saturation experiment's photos.
@@ -750,7 +749,9 @@ fn write_report(mut args: ReportArgs) -> anyhow::Result<()> {
         })?,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
-    let _ = std::fs::remove_file(&quick_day);
+    if args.quick {
+        let _ = std::fs::remove_file(&args.day);
+    }
     let written = report::write(&args.docs, &experiments)?;
     println!("wrote {}", written.display());
     Ok(())

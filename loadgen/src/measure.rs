@@ -161,6 +161,24 @@ pub fn load_text(load: Option<f64>) -> String {
     load.map_or_else(|| "?".into(), |load| format!("{load:.2}"))
 }
 
+/// Where and when a served experiment ran, as its report prints it: the photos, the machine, the
+/// load before the run and the date.
+pub fn setting(
+    photos: usize,
+    megapixels_mean: f64,
+    machine: &crate::thumbnails::Machine,
+    load_before: Option<f64>,
+    date: &str,
+) -> String {
+    format!(
+        "{photos} photos of {megapixels_mean:.1} MP on average, {} ({} cores), 1-minute load {} \
+         before the run, {date}",
+        machine.cpu_model,
+        machine.cores,
+        load_text(load_before),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use futures::future::try_join_all;
 use prism_core::contract::StageName;
 use prism_core::ports::claims::couch::CouchIndex;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// The CSV's header, its columns in order.
@@ -157,14 +157,19 @@ impl DayReport {
     }
 }
 
+/// The day in `csv`, read and parsed.
+pub fn load_day(csv: &Path) -> anyhow::Result<Vec<DayJob>> {
+    let text =
+        std::fs::read_to_string(csv).with_context(|| format!("reading {}", csv.display()))?;
+    parse_day(&text).with_context(|| format!("in {}", csv.display()))
+}
+
 pub async fn run(options: &DayOptions) -> anyhow::Result<DayReport> {
     ensure!(
         options.speedup > 0.0 && options.speedup.is_finite(),
         "--speedup must be positive"
     );
-    let text = std::fs::read_to_string(&options.csv)
-        .with_context(|| format!("reading {}", options.csv.display()))?;
-    let day = parse_day(&text).with_context(|| format!("in {}", options.csv.display()))?;
+    let day = load_day(&options.csv)?;
     let date = chrono::Local::now().format("%Y-%m-%d %H:%M %Z").to_string();
     let load_before = crate::measure::load_average();
     let photos = Photos::load(&options.dataset)?;

@@ -702,6 +702,8 @@ fn write_report(mut args: ReportArgs) -> anyhow::Result<()> {
     if args.quick {
         args.make_quick()?;
     }
+    // The day runs last, half an hour in: a day that cannot be read fails now.
+    day::load_day(&args.day)?;
     let shared = args.thumbnails.shared.clone();
     // The batch-job experiments draw their objects from the saturation experiment's photos.
     let photos = args.saturation_images;

@@ -34,7 +34,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 /// The size of one image's activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Shape {
     pub channels: usize,
     pub height: usize,
@@ -154,6 +154,18 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The activation of each value, in place.
+    #[inline(always)]
+    pub(crate) fn activate(self, values: &mut [f32]) {
+        match self {
+            Activation::Silu => values.iter_mut().for_each(|value| *value = silu(*value)),
+            Activation::Relu6 => values
+                .iter_mut()
+                .for_each(|value| *value = value.clamp(0.0, 6.0)),
+            Activation::Identity => {}
+        }
+    }
+
     /// `value = activation(value + bias)` over a tile still in cache.
     fn apply(self, values: &mut [f32], bias: f32) {
         match self {
@@ -241,14 +253,14 @@ thread_local! {
 
 /// The output buffer shared by the tiles of one convolution, each writing only its own pixels.
 #[derive(Clone, Copy)]
-struct TileOutput(*mut f32);
+pub(crate) struct TileOutput(pub(crate) *mut f32);
 // SAFETY: tiles write disjoint pixel ranges of the buffer, which outlives the parallel loop.
 unsafe impl Send for TileOutput {}
 unsafe impl Sync for TileOutput {}
 
 impl TileOutput {
     /// A method, so closures capture the whole (`Send`) wrapper rather than its pointer field.
-    fn at(self, offset: usize) -> *mut f32 {
+    pub(crate) fn at(self, offset: usize) -> *mut f32 {
         self.0.wrapping_add(offset)
     }
 }

@@ -7,6 +7,7 @@
 use prism_inference::channels_last::{ChannelsLastConv, ChannelsLastDepthwise, ChannelsLastMap};
 use prism_inference::kernels::{Activation, Padding, Shape};
 use rayon::prelude::*;
+use std::sync::{Mutex, PoisonError};
 
 use super::{ModelError, Weights};
 
@@ -35,6 +36,19 @@ pub struct EfficientNetLite0 {
     head: ChannelsLastConv,
     /// The classifier as a 1x1 convolution over the pooled 1x1 map.
     fc: ChannelsLastConv,
+    /// The maps of the images being classified, handed back after each: a layer overwrites one
+    /// instead of allocating its output.
+    workspaces: Mutex<Vec<Workspace>>,
+}
+
+/// The maps one image's pass through the network reuses for all its layers.
+#[derive(Default)]
+struct Workspace {
+    /// A block's input, then (swapped with `next`) its output.
+    current: ChannelsLastMap,
+    expanded: ChannelsLastMap,
+    filtered: ChannelsLastMap,
+    next: ChannelsLastMap,
 }
 
 impl EfficientNetLite0 {
@@ -78,6 +92,7 @@ impl EfficientNetLite0 {
             blocks,
             head,
             fc,
+            workspaces: Mutex::default(),
         })
     }
 
@@ -97,28 +112,40 @@ impl EfficientNetLite0 {
             "{} values are not whole {size}x{size} RGB inputs",
             pixels.len()
         );
-        pixels
-            .par_chunks(shape.count())
-            .map(|image| self.forward_image(image, shape))
-            .collect()
+        prism_inference::on_pool(|| {
+            pixels
+                .par_chunks(shape.count())
+                .map(|image| self.forward_image(image, shape))
+                .collect()
+        })
     }
 
     fn forward_image(&self, image: &[f32], shape: Shape) -> Vec<f32> {
-        let mut x = self
-            .stem
-            .forward(&ChannelsLastMap::from_planes(image, shape));
+        let workspace = self
+            .workspaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let mut maps = workspace.unwrap_or_default();
+        maps.next.load_planes(image, shape);
+        self.stem.run(&maps.next, None, &mut maps.current);
         for block in &self.blocks {
-            x = block.forward(&x);
+            block.run(&mut maps);
         }
+        self.head.run(&maps.current, None, &mut maps.next);
         let pooled = ChannelsLastMap::new(
             Shape {
                 channels: HEAD_CHANNELS,
                 height: 1,
                 width: 1,
             },
-            self.head.forward(&x).channel_means(),
+            maps.next.channel_means(),
         );
-        self.fc.forward(&pooled).values
+        self.workspaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(maps);
+        self.fc.forward(&pooled).values().to_vec()
     }
 }
 
@@ -190,21 +217,19 @@ impl MbConv {
         })
     }
 
-    fn forward(&self, input: &ChannelsLastMap) -> ChannelsLastMap {
-        let expanded;
+    /// From `maps.current` to the next `maps.current`.
+    fn run(&self, maps: &mut Workspace) {
         let hidden = match &self.expand {
             Some(expand) => {
-                expanded = expand.forward(input);
-                &expanded
+                expand.run(&maps.current, None, &mut maps.expanded);
+                &maps.expanded
             }
-            None => input,
+            None => &maps.current,
         };
-        let filtered = self.depthwise.forward(hidden);
-        if self.residual {
-            self.project.forward_adding(&filtered, input)
-        } else {
-            self.project.forward(&filtered)
-        }
+        self.depthwise.run(hidden, &mut maps.filtered);
+        let residual = self.residual.then_some(&maps.current);
+        self.project.run(&maps.filtered, residual, &mut maps.next);
+        std::mem::swap(&mut maps.current, &mut maps.next);
     }
 }
 

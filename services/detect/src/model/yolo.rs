@@ -101,10 +101,12 @@ impl YoloV8 {
             "{} values are not whole {height}x{width} RGB images",
             pixels.len()
         );
-        let per_image: Vec<[FeatureMap; 3]> = pixels
-            .par_chunks(shape.count())
-            .map(|image| self.forward_image(image, shape))
-            .collect();
+        let per_image: Vec<[FeatureMap; 3]> = prism_inference::on_pool(|| {
+            pixels
+                .par_chunks(shape.count())
+                .map(|image| self.forward_image(image, shape))
+                .collect()
+        });
         STRIDES
             .into_iter()
             .enumerate()

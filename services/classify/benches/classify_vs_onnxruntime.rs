@@ -1,6 +1,7 @@
-//! Prism's classifier against onnxruntime on a graph built from the same weights, on the same
-//! decoded pictures: latency at batch 1 and throughput at batch 8, side by side (each side
-//! preprocessing for itself), and how far the probabilities differ on Prism's own network input.
+//! Prism's classifier against onnxruntime on a graph built from the same weights: latency at
+//! batch 1 and throughput at batch 8, side by side, from the same decoded pictures (each side
+//! preprocessing for itself) and for the network alone on the same input tensors; and how far
+//! the probabilities differ on Prism's own network input.
 //!
 //! Needs `deploy/local/fetch-assets.sh --onnxruntime` (weights, labels, sample pictures, and a
 //! Python venv with onnx and onnxruntime under $PRISM_HOME). Run with
@@ -11,7 +12,6 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, anyhow, bail};
-use image::RgbImage;
 use prism_classify::model::{Classifier, ClassifierConfig, INPUT_VALUES, fill_input, prism_home};
 use prism_inference::bench::{
     BATCH, Timings, iterations, onnxruntime_python, print_table, time_batches,
@@ -26,6 +26,8 @@ struct OnnxRuntimeRun {
     runtime: String,
     batch1_median_ms: f64,
     batch_median_ms: f64,
+    network_batch1_median_ms: f64,
+    network_batch_median_ms: f64,
     results: Vec<OnnxRuntimeResult>,
 }
 
@@ -53,11 +55,25 @@ fn main() -> anyhow::Result<()> {
     let prism = time_batches(&images, iterations, |batch| {
         classifier.classify(batch).map(drop)
     })?;
-    let onnxruntime = run_onnxruntime(&python, &config, &images, iterations)?;
+    // The network alone: both sides run the same input tensors, made by Prism's preprocessing.
+    let inputs: Vec<Vec<f32>> = images
+        .iter()
+        .map(|image| {
+            let mut input = vec![0.0; INPUT_VALUES];
+            fill_input(image, &mut input);
+            input
+        })
+        .collect();
+    let prism_network = time_batches(&inputs, iterations, |batch| {
+        classifier.probabilities_of_inputs(&batch.concat());
+        Ok::<_, anyhow::Error>(())
+    })?;
+    let onnxruntime = run_onnxruntime(&python, &config, &inputs, iterations)?;
 
     print_table(
         &format!(
-            "EfficientNet-Lite0, 224x224 input, images {}, median of {iterations} rounds",
+            "EfficientNet-Lite0 from decoded pictures (preprocessing included), 224x224 input, \
+             images {}, median of {iterations} rounds",
             IMAGES.join(", ")
         ),
         prism,
@@ -68,10 +84,18 @@ fn main() -> anyhow::Result<()> {
         },
     );
     println!();
+    print_table(
+        "The network alone, on the same input tensors",
+        prism_network,
+        &onnxruntime.runtime,
+        Timings {
+            batch1_ms: onnxruntime.network_batch1_median_ms,
+            batch_ms: onnxruntime.network_batch_median_ms,
+        },
+    );
+    println!();
     for (index, name) in IMAGES.iter().enumerate() {
-        let mut input = vec![0.0; INPUT_VALUES];
-        fill_input(&images[index], &mut input);
-        let ours = classifier.probabilities_of_inputs(&input).remove(0);
+        let ours = classifier.probabilities_of_inputs(&inputs[index]).remove(0);
         // The tool lists pictures first, then the network inputs.
         let theirs = &onnxruntime.results[IMAGES.len() + index].probabilities;
         let difference = ours
@@ -85,21 +109,19 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// onnxruntime decodes the same files with Pillow (the timings start after decoding) and also
-/// runs Prism's network inputs, written to a temporary folder, for the comparison of
-/// probabilities.
+/// runs Prism's network inputs, written to a temporary folder, for the network-only timings and
+/// the comparison of probabilities.
 fn run_onnxruntime(
     python: &Path,
     config: &ClassifierConfig,
-    images: &[RgbImage],
+    inputs: &[Vec<f32>],
     iterations: usize,
 ) -> anyhow::Result<OnnxRuntimeRun> {
     let directory =
         std::env::temp_dir().join(format!("prism-classify-bench-{}", std::process::id()));
     std::fs::create_dir_all(&directory)?;
     let mut arguments: Vec<String> = Vec::new();
-    for (index, image) in images.iter().enumerate() {
-        let mut input = vec![0.0f32; INPUT_VALUES];
-        fill_input(image, &mut input);
+    for (index, input) in inputs.iter().enumerate() {
         let path = directory.join(format!("{index}.input"));
         let bytes: Vec<u8> = input.iter().flat_map(|v| v.to_le_bytes()).collect();
         std::fs::write(&path, bytes)?;

@@ -17,8 +17,10 @@ Two kinds of input, any number of each:
   --input PATH    a network input Prism made: 3 x 224 x 224 little-endian float32 values.
 For each it prints the top-k classes and all 1000 probabilities, pictures first, then inputs, each
 in the order given; --save-inputs DIR also writes the Pillow-made tensors (name.input, same raw
-layout), --save-onnx PATH the graph. --iterations N times single runs and one --batch run (of the
-pictures, when any are given; else of the inputs).
+layout), --save-onnx PATH the graph. --iterations N times single runs and --batch runs: of the
+pictures with their preprocessing (batch1_median_ms, batch_median_ms; of the inputs when there are
+no pictures) and of the inputs alone, the network only (network_batch1_median_ms,
+network_batch_median_ms).
 
 Needs the venv that `deploy/local/fetch-assets.sh --onnxruntime` makes.
 """
@@ -168,6 +170,28 @@ def top_k(probabilities, labels, k):
     return [{"index": int(i), "label": labels[i], "score": float(probabilities[i])} for i in order]
 
 
+def time_sources(session, sources, iterations, batch_size):
+    """Median milliseconds of one source at a time and of a batch of `batch_size` (cycled)."""
+    prepare = lambda kind, source: preprocess(source) if kind == "image" else source
+    run_one = lambda kind, source: session.run(None, {"input": prepare(kind, source)[None]})
+    for source in sources:
+        run_one(*source)  # warm-up
+    latencies = []
+    for _ in range(iterations):
+        for source in sources:
+            start = time.perf_counter()
+            run_one(*source)
+            latencies.append((time.perf_counter() - start) * 1000)
+    batch = [sources[index % len(sources)] for index in range(batch_size)]
+    batch_times = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        inputs = np.stack([prepare(kind, source) for kind, source in batch])
+        session.run(None, {"input": inputs})
+        batch_times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(latencies), statistics.median(batch_times)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", required=True, help="efficientnet-lite0.safetensors")
@@ -205,30 +229,16 @@ def main():
 
     output = {"runtime": f"onnxruntime {onnxruntime.__version__}", "results": results}
     if args.iterations and tensors:
-        # Timings include the preprocessing of (already decoded) pictures, as Prism's side does;
-        # network inputs given as files are read beforehand.
-        # Pictures when there are any (the inputs are then only for comparing probabilities).
-        sources = [("image", pictures[path]) for path in args.image] or \
-            [("input", tensor) for _, _, tensor in tensors]
-        prepare = lambda kind, source: preprocess(source) if kind == "image" else source
-        run_one = lambda kind, source: session.run(None, {"input": prepare(kind, source)[None]})
-        for source in sources:
-            run_one(*source)  # warm-up
-        latencies = []
-        for _ in range(args.iterations):
-            for source in sources:
-                start = time.perf_counter()
-                run_one(*source)
-                latencies.append((time.perf_counter() - start) * 1000)
-        batch = [sources[index % len(sources)] for index in range(args.batch)]
-        batch_times = []
-        for _ in range(args.iterations):
-            start = time.perf_counter()
-            inputs = np.stack([prepare(kind, source) for kind, source in batch])
-            session.run(None, {"input": inputs})
-            batch_times.append((time.perf_counter() - start) * 1000)
-        output["batch1_median_ms"] = statistics.median(latencies)
-        output["batch_median_ms"] = statistics.median(batch_times)
+        # Pictures are timed with their preprocessing (already decoded), as Prism's side does;
+        # network inputs given as files are read beforehand and timed alone (the network only).
+        # The top-level figures are the pictures' when there are any, else the inputs'.
+        pictures_timed = [("image", pictures[path]) for path in args.image]
+        inputs_timed = [("input", tensor) for kind, _, tensor in tensors if kind == "input"]
+        timings = {kind: time_sources(session, sources, args.iterations, args.batch)
+                   for kind, sources in (("image", pictures_timed), ("input", inputs_timed)) if sources}
+        output["batch1_median_ms"], output["batch_median_ms"] = timings.get("image", timings.get("input"))
+        if "input" in timings:
+            output["network_batch1_median_ms"], output["network_batch_median_ms"] = timings["input"]
     print(json.dumps(output))
 
 

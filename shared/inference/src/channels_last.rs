@@ -188,9 +188,9 @@ impl ChannelsLastConv {
     }
 
     /// Overwrites `output` with the convolution of `input`, `residual` (of the output's shape)
-    /// added before the activation. The work is split into tiles of pixels and, when there are
-    /// too few pixels to keep every core busy (the late 14x14 and 7x7 maps), into groups of
-    /// output channels too, so each core reads only its share of the weights.
+    /// added before the activation. The work is split into tiles of pixels or, when there are
+    /// fewer pixels than output channels (the late 14x14 and 7x7 maps), into groups of output
+    /// channels, so each core reads only its share of the weights.
     pub fn run(
         &self,
         input: &ChannelsLastMap,
@@ -207,12 +207,19 @@ impl ChannelsLastConv {
         let depth = self.weights.depth();
         let pixels = out.plane();
         let tasks = TASKS_PER_THREAD * rayon::current_num_threads();
-        let tile_pixels = (TILE_VALUES / depth)
-            .min(pixels.div_ceil(tasks))
-            .max(MIN_TILE_PIXELS);
+        // More output channels than pixels: the weights outweigh the pixels, so the cores split
+        // the output channels (each reads its share of the weights) rather than the pixels
+        // (each would read all of them).
+        let tile_pixels = if out_channels > pixels {
+            TILE_VALUES / depth
+        } else {
+            (TILE_VALUES / depth).min(pixels.div_ceil(tasks))
+        }
+        .max(MIN_TILE_PIXELS);
         let tiles = pixels.div_ceil(tile_pixels);
         let panels = self.weights.panel_count();
-        let panels_per_group = panels.div_ceil(tasks.div_ceil(tiles).min(panels));
+        // Too few tiles for every core: a task per tile and panel, for rayon to balance.
+        let panels_per_group = if tiles >= tasks { panels } else { 1 };
         let groups = panels.div_ceil(panels_per_group);
         let direct = self.kernel == 1 && self.stride == 1;
         let input_values = input.values();

@@ -53,7 +53,8 @@ fn keep_stealing(done: &AtomicBool) {
         match rayon::yield_now() {
             Some(rayon::Yield::Executed) => last_work = Instant::now(),
             _ if last_work.elapsed() > IDLE_LIMIT => return,
-            _ => std::hint::spin_loop(),
+            // Not a sleep, but the core goes to any other thread that wants it.
+            _ => std::thread::yield_now(),
         }
     }
 }

@@ -6,7 +6,7 @@
 //! Needs `deploy/local/fetch-assets.sh --onnxruntime` (weights, labels, sample pictures, and a
 //! Python venv with onnx and onnxruntime under $PRISM_HOME). Run with
 //! `cargo bench -p prism-classify --bench classify_vs_onnxruntime`; BENCH_ITERATIONS sets the
-//! rounds.
+//! rounds, RAYON_NUM_THREADS the threads of both sides (`RAYON_NUM_THREADS=1`: per core).
 
 use std::path::Path;
 use std::process::Command;
@@ -140,6 +140,7 @@ fn run_onnxruntime(
         .arg(&config.labels)
         .args(["--iterations", &iterations.to_string()])
         .args(["--batch", &BATCH.to_string()])
+        .args(["--threads", &rayon::current_num_threads().to_string()])
         .args(&arguments)
         .output()
         .with_context(|| format!("running {}", script.display()))?;

@@ -204,6 +204,8 @@ def main():
     parser.add_argument("--iterations", type=int, default=0,
                         help="timing rounds (0: none): median latency of single runs, and of one batch")
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="onnxruntime's intra-op threads (0: its default, one per core)")
     args = parser.parse_args()
 
     with open(args.labels) as file:
@@ -213,6 +215,7 @@ def main():
     if args.save_onnx:
         onnx.save(model, args.save_onnx)
     options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = args.threads
     session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
     results = []

@@ -4,7 +4,8 @@
 //!
 //! Needs `deploy/local/fetch-assets.sh --onnxruntime` (weights, images, and a Python venv with
 //! onnxruntime under $PRISM_HOME). Run with
-//! `cargo bench -p prism-detect --bench detect_vs_onnxruntime`; BENCH_ITERATIONS sets the rounds.
+//! `cargo bench -p prism-detect --bench detect_vs_onnxruntime`; BENCH_ITERATIONS sets the rounds,
+//! RAYON_NUM_THREADS the threads of both sides (`RAYON_NUM_THREADS=1`: per core).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -136,6 +137,7 @@ fn run_onnxruntime(
         .args(["--iou", &config.iou_threshold.to_string()])
         .args(["--iterations", &iterations.to_string()])
         .args(["--batch", &BATCH.to_string()])
+        .args(["--threads", &rayon::current_num_threads().to_string()])
         .args(&arguments)
         .output()
         .with_context(|| format!("running {}", script.display()))?;

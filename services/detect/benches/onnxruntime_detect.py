@@ -99,10 +99,14 @@ def main():
     parser.add_argument("--iou", type=float, default=0.7)
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="onnxruntime's intra-op threads (0: its default, one per core)")
     parser.add_argument("images", nargs="+", help="PATH:WIDTH:HEIGHT:INPUT_PATH (see above)")
     args = parser.parse_args()
 
-    session = onnxruntime.InferenceSession(args.model, providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    session = onnxruntime.InferenceSession(args.model, options, providers=["CPUExecutionProvider"])
     metadata = session.get_modelmeta().custom_metadata_map
     names = ast.literal_eval(metadata["names"])  # Ultralytics writes the class names as a dict literal
     images, prism_inputs = [], []

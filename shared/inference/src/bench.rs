@@ -72,11 +72,12 @@ pub fn time_batches<T: Clone, E>(
 }
 
 /// Prints `title` and the two rows (batch-1 latency, batch throughput), Prism against
-/// `runtime`, with the ratio.
+/// `runtime`, with the ratio. Both sides run on rayon's thread count (`RAYON_NUM_THREADS`,
+/// default one per core): the benchmarks pass it to onnxruntime as its intra-op threads.
 pub fn print_table(title: &str, prism: Timings, runtime: &str, other: Timings) {
     println!(
-        "{title}, {} CPU threads, load average {}\n",
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "{title}, {} threads each side, load average {}\n",
+        rayon::current_num_threads(),
         load_average()
     );
     println!("{:<34} {:>16} {:>18} {:>8}", "", "Prism", runtime, "ratio");

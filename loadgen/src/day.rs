@@ -9,6 +9,7 @@
 
 use crate::charts::{Timeline, TimelineRow};
 use crate::jobs::{self, FinishedJob, Photos, stage_list, submit, upload_objects};
+use crate::measure::Setting;
 use crate::served::{Layout, Pipeline};
 use crate::table::Table;
 use crate::thumbnails::Machine;
@@ -135,15 +136,12 @@ pub struct JobOutcome {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DayReport {
-    /// When the replay's run started.
-    pub date: String,
-    pub machine: Machine,
-    pub load_before: Option<f64>,
+    /// Its date: when the replay's run started.
+    #[serde(flatten)]
+    pub setting: Setting,
     pub csv: String,
     pub speedup: f64,
     pub fresh: f64,
-    pub photos: usize,
-    pub megapixels_mean: f64,
     /// From the replay's start to the last job's end.
     pub replay_s: f64,
     pub jobs: Vec<JobOutcome>,
@@ -232,14 +230,16 @@ pub async fn run(options: &DayOptions) -> anyhow::Result<DayReport> {
     });
     let outcomes = try_join_all(replays).await?;
     Ok(DayReport {
-        date,
-        machine: Machine::this_one(),
-        load_before,
+        setting: Setting {
+            date,
+            machine: Machine::this_one(),
+            load_before,
+            photos: photos.files.len(),
+            megapixels_mean: photos.megapixels_mean,
+        },
         csv: options.csv.display().to_string(),
         speedup: options.speedup,
         fresh: options.fresh,
-        photos: photos.files.len(),
-        megapixels_mean: photos.megapixels_mean,
         replay_s: started.elapsed().as_secs_f64(),
         jobs: outcomes,
     })
@@ -375,7 +375,7 @@ pub fn render_text(report: &DayReport) -> String {
         "a day of jobs from {}, {:.0}% of each job new content, {}\n\n{}\n{}",
         report.csv,
         report.fresh * 100.0,
-        setting(report),
+        report.setting.text(),
         table(report).text(),
         summary_line(report),
     )
@@ -390,19 +390,9 @@ pub fn render_markdown(report: &DayReport, chart: &str) -> String {
         report.csv,
         report.speedup,
         report.fresh * 100.0,
-        setting(report),
+        report.setting.text(),
         table(report).markdown(),
         summary_line(report),
-    )
-}
-
-fn setting(report: &DayReport) -> String {
-    crate::measure::setting(
-        report.photos,
-        report.megapixels_mean,
-        &report.machine,
-        report.load_before,
-        &report.date,
     )
 }
 
@@ -487,14 +477,16 @@ mod tests {
             failed: 0,
         };
         let report = DayReport {
-            date: String::new(),
-            machine: Machine::this_one(),
-            load_before: Some(1.0),
+            setting: Setting {
+                date: String::new(),
+                machine: Machine::this_one(),
+                load_before: Some(1.0),
+                photos: 200,
+                megapixels_mean: 10.0,
+            },
             csv: "day.csv".into(),
             speedup: 240.0,
             fresh: 0.5,
-            photos: 200,
-            megapixels_mean: 10.0,
             replay_s: 300.0,
             jobs: vec![
                 job("day-01", 1.0, 30.0, Some(true)),
@@ -518,6 +510,11 @@ mod tests {
         let markdown = render_markdown(&report, "experiments/day.svg");
         assert!(markdown.contains("| day-02 |") && markdown.contains("(experiments/day.svg)"));
         assert!(chart(&report).unwrap().contains("day-03 (100)"));
+        // The setting's fields stay top-level keys of results.json.
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["photos"], 200);
+        assert_eq!(json["load_before"], 1.0);
+        assert!(json.get("setting").is_none(), "{json}");
     }
 
     #[test]

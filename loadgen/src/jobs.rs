@@ -11,6 +11,7 @@
 //! job) are here too; `day` uses them.
 
 use crate::dataset::{IMAGES_DIR, Manifest};
+use crate::measure::Setting;
 use crate::predict::with_comment;
 use crate::served::{Layout, Pipeline, Results};
 use crate::table::Table;
@@ -190,14 +191,9 @@ impl LatencyDuringJob {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobsReport {
-    /// When the experiment started.
-    pub date: String,
-    pub machine: Machine,
-    /// The 1-minute load average before the experiment.
-    pub load_before: Option<f64>,
+    #[serde(flatten)]
+    pub setting: Setting,
     pub dataset: String,
-    pub photos: usize,
-    pub megapixels_mean: f64,
     pub stages: Vec<StageName>,
     pub plan_vs_actual: PlanVsActual,
     pub latency: LatencyDuringJob,
@@ -325,12 +321,14 @@ pub async fn run(options: &JobsOptions) -> anyhow::Result<JobsReport> {
     let background = follow(&book, &pipeline, &background.id).await?;
     let percentiles = |values: &mut [i64]| percentiles(values).expect("samples > 0");
     Ok(JobsReport {
-        date,
-        machine: Machine::this_one(),
-        load_before,
+        setting: Setting {
+            date,
+            machine: Machine::this_one(),
+            load_before,
+            photos: photos.files.len(),
+            megapixels_mean: photos.megapixels_mean,
+        },
         dataset: options.dataset.display().to_string(),
-        photos: photos.files.len(),
-        megapixels_mean: photos.megapixels_mean,
         stages: options.stages.clone(),
         plan_vs_actual,
         latency: LatencyDuringJob {
@@ -746,7 +744,7 @@ pub fn render_text(report: &JobsReport) -> String {
     format!(
         "batch jobs, stages {}, {}\n\nplan vs actual\n{}\n{}\ninteractive latency\n{}\n{}",
         stage_list(&report.stages),
-        setting(report),
+        report.setting.text(),
         plan_table(&report.plan_vs_actual).text(),
         plan_lines(&report.plan_vs_actual),
         latency_table(&report.latency).text(),
@@ -760,22 +758,12 @@ pub fn render_markdown(report: &JobsReport) -> String {
         "{DESCRIPTION}\n\nStages {}, {}.\n\n### Plan vs actual: a {}-object job\n\n{}\n{}\n\
          ### Interactive uploads during a job\n\n{}\n{}",
         stage_list(&report.stages),
-        setting(report),
+        report.setting.text(),
         report.plan_vs_actual.summary.objects.listed,
         plan_table(&report.plan_vs_actual).markdown(),
         plan_lines(&report.plan_vs_actual).replace('\n', "\n\n"),
         latency_table(&report.latency).markdown(),
         latency_lines(&report.latency).replace('\n', "\n\n"),
-    )
-}
-
-fn setting(report: &JobsReport) -> String {
-    crate::measure::setting(
-        report.photos,
-        report.megapixels_mean,
-        &report.machine,
-        report.load_before,
-        &report.date,
     )
 }
 

@@ -7,8 +7,10 @@
 //! keeps the peak of the summed resident sets (a spike shorter than that can be missed), and each
 //! process's own peak (VmHWM), whose sum is an upper bound.
 
+use crate::thumbnails::Machine;
 use anyhow::{Context, bail};
 use nix::sys::resource::{UsageWho, getrusage};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
@@ -161,22 +163,32 @@ pub fn load_text(load: Option<f64>) -> String {
     load.map_or_else(|| "?".into(), |load| format!("{load:.2}"))
 }
 
-/// Where and when a served experiment ran, as its report prints it: the photos, the machine, the
-/// load before the run and the date.
-pub fn setting(
-    photos: usize,
-    megapixels_mean: f64,
-    machine: &crate::thumbnails::Machine,
-    load_before: Option<f64>,
-    date: &str,
-) -> String {
-    format!(
-        "{photos} photos of {megapixels_mean:.1} MP on average, {} ({} cores), 1-minute load {} \
-         before the run, {date}",
-        machine.cpu_model,
-        machine.cores,
-        load_text(load_before),
-    )
+/// Where and when a served experiment ran: the photos, the machine, the load before the run and
+/// the date. Flattened into its report's JSON, as separate fields were.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Setting {
+    /// When the experiment started.
+    pub date: String,
+    pub machine: Machine,
+    /// The 1-minute load average before the experiment.
+    pub load_before: Option<f64>,
+    pub photos: usize,
+    pub megapixels_mean: f64,
+}
+
+impl Setting {
+    /// As the report prints it.
+    pub fn text(&self) -> String {
+        format!(
+            "{} photos of {:.1} MP on average, {} ({} cores), 1-minute load {} before the run, {}",
+            self.photos,
+            self.megapixels_mean,
+            self.machine.cpu_model,
+            self.machine.cores,
+            load_text(self.load_before),
+            self.date,
+        )
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@
 //! - a depthwise convolution sums, for each output pixel, its taps' input pixels (all channels,
 //!   contiguous) times the taps' filter values in registers, several vectors of channels at a
 //!   time, then adds the bias, applies the activation and stores the pixel once;
-//! - bias, activation and a residual are applied to each GEMM tile while it is in cache.
+//! - bias, activation and a residual are applied to the GEMM's sums in registers
+//!   ([`crate::matmul`]).
 //!
 //! Every kernel writes its whole output into a map the caller owns ([`ChannelsLastConv::run`],
 //! [`ChannelsLastDepthwise::run`]): a network reuses a few maps for all its layers, so no layer

@@ -7,7 +7,7 @@
 //! to 1.6 MB of weights, so packing cost about as much as multiplying; the epilogue (bias,
 //! residual, ReLU6) was a second pass over the output. Here the weights are packed once, at
 //! load, into panels of [`PANEL`] output channels, `[depth][PANEL]` each; the kernel keeps a
-//! block of pixels times one panel in registers (6 x 2 AVX-512 vectors), broadcasts each input
+//! block of pixels times one panel in registers (12 x 2 AVX-512 vectors), broadcasts each input
 //! value once per pixel and reads each panel row once per block, and finishes the sums in
 //! registers.
 
@@ -145,15 +145,11 @@ impl Tile<'_> {
             let width = PANEL.min(self.weights.out_channels - panel * PANEL);
             // SAFETY: rows of the tile, one of its panels.
             unsafe {
-                if width > PANEL - V::LANES {
-                    self.panel::<V, VECTORS, ROWS>(rows, panel);
-                } else {
-                    // The last panel: a single vector of channels, or a few.
-                    match width.div_ceil(V::LANES) {
-                        1 => self.panel::<V, 1, ROWS>(rows, panel),
-                        2 => self.panel::<V, 2, ROWS>(rows, panel),
-                        _ => self.panel::<V, VECTORS, ROWS>(rows, panel),
-                    }
+                // A narrow last panel: a single vector of channels, or two.
+                match width.div_ceil(V::LANES) {
+                    1 => self.panel::<V, 1, ROWS>(rows, panel),
+                    2 => self.panel::<V, 2, ROWS>(rows, panel),
+                    _ => self.panel::<V, VECTORS, ROWS>(rows, panel),
                 }
             }
         }
